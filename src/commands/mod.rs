@@ -1,0 +1,3 @@
+//! Subcommands of the `fleetgate` binary that are more than a call into one module.
+
+pub mod decode;
