@@ -380,6 +380,18 @@ mod tests {
         assert_eq!(env.topic, b"alerts");
     }
 
+    /// Bytes produced by the Go flatbuffers builder (v25.2.10) driven in the reference server's
+    /// order, for the same inputs: vehicles get byte-identical answers from fleetgate.
+    const GO_ACK: &str = "1400000000000e001800140010000f00080004000e0000001400000034000000000000051000000014000000030000006d2d310001000000560000000d00000034663163326139302d303030310000000000000000000000";
+    const GO_ERROR_REPLY: &str = "1400000000000e001800140010000f00080004000e0000001400000040000000000000041000000014000000000000000000000000000000000000000d00000034663163326139302d30303031000e001400000010000c00080004000e000000100000001400000018000000340000000000000000000000000000000000000018000000696e636f7272656374206d65737361676520666f726d6174000000000000000000000000";
+
+    #[test]
+    fn ack_and_error_reply_bytes_equal_the_reference_builder() {
+        let mut w = EnvelopeWriter::new();
+        assert_eq!(hex::encode(w.ack(b"4f1c2a90-0001", b"V", b"m-1")), GO_ACK);
+        assert_eq!(hex::encode(w.error_reply(b"4f1c2a90-0001")), GO_ERROR_REPLY);
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for buf in [
