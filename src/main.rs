@@ -1,5 +1,6 @@
 //! The `fleetgate` binary: parses the command line and calls into the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -18,23 +19,143 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server (a Tesla config.json works as is).
+    Serve {
+        /// Configuration file (JSON).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Decode captured frames (one websocket message per file; `-` reads stdin) to JSON lines.
     Decode {
         /// Frame files.
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Certificates for development and tests.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// A dev PKI: root CA (tls.ca_file), server cert, `Tesla Issuing CA`, vehicle certs, negatives.
+    Dev {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of vehicle certificates (VINs 5YJ3E1EA7KF000001…).
+        #[arg(long, default_value_t = 3)]
+        vehicles: usize,
+        /// Extra server names / IPs (localhost, 127.0.0.1 and ::1 are always included).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Skip the negative test cases.
+        #[arg(long)]
+        no_negative: bool,
+    },
+}
+
+fn serve(config: PathBuf) -> ExitCode {
+    let loaded = match fleetgate::config::Config::load(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("fleetgate serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    fleetgate::app::init_logging(&loaded.config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetgate serve: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (_addrs, run) = match fleetgate::app::start(&loaded, shutdown.clone()).await {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                eprintln!("fleetgate serve: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            fleetgate::app::wait_for_signal().await;
+            tracing::info!("shutdown requested: no new connections, draining");
+            signal.cancel();
+        });
+        let left = run.await;
+        if left == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    })
+}
+
+fn certs_dev(
+    out: PathBuf,
+    vehicles: usize,
+    server_names: Vec<String>,
+    no_negative: bool,
+) -> ExitCode {
+    let mut names = vec!["localhost", "127.0.0.1", "::1"];
+    names.extend(server_names.iter().map(String::as_str));
+    let vins = fleetgate::certs::example_vins(vehicles);
+    let result = fleetgate::certs::DevPki::generate()
+        .and_then(|pki| pki.write(&out, &names, &vins, !no_negative));
+    match result {
+        Ok(files) => {
+            println!("wrote {} files to {}", files.len(), out.display());
+            println!("  tls.ca_file     = {}", out.join("ca.pem").display());
+            println!("  tls.server_cert = {}", out.join("server.pem").display());
+            println!("  tls.server_key  = {}", out.join("server.key").display());
+            println!(
+                "  vehicles        = {}/VIN.pem + VIN.key",
+                out.join("vehicles").display()
+            );
+            if !no_negative {
+                for (name, what) in fleetgate::certs::NEGATIVE_CASES {
+                    println!("  negative/{name}: {what}");
+                }
+            }
+            println!("dev certificates only: never use them in production");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleetgate certs dev: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Certs {
+            command:
+                CertsCommand::Dev {
+                    out,
+                    vehicles,
+                    server_names,
+                    no_negative,
+                },
+        } => certs_dev(out, vehicles, server_names, no_negative),
         Command::Decode { files } => {
             let stdout = std::io::stdout();
             match fleetgate::commands::decode::run(&files, &mut stdout.lock()) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(failed) => {
-                    eprintln!("fleetgate decode: {failed} of {} inputs could not be decoded (see the \"error\" lines)", files.len());
+                    eprintln!(
+                        "fleetgate decode: {failed} of {} inputs could not be decoded (see the \"error\" lines)",
+                        files.len()
+                    );
                     ExitCode::from(1)
                 }
                 Err(e) => {

@@ -1,0 +1,253 @@
+//! `fleetgate serve`: builds the server from a validated config (TLS, sinks, listeners,
+//! metrics) and runs it until the shutdown token fires, then shuts down in order:
+//! stop accepting → drain connections (pending acks) → flush sinks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LoadedConfig};
+use crate::ingest::connection::{ConnectionSettings, RateLimit};
+use crate::ingest::server::{self, ServerSettings};
+use crate::ingest::tls;
+use crate::metrics::{self, FrameMetrics};
+use crate::sinks::logger::LoggerSink;
+use crate::sinks::{Sink, SinkRouter};
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// TLS files unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source} — is another process using the port, or does it need privileges (ports < 1024)?")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Something else in the config.
+    #[error("config: {0}")]
+    Config(String),
+}
+
+/// Addresses the running server listens on.
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    /// Vehicle (mTLS websocket) listener.
+    pub vehicles: SocketAddr,
+    /// Prometheus `/metrics`, when enabled.
+    pub metrics: Option<SocketAddr>,
+    /// Plain `/status`, when enabled.
+    pub status: Option<SocketAddr>,
+}
+
+/// Sets up tracing on stderr (stdout belongs to the logger sink).
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let level = config
+        .log_level
+        .clone()
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase()
+        .replace("warning", "warn");
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let _ = if config.json_log_enable {
+        builder.json().try_init()
+    } else {
+        builder.with_ansi(false).try_init()
+    };
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Builds the sinks the config routes to.
+pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
+    let mut available: Vec<Arc<dyn Sink>> = Vec::new();
+    let used = |name: &str| config.records.values().any(|v| v.iter().any(|s| s == name));
+    if used("logger") {
+        available.push(Arc::new(LoggerSink::stdout()));
+    }
+    if used("kafka") {
+        return Err(ServeError::Config(
+            "records route to `kafka`, which this build does not provide yet".into(),
+        ));
+    }
+    SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
+        .map_err(ServeError::Config)
+}
+
+/// Starts every listener; returns their addresses and a future that runs the server until
+/// `shutdown` fires and then shuts down in order.
+pub async fn start(
+    loaded: &LoadedConfig,
+    shutdown: CancellationToken,
+) -> Result<(BoundAddrs, impl std::future::Future<Output = usize>), ServeError> {
+    let config = &loaded.config;
+    let base = loaded
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let tls_config = config
+        .tls
+        .as_ref()
+        .ok_or_else(|| ServeError::Config("tls missing".into()))?;
+    let server_tls = tls::server_config(
+        &Config::resolve(&base, &tls_config.ca_file),
+        &Config::resolve(&base, &tls_config.server_cert),
+        &Config::resolve(&base, &tls_config.server_key),
+    )?;
+    metrics::install();
+    let sinks = build_sinks(config)?;
+
+    let limits = &config.fleetgate.limits;
+    let rl = config.rate_limit.clone().unwrap_or_default();
+    let settings = ServerSettings {
+        tls: TlsAcceptor::from(server_tls),
+        max_connections: limits.max_connections,
+        handshake_timeout: Duration::from_secs(limits.handshake_timeout_s),
+        upgrade_timeout: Duration::from_secs(limits.upgrade_timeout_s),
+        websocket: WebSocketConfig::default()
+            .read_buffer_size(limits.ws_read_buffer_bytes)
+            .write_buffer_size(0)
+            .max_message_size(Some(limits.max_message_bytes))
+            .max_frame_size(Some(limits.max_message_bytes)),
+        connection: ConnectionSettings {
+            sinks: sinks.clone(),
+            rate_limit: RateLimit {
+                enabled: rl.enabled,
+                message_limit: rl.message_limit,
+                interval: Duration::from_secs(u64::from(rl.message_interval_time)),
+            },
+            idle_timeout: Duration::from_secs(limits.idle_timeout_s),
+            ping_interval: Duration::from_secs(limits.ping_interval_s),
+            write_timeout: Duration::from_secs(limits.write_timeout_s),
+            max_pending_acks: limits.max_pending_acks_per_connection,
+            metrics: FrameMetrics::new(),
+        },
+        shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
+    };
+
+    let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;
+    let listener = bind("vehicles", vehicle_addr).await?;
+    let vehicles = listener.local_addr().map_err(|source| ServeError::Bind {
+        what: "vehicles",
+        addr: vehicle_addr.to_string(),
+        source,
+    })?;
+
+    let mut metrics_addr = None;
+    if let Some(port) = config
+        .monitoring
+        .as_ref()
+        .and_then(|m| m.prometheus_metrics_port)
+    {
+        let host = config
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.prometheus_metrics_host.clone())
+            .unwrap_or_else(|| "0.0.0.0".into());
+        let host = if host == "localhost" {
+            "127.0.0.1".into()
+        } else {
+            host
+        };
+        let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|_| {
+            ServeError::Config(format!(
+                "monitoring.prometheus_metrics_host `{host}` is not an IP"
+            ))
+        })?;
+        let l = bind("metrics", addr).await?;
+        metrics_addr = l.local_addr().ok();
+        tokio::spawn(metrics::serve(l));
+    }
+    let mut status_addr = None;
+    if let Some(port) = config.status_port {
+        let addr = SocketAddr::new(vehicle_addr.ip(), port);
+        let l = bind("status", addr).await?;
+        status_addr = l.local_addr().ok();
+        tokio::spawn(server::serve_status(l, shutdown.clone()));
+    }
+    let addrs = BoundAddrs {
+        vehicles,
+        metrics: metrics_addr,
+        status: status_addr,
+    };
+    tracing::info!(
+        "listening vehicles={} metrics={} status={}",
+        addrs.vehicles,
+        addrs
+            .metrics
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        addrs
+            .status
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+    );
+
+    let flush_budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
+    let run = async move {
+        let still_open = server::run(listener, settings, shutdown).await;
+        tracing::info!("flushing sinks");
+        let left = tokio::task::spawn_blocking(move || sinks.flush_all(flush_budget))
+            .await
+            .unwrap_or(0);
+        if left > 0 {
+            tracing::error!(
+                records = left,
+                "sinks could not deliver every record before the shutdown deadline"
+            );
+        }
+        tracing::info!("shutdown complete");
+        still_open + left
+    };
+    Ok((addrs, run))
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

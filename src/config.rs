@@ -1,0 +1,641 @@
+//! Configuration: a Tesla `config.json` read unchanged, plus fleetgate's own `"fleetgate"`
+//! section. Tesla's keys are accepted as they are (unknown ones are warned about); fleetgate's
+//! section is strict. Validation reports every problem at once, each naming the key and the fix.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::wire::Topic;
+
+/// Sink names fleetgate implements.
+pub const SINK_NAMES: &[&str] = &["logger", "kafka"];
+/// Sink names of the reference server that fleetgate does not implement.
+const REFERENCE_ONLY_SINKS: &[&str] = &["kinesis", "pubsub", "zmq", "mqtt", "redis", "nats"];
+
+/// Reference keys fleetgate parses but does not act on; a warning says so at start-up.
+const IGNORED_REFERENCE_KEYS: &[&str] = &[
+    "kinesis",
+    "pubsub",
+    "zmq",
+    "mqtt",
+    "airbrake",
+    "reliable_ack",
+    "reliable_ack_workers",
+];
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Config {
+    /// Listen host for vehicles (Tesla key; default all interfaces).
+    #[serde(default)]
+    pub host: String,
+    /// Listen port for vehicles (Tesla key; default 443; 0 picks a free port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Optional plain-HTTP port answering `GET /status` with `ok` (Tesla key).
+    #[serde(default)]
+    pub status_port: Option<u16>,
+    /// Server certificate, key and the CA bundle vehicles' certificates chain to (Tesla key).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Reference: use Tesla's embedded engineering CA when `tls.ca_file` is empty.
+    #[serde(default)]
+    pub use_default_eng_ca: bool,
+    /// Per-connection rate limit (Tesla key).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Topics whose ack waits for the named sink's delivery report (Tesla key).
+    #[serde(default)]
+    pub reliable_ack_sources: BTreeMap<String, String>,
+    /// librdkafka producer properties, passed through unchanged (Tesla key).
+    #[serde(default)]
+    pub kafka: Option<serde_json::Map<String, Value>>,
+    /// Prefix of Kafka topic names: `{namespace}_{topic}` (Tesla key).
+    #[serde(default)]
+    pub namespace: String,
+    /// Prometheus metrics and profiler (Tesla key).
+    #[serde(default)]
+    pub monitoring: Option<MonitoringConfig>,
+    /// `error`, `warn`, `info`, `debug` or `trace` (Tesla key).
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Log as JSON lines (Tesla key).
+    #[serde(default)]
+    pub json_log_enable: bool,
+    /// Topic → sinks (Tesla key), e.g. `{"V": ["kafka"], "alerts": ["logger"]}`.
+    #[serde(default)]
+    pub records: BTreeMap<String, Vec<String>>,
+    /// Send proto3 JSON instead of protobuf bytes to Kafka (Tesla key).
+    #[serde(default)]
+    pub transmit_decoded_records: bool,
+    /// VINs whose signals get per-VIN metrics (Tesla key, at most 20).
+    #[serde(default)]
+    pub vins_signal_tracking_enabled: Vec<String>,
+    /// fleetgate's own settings.
+    #[serde(default)]
+    pub fleetgate: FleetgateConfig,
+    /// Every key fleetgate does not know (warned about at start-up).
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// `tls` (Tesla key).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct TlsConfig {
+    /// PEM bundle of CAs that vehicle certificates must chain to.
+    #[serde(default)]
+    pub ca_file: String,
+    /// PEM server certificate chain.
+    #[serde(default)]
+    pub server_cert: String,
+    /// PEM server private key.
+    #[serde(default)]
+    pub server_key: String,
+}
+
+/// `rate_limit` (Tesla key).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitConfig {
+    /// Drop (unacked) frames over the limit; when false they are only counted.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Frames allowed per interval (default 100).
+    #[serde(default = "default_message_limit")]
+    pub message_limit: u32,
+    /// Interval in seconds (default 60).
+    #[serde(default = "default_message_interval")]
+    pub message_interval_time: u32,
+}
+
+fn default_message_limit() -> u32 {
+    100
+}
+fn default_message_interval() -> u32 {
+    60
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            message_limit: default_message_limit(),
+            message_interval_time: default_message_interval(),
+        }
+    }
+}
+
+/// `monitoring` (Tesla key).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct MonitoringConfig {
+    /// Port of the Prometheus `/metrics` endpoint (0 picks a free port; unset disables it).
+    #[serde(default)]
+    pub prometheus_metrics_port: Option<u16>,
+    /// Host of the metrics endpoint (default 0.0.0.0).
+    #[serde(default)]
+    pub prometheus_metrics_host: Option<String>,
+    /// Reference profiler port (parsed, not served by fleetgate).
+    #[serde(default)]
+    pub profiler_port: Option<u16>,
+    /// Reference profiler host (parsed, not served by fleetgate).
+    #[serde(default)]
+    pub profiler_host: Option<String>,
+    /// Reference keys fleetgate does not use (statsd, profiling_path, …).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
+}
+
+/// The `"fleetgate"` section: settings Tesla's server does not have.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FleetgateConfig {
+    /// Connection limits and timeouts.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Seconds a graceful shutdown may take before connections are cut (default 10).
+    #[serde(default = "default_shutdown_grace_s")]
+    pub shutdown_grace_s: u64,
+}
+
+fn default_shutdown_grace_s() -> u64 {
+    10
+}
+
+/// `fleetgate.limits`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Vehicle connections held at once; further TCP connections are closed at accept.
+    #[serde(default = "LimitsConfig::default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds allowed for the TLS handshake.
+    #[serde(default = "LimitsConfig::default_handshake_timeout_s")]
+    pub handshake_timeout_s: u64,
+    /// Seconds allowed, after TLS, for the HTTP request (upgrade or /status).
+    #[serde(default = "LimitsConfig::default_upgrade_timeout_s")]
+    pub upgrade_timeout_s: u64,
+    /// Seconds without any message from the vehicle before the connection is closed.
+    #[serde(default = "LimitsConfig::default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+    /// Seconds between websocket pings sent to a quiet vehicle.
+    #[serde(default = "LimitsConfig::default_ping_interval_s")]
+    pub ping_interval_s: u64,
+    /// Seconds a vehicle may leave our acks unread before the connection is closed.
+    #[serde(default = "LimitsConfig::default_write_timeout_s")]
+    pub write_timeout_s: u64,
+    /// Frames of reliable topics awaiting their delivery report before the connection stops
+    /// reading from the vehicle (backpressure).
+    #[serde(default = "LimitsConfig::default_max_pending_acks")]
+    pub max_pending_acks_per_connection: usize,
+    /// Largest websocket message buffered at all; larger ones close the connection (1009).
+    /// Messages over 1,000,000 bytes and up to this size get an error reply instead.
+    #[serde(default = "LimitsConfig::default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Websocket read buffer per connection (bytes): the main per-connection memory cost.
+    #[serde(default = "LimitsConfig::default_ws_read_buffer_bytes")]
+    pub ws_read_buffer_bytes: usize,
+}
+
+impl LimitsConfig {
+    fn default_max_connections() -> usize {
+        19_000
+    }
+    fn default_handshake_timeout_s() -> u64 {
+        10
+    }
+    fn default_upgrade_timeout_s() -> u64 {
+        10
+    }
+    fn default_idle_timeout_s() -> u64 {
+        300
+    }
+    fn default_ping_interval_s() -> u64 {
+        60
+    }
+    fn default_write_timeout_s() -> u64 {
+        10
+    }
+    fn default_max_pending_acks() -> usize {
+        256
+    }
+    fn default_max_message_bytes() -> usize {
+        2 * 1024 * 1024
+    }
+    fn default_ws_read_buffer_bytes() -> usize {
+        4096
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: Self::default_max_connections(),
+            handshake_timeout_s: Self::default_handshake_timeout_s(),
+            upgrade_timeout_s: Self::default_upgrade_timeout_s(),
+            idle_timeout_s: Self::default_idle_timeout_s(),
+            ping_interval_s: Self::default_ping_interval_s(),
+            write_timeout_s: Self::default_write_timeout_s(),
+            max_pending_acks_per_connection: Self::default_max_pending_acks(),
+            max_message_bytes: Self::default_max_message_bytes(),
+            ws_read_buffer_bytes: Self::default_ws_read_buffer_bytes(),
+        }
+    }
+}
+
+/// One configuration problem: the key, what is wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `tls.ca_file`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON or a value has the wrong type.
+    #[error("config file {path} is not valid: {source} (line {line}, column {column})")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde_json's message (names the key for type errors).
+        source: serde_json::Error,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+    },
+    /// Values parsed but are not usable; every problem is listed.
+    #[error("config file {path} has {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// A validated configuration plus the warnings to log at start-up.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    /// The configuration.
+    pub config: Config,
+    /// Where it was read from (relative paths in it are relative to this file's folder).
+    pub path: PathBuf,
+    /// Non-fatal findings (unknown keys, reference features fleetgate does not implement).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Parses JSON text (no validation).
+    pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            line: source.line(),
+            column: source.column(),
+            source,
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::from_json(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let (issues, warnings) = config.validate(base);
+        if !issues.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                issues,
+            });
+        }
+        Ok(LoadedConfig {
+            config,
+            path: path.to_owned(),
+            warnings,
+        })
+    }
+
+    /// Resolves a path from the config relative to the config file's folder.
+    pub fn resolve(base: &Path, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    }
+
+    /// Checks every value; returns (fatal issues, warnings).
+    pub fn validate(&self, base: &Path) -> (Vec<ConfigIssue>, Vec<String>) {
+        let mut issues = Vec::new();
+        let mut warnings = Vec::new();
+        let mut issue = |key: &str, problem: String| {
+            issues.push(ConfigIssue {
+                key: key.to_owned(),
+                problem,
+            })
+        };
+
+        for key in self.unknown.keys() {
+            if IGNORED_REFERENCE_KEYS.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "config key `{key}` belongs to Tesla's server and is not used by fleetgate"
+                ));
+            } else {
+                warnings.push(format!("unknown config key `{key}` is ignored (typo?)"));
+            }
+        }
+        if let Some(m) = &self.monitoring {
+            for key in m.other.keys() {
+                warnings.push(format!(
+                    "config key `monitoring.{key}` is not used by fleetgate (metrics are Prometheus only)"
+                ));
+            }
+            if m.profiler_port.is_some() {
+                warnings.push(
+                    "config key `monitoring.profiler_port` is not served by fleetgate".to_owned(),
+                );
+            }
+        }
+
+        match &self.tls {
+            None => issue(
+                "tls",
+                "missing: fleetgate is mTLS only; set tls.server_cert, tls.server_key and tls.ca_file (`fleetgate certs dev --out DIR` makes a dev set)".into(),
+            ),
+            Some(tls) => {
+                for (key, value, what) in [
+                    ("tls.server_cert", &tls.server_cert, "the server certificate (PEM)"),
+                    ("tls.server_key", &tls.server_key, "the server private key (PEM)"),
+                    ("tls.ca_file", &tls.ca_file, "the CA bundle vehicle certificates chain to (Tesla publishes it; for dev, `fleetgate certs dev`)"),
+                ] {
+                    if value.is_empty() {
+                        let hint = if key == "tls.ca_file" && self.use_default_eng_ca {
+                            " (use_default_eng_ca: fleetgate does not embed Tesla's CAs; point ca_file at the bundle instead)"
+                        } else {
+                            ""
+                        };
+                        issue(key, format!("missing: set it to {what}{hint}"));
+                    } else {
+                        let path = Config::resolve(base, value);
+                        if !path.is_file() {
+                            issue(key, format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file)", path.display()));
+                        }
+                    }
+                }
+            }
+        }
+
+        if self.records.is_empty() {
+            warnings.push("`records` is empty: frames are acked but sent nowhere".to_owned());
+        }
+        for (topic, sinks) in &self.records {
+            if Topic::from_wire(topic.as_bytes()).is_none() {
+                warnings.push(format!("records.{topic}: topic has no known schema; its frames are acked and counted, never dispatched"));
+            }
+            for sink in sinks {
+                if SINK_NAMES.contains(&sink.as_str()) {
+                    continue;
+                }
+                let why = if REFERENCE_ONLY_SINKS.contains(&sink.as_str()) {
+                    format!("sink `{sink}` of Tesla's server is not implemented by fleetgate")
+                } else {
+                    format!("unknown sink `{sink}`")
+                };
+                issue(
+                    &format!("records.{topic}"),
+                    format!("{why}: use one of {SINK_NAMES:?}"),
+                );
+            }
+            if sinks.iter().any(|s| s == "kafka") && self.kafka.is_none() {
+                issue(&format!("records.{topic}"), "routes to `kafka` but there is no `kafka` section: add {\"bootstrap.servers\": \"host:9092\"}".into());
+            }
+        }
+        for (topic, sink) in &self.reliable_ack_sources {
+            if !self.records.get(topic).is_some_and(|s| s.contains(sink)) {
+                issue(
+                    &format!("reliable_ack_sources.{topic}"),
+                    format!("sink `{sink}` is not among records.{topic}: add it there or remove this entry"),
+                );
+            }
+            if sink == "logger" {
+                warnings.push(format!(
+                    "reliable_ack_sources.{topic}: the logger sink confirms at once; reliable acks only matter for kafka"
+                ));
+            }
+        }
+        if let Some(rl) = &self.rate_limit {
+            if rl.message_limit == 0 {
+                issue("rate_limit.message_limit", "must be at least 1".into());
+            }
+            if rl.message_interval_time == 0 {
+                issue(
+                    "rate_limit.message_interval_time",
+                    "must be at least 1 second".into(),
+                );
+            }
+        }
+        if let Some(level) = &self.log_level {
+            if !["error", "warn", "warning", "info", "debug", "trace"]
+                .contains(&level.to_ascii_lowercase().as_str())
+            {
+                issue(
+                    "log_level",
+                    format!("`{level}` is not a level: use error, warn, info, debug or trace"),
+                );
+            }
+        }
+        if self.vins_signal_tracking_enabled.len() > 20 {
+            issue(
+                "vins_signal_tracking_enabled",
+                format!(
+                    "{} VINs listed; at most 20 keep metric cardinality bounded",
+                    self.vins_signal_tracking_enabled.len()
+                ),
+            );
+        }
+        if let Some(host) = self
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.prometheus_metrics_host.as_ref())
+        {
+            if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+                issue(
+                    "monitoring.prometheus_metrics_host",
+                    format!("`{host}` is not an IP address"),
+                );
+            }
+        }
+        let l = &self.fleetgate.limits;
+        if l.max_connections == 0 {
+            issue(
+                "fleetgate.limits.max_connections",
+                "must be at least 1".into(),
+            );
+        }
+        for (key, v) in [
+            (
+                "fleetgate.limits.handshake_timeout_s",
+                l.handshake_timeout_s,
+            ),
+            ("fleetgate.limits.upgrade_timeout_s", l.upgrade_timeout_s),
+            ("fleetgate.limits.idle_timeout_s", l.idle_timeout_s),
+            ("fleetgate.limits.ping_interval_s", l.ping_interval_s),
+            ("fleetgate.limits.write_timeout_s", l.write_timeout_s),
+        ] {
+            if v == 0 {
+                issue(key, "must be at least 1 second".into());
+            }
+        }
+        if l.max_pending_acks_per_connection == 0 {
+            issue(
+                "fleetgate.limits.max_pending_acks_per_connection",
+                "must be at least 1".into(),
+            );
+        }
+        if l.max_message_bytes <= crate::wire::MAX_FRAME_BYTES {
+            issue(
+                "fleetgate.limits.max_message_bytes",
+                format!(
+                    "must exceed the {}-byte frame limit so oversized frames get an error reply",
+                    crate::wire::MAX_FRAME_BYTES
+                ),
+            );
+        }
+        if !(256..=1 << 20).contains(&l.ws_read_buffer_bytes) {
+            issue(
+                "fleetgate.limits.ws_read_buffer_bytes",
+                "must be between 256 and 1048576".into(),
+            );
+        }
+        (issues, warnings)
+    }
+
+    /// Address the vehicle listener binds.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        let host = if self.host.is_empty() {
+            "0.0.0.0"
+        } else {
+            &self.host
+        };
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
+        let port = self.port.unwrap_or(443);
+        format!("{host}:{port}")
+            .parse()
+            .or_else(|_| format!("[{host}]:{port}").parse())
+            .map_err(|_| format!("host `{host}` is not an IP address"))
+    }
+
+    /// The sinks of a topic (empty when the topic is not routed).
+    pub fn sinks_for(&self, topic: &str) -> &[String] {
+        self.records.get(topic).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Config {
+        Config::from_json(json, Path::new("t.json")).unwrap()
+    }
+
+    #[test]
+    fn a_reference_config_parses_unchanged() {
+        let c = parse(
+            r#"{
+            "host": "0.0.0.0", "port": 443, "status_port": 8080,
+            "log_level": "info", "json_log_enable": true, "namespace": "tesla_telemetry",
+            "reliable_ack_sources": {"V": "kafka"},
+            "monitoring": {"prometheus_metrics_port": 9273, "profiler_port": 4269, "profiling_path": "/tmp/x"},
+            "rate_limit": {"enabled": true, "message_interval_time": 30, "message_limit": 1000},
+            "records": {"alerts": ["logger"], "errors": ["logger"], "V": ["kafka"]},
+            "kafka": {"bootstrap.servers": "kafka:9092", "queue.buffering.max.messages": 1000000},
+            "tls": {"server_cert": "/etc/certs/server/tls.crt", "server_key": "/etc/certs/server/tls.key"},
+            "transmit_decoded_records": false,
+            "kinesis": {"max_retries": 3}
+        }"#,
+        );
+        assert_eq!(c.port, Some(443));
+        assert_eq!(c.namespace, "tesla_telemetry");
+        assert_eq!(c.rate_limit.as_ref().unwrap().message_limit, 1000);
+        assert_eq!(c.sinks_for("V"), ["kafka"]);
+        let (issues, warnings) = c.validate(Path::new("/"));
+        // the cert files do not exist here and ca_file is missing: named, with fixes
+        assert!(issues.iter().any(|i| i.key == "tls.ca_file"));
+        assert!(issues
+            .iter()
+            .any(|i| i.key == "tls.server_cert" && i.problem.contains("does not exist")));
+        assert!(warnings.iter().any(|w| w.contains("kinesis")));
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("monitoring.profiling_path")));
+    }
+
+    #[test]
+    fn unknown_sinks_and_bad_values_are_all_reported() {
+        let c = parse(
+            r#"{"records": {"V": ["kinesis", "nope"], "alerts": ["kafka"]},
+                "reliable_ack_sources": {"errors": "kafka"},
+                "log_level": "loud",
+                "fleetgate": {"limits": {"idle_timeout_s": 0}}}"#,
+        );
+        let (issues, _) = c.validate(Path::new("/"));
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        for expected in [
+            "tls",
+            "records.V",
+            "records.alerts",
+            "reliable_ack_sources.errors",
+            "log_level",
+            "fleetgate.limits.idle_timeout_s",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+        assert!(issues
+            .iter()
+            .any(|i| i.problem.contains("not implemented by fleetgate")));
+    }
+
+    #[test]
+    fn the_fleetgate_section_is_strict() {
+        let err = Config::from_json(r#"{"fleetgate": {"limitz": {}}}"#, Path::new("x.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limitz"), "{err}");
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let err = Config::from_json("{\n  \"port\": \"443\"\n}", Path::new("x.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,430 @@
+//! One vehicle connection after the websocket upgrade: read frames, decode, dispatch to sinks,
+//! answer each frame exactly as WIRE.md says, and send acks of reliable topics when their
+//! delivery reports arrive. One task per connection; nothing here blocks another vehicle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use super::identity::Identity;
+use crate::metrics::{self as m, FrameMetrics};
+use crate::sinks::{Completion, DeliveryTicket, SinkRecord, SinkRouter};
+use crate::wire::{read_envelope, read_frame, EnvelopeWriter, FrameError, Topic, MAX_FRAME_BYTES};
+
+/// Settings shared by every connection.
+#[derive(Clone)]
+pub struct ConnectionSettings {
+    /// Where records go.
+    pub sinks: SinkRouter,
+    /// Per-connection rate limit: frames per interval.
+    pub rate_limit: RateLimit,
+    /// Close after this long without any message.
+    pub idle_timeout: Duration,
+    /// Ping a quiet vehicle this often.
+    pub ping_interval: Duration,
+    /// Give up on a vehicle that does not read its acks for this long.
+    pub write_timeout: Duration,
+    /// Frames awaiting a reliable ack before this connection stops reading (backpressure).
+    pub max_pending_acks: usize,
+    /// Per-frame metric handles.
+    pub metrics: FrameMetrics,
+}
+
+/// The reference server's rate limit: `message_limit` frames per `interval`.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Drop frames over the limit (otherwise only count them).
+    pub enabled: bool,
+    /// Frames allowed per interval.
+    pub message_limit: u32,
+    /// The interval.
+    pub interval: Duration,
+}
+
+/// Token bucket holding `message_limit` tokens, refilled over `interval`.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: &RateLimit) -> Self {
+        Self {
+            tokens: f64::from(limit.message_limit),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token; false when the connection is over its limit.
+    fn take(&mut self, limit: &RateLimit, now: Instant) -> bool {
+        let capacity = f64::from(limit.message_limit);
+        let rate = capacity / limit.interval.as_secs_f64();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(capacity);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Everything known about the connection when it starts.
+pub struct ConnectionInfo {
+    /// The vehicle's identity.
+    pub identity: Arc<Identity>,
+    /// Connection id (X-TXID when a valid UUID, else a fresh UUID v4).
+    pub connection_id: String,
+    /// `Version` header.
+    pub client_version: String,
+    /// `X-Network-Interface` header.
+    pub network_interface: String,
+}
+
+/// An ack waiting for a delivery report.
+struct PendingAck {
+    txid: Bytes,
+    topic: Bytes,
+    message_id: Bytes,
+}
+
+/// Why a connection ended (metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The vehicle closed it.
+    ClientClosed,
+    /// Read error or protocol violation.
+    ProtocolError,
+    /// A text message (only binary frames are telemetry).
+    TextMessage,
+    /// Nothing received for the idle timeout.
+    Idle,
+    /// The vehicle did not read our acks in time.
+    WriteTimeout,
+    /// Server shutdown.
+    Shutdown,
+    /// A message larger than the buffering limit.
+    MessageTooLarge,
+}
+
+impl CloseReason {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TextMessage => "text_message",
+            CloseReason::Idle => "idle",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::MessageTooLarge => "message_too_large",
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Per-connection state of the frame loop.
+struct Conn<S> {
+    ws: WebSocketStream<S>,
+    info: ConnectionInfo,
+    settings: ConnectionSettings,
+    writer: EnvelopeWriter,
+    bucket: Bucket,
+    pending: HashMap<u64, PendingAck>,
+    next_seq: u64,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), CloseReason> {
+        match tokio::time::timeout(
+            self.settings.write_timeout,
+            self.ws.send(Message::Binary(Bytes::from(bytes))),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::ProtocolError),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        }
+    }
+
+    async fn ack(
+        &mut self,
+        txid: &[u8],
+        topic: &[u8],
+        message_id: &[u8],
+    ) -> Result<(), CloseReason> {
+        let bytes = self.writer.ack(txid, topic, message_id).to_vec();
+        self.settings.metrics.acks.increment(1);
+        self.send(bytes).await
+    }
+
+    async fn error_reply(&mut self, txid: &[u8]) -> Result<(), CloseReason> {
+        let bytes = self.writer.error_reply(txid).to_vec();
+        self.settings.metrics.error_replies.increment(1);
+        self.send(bytes).await
+    }
+
+    /// Handles one binary websocket message.
+    async fn on_frame(&mut self, message: Bytes) -> Result<(), CloseReason> {
+        let received_at_ms = now_ms();
+        let len = message.len();
+        let metrics = self.settings.metrics.clone();
+
+        if len > MAX_FRAME_BYTES {
+            // Answer with the txid when the envelope is readable, as a vehicle can then match it.
+            let txid = read_envelope(&message)
+                .map(|e| e.txid.to_vec())
+                .unwrap_or_default();
+            metrics.frame_refused(None, "too_big", len);
+            tracing::warn!(vin = %self.info.identity.device_id, bytes = len, "frame exceeds the size limit");
+            return self.error_reply(&txid).await;
+        }
+
+        let limit = self.settings.rate_limit;
+        if !self.bucket.take(&limit, Instant::now()) {
+            let topic = read_envelope(&message)
+                .ok()
+                .and_then(|e| Topic::from_wire(e.topic));
+            metrics::counter!(m::RATE_LIMITED_TOTAL, "topic" => m::TOPIC_LABELS[FrameMetrics::topic_index(topic)]).increment(1);
+            if limit.enabled {
+                metrics.frame_refused(topic, "rate_limited", len);
+                return Ok(());
+            }
+        }
+
+        let started = Instant::now();
+        let frame = match read_frame(&message) {
+            Ok(frame) => frame,
+            Err(FrameError::UnknownMessageType {
+                txid,
+                topic,
+                message_id,
+                message_type,
+            }) => {
+                metrics.frame_refused(Topic::from_wire(&topic), "unknown_message_type", len);
+                tracing::debug!(vin = %self.info.identity.device_id, message_type, "unknown message type, acked");
+                return self.ack(&txid, &topic, &message_id).await;
+            }
+            Err(e) => {
+                metrics.frame_refused(None, e.kind(), len);
+                tracing::debug!(vin = %self.info.identity.device_id, error = %e, "unreadable frame, no answer possible");
+                return Ok(());
+            }
+        };
+
+        let identity = self.info.identity.clone();
+        if frame.sender_id != identity.sender_id.as_bytes()
+            && frame.sender_id != identity.device_id.as_bytes()
+        {
+            metrics.frame_refused(frame.topic, "unauthorized_sender", len);
+            tracing::warn!(
+                vin = %identity.device_id,
+                sender_id = %String::from_utf8_lossy(frame.sender_id),
+                expected = %identity.sender_id,
+                "frame sender id does not match the certificate; acked, not dispatched"
+            );
+            return self
+                .ack(frame.txid, frame.topic_name, frame.message_id)
+                .await;
+        }
+
+        let (txid, topic_name, message_id) = (frame.txid, frame.topic_name, frame.message_id);
+        if frame.topic.is_none() || frame.topic == Some(Topic::Connectivity) {
+            // No schema, or a server-owned topic a vehicle must not write: ack so it stops resending.
+            metrics.frame_refused(None, "unknown_topic", len);
+            tracing::debug!(vin = %identity.device_id, topic = %String::from_utf8_lossy(topic_name), "frame on a topic fleetgate does not route; acked");
+            return self.ack(txid, topic_name, message_id).await;
+        }
+
+        let record = match frame.into_record(&identity.device_id, received_at_ms) {
+            Ok(record) => record,
+            Err(e) => {
+                metrics.frame_refused(frame.topic, e.kind(), len);
+                tracing::info!(vin = %identity.device_id, error = %e, "payload rejected, error reply sent");
+                return self.error_reply(txid).await;
+            }
+        };
+        metrics
+            .decode_seconds
+            .record(started.elapsed().as_secs_f64());
+
+        let topic = record.topic;
+        let sinks = self.settings.sinks.sinks(topic);
+        if sinks.is_empty() {
+            metrics.frame_refused(Some(topic), "not_routed", len);
+            return self.ack(txid, topic_name, message_id).await;
+        }
+        metrics.frame_ok(Some(topic), len);
+
+        let sink_record = SinkRecord {
+            topic,
+            vin: record.vin,
+            txid: record.frame.txid,
+            device_type: record.frame.device_type,
+            created_at: record.frame.created_at,
+            received_at_ms,
+            device_client_version: &self.info.client_version,
+            payload: &record.payload,
+        };
+        let reliable = self.settings.sinks.reliable_sink(topic);
+        let seq = self.next_seq;
+        for sink in sinks {
+            let ticket = if reliable == Some(sink.name()) {
+                DeliveryTicket::tracked(self.completions_tx.clone(), seq)
+            } else {
+                DeliveryTicket::untracked()
+            };
+            let t = Instant::now();
+            sink.publish(&sink_record, ticket);
+            metrics::histogram!(m::SINK_PUBLISH_SECONDS, "sink" => sink.name())
+                .record(t.elapsed().as_secs_f64());
+        }
+        if reliable.is_some() {
+            self.next_seq += 1;
+            self.pending.insert(
+                seq,
+                PendingAck {
+                    txid: Bytes::copy_from_slice(txid),
+                    topic: Bytes::copy_from_slice(topic_name),
+                    message_id: Bytes::copy_from_slice(message_id),
+                },
+            );
+            metrics.reliable_pending.increment(1.0);
+            Ok(())
+        } else {
+            self.ack(txid, topic_name, message_id).await
+        }
+    }
+
+    async fn on_completion(&mut self, c: Completion) -> Result<(), CloseReason> {
+        let Some(p) = self.pending.remove(&c.seq) else {
+            return Ok(());
+        };
+        self.settings.metrics.reliable_pending.decrement(1.0);
+        if c.delivered {
+            self.ack(&p.txid, &p.topic, &p.message_id).await
+        } else {
+            // Never ack what was not stored: the vehicle resends after its own timeout.
+            metrics::counter!(m::RELIABLE_ACK_FAILED_TOTAL).increment(1);
+            tracing::warn!(vin = %self.info.identity.device_id, txid = %String::from_utf8_lossy(&p.txid), "delivery failed; frame not acked");
+            Ok(())
+        }
+    }
+}
+
+/// Runs the frame loop until the vehicle leaves, fails, idles out, or `shutdown` fires.
+/// On shutdown the loop stops reading, waits (bounded by `drain`) for pending reliable acks,
+/// then closes the websocket with 1001 (going away).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: WebSocketStream<S>,
+    info: ConnectionInfo,
+    settings: ConnectionSettings,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> CloseReason {
+    let (completions_tx, mut completions_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        ws,
+        bucket: Bucket::new(&settings.rate_limit),
+        info,
+        writer: EnvelopeWriter::new(),
+        pending: HashMap::new(),
+        next_seq: 0,
+        completions_tx,
+        settings,
+    };
+    let mut last_rx = Instant::now();
+    let mut ping = tokio::time::interval(conn.settings.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+
+    let reason = loop {
+        let can_read = conn.pending.len() < conn.settings.max_pending_acks;
+        let result = tokio::select! {
+            biased;
+            Some(c) = completions_rx.recv() => conn.on_completion(c).await,
+            _ = shutdown.cancelled() => break CloseReason::Shutdown,
+            msg = conn.ws.next(), if can_read => {
+                last_rx = Instant::now();
+                match msg {
+                    Some(Ok(Message::Binary(data))) => conn.on_frame(data).await,
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+                    Some(Ok(Message::Text(_))) => Err(CloseReason::TextMessage),
+                    Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
+                    Some(Err(WsError::Capacity(_))) => Err(CloseReason::MessageTooLarge),
+                    Some(Err(_)) => Err(CloseReason::ProtocolError),
+                }
+            }
+            _ = ping.tick() => {
+                if last_rx.elapsed() >= conn.settings.idle_timeout {
+                    Err(CloseReason::Idle)
+                } else {
+                    tokio::time::timeout(conn.settings.write_timeout, conn.ws.send(Message::Ping(Bytes::new())))
+                        .await
+                        .map_err(|_| CloseReason::WriteTimeout)
+                        .and_then(|r| r.map_err(|_| CloseReason::ProtocolError))
+                }
+            }
+        };
+        if let Err(reason) = result {
+            break reason;
+        }
+    };
+
+    if reason == CloseReason::Shutdown {
+        // Let in-flight reliable acks arrive, within the drain budget.
+        let deadline = tokio::time::Instant::now() + drain;
+        while !conn.pending.is_empty() {
+            match tokio::time::timeout_at(deadline, completions_rx.recv()).await {
+                Ok(Some(c)) => {
+                    if conn.on_completion(c).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+    let code = match reason {
+        CloseReason::Shutdown => CloseCode::Away,
+        CloseReason::TextMessage => CloseCode::Unsupported,
+        CloseReason::MessageTooLarge => CloseCode::Size,
+        CloseReason::Idle | CloseReason::ClientClosed => CloseCode::Normal,
+        _ => CloseCode::Protocol,
+    };
+    if !matches!(reason, CloseReason::WriteTimeout) {
+        let close = conn.ws.close(Some(CloseFrame {
+            code,
+            reason: reason.label().into(),
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+    }
+    let left = conn.pending.len();
+    if left > 0 {
+        conn.settings
+            .metrics
+            .reliable_pending
+            .decrement(left as f64);
+    }
+    reason
+}

@@ -1,0 +1,8 @@
+//! Vehicle ingest: TLS with identity, the HTTP upgrade, and the per-connection frame loop.
+//! Owns sockets and the answers on the wire; hands records to `sinks` and nothing else.
+
+pub mod connection;
+pub mod http;
+pub mod identity;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,292 @@
+//! The vehicle listener: accept with a connection cap, TLS handshake with a timeout, identity,
+//! one HTTP request (`/status` or a websocket upgrade), then the frame loop. Also the optional
+//! plain-HTTP status listener and the connectivity records made on connect and disconnect.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connection::{self, ConnectionInfo, ConnectionSettings};
+use super::http::{self, HeadError};
+use super::identity::{identity_from_der, Identity};
+use super::tls::handshake_failure_reason;
+use crate::metrics as m;
+use crate::sinks::{DeliveryTicket, SinkRecord, SinkRouter};
+use crate::wire::proto::vehicle_connectivity::{ConnectivityEvent, VehicleConnectivity};
+use crate::wire::Topic;
+
+/// Everything the listener needs, shared by all connections.
+#[derive(Clone)]
+pub struct ServerSettings {
+    /// TLS acceptor (mTLS).
+    pub tls: TlsAcceptor,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// TLS handshake time limit.
+    pub handshake_timeout: Duration,
+    /// Time limit for the HTTP request after TLS.
+    pub upgrade_timeout: Duration,
+    /// Websocket buffer and size limits.
+    pub websocket: WebSocketConfig,
+    /// Per-connection frame loop settings.
+    pub connection: ConnectionSettings,
+    /// How long shutdown waits for connections to drain.
+    pub shutdown_grace: Duration,
+}
+
+fn unix_now() -> (i64, i32) {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, d.subsec_nanos() as i32)
+}
+
+/// Produces a connectivity record (CONNECTED / DISCONNECTED) to the `connectivity` sinks.
+fn publish_connectivity(sinks: &SinkRouter, info: &ConnectionInfo, status: ConnectivityEvent) {
+    let targets = sinks.sinks(Topic::Connectivity);
+    if targets.is_empty() {
+        return;
+    }
+    let (seconds, nanos) = unix_now();
+    let record = VehicleConnectivity {
+        vin: info.identity.device_id.clone(),
+        connection_id: info.connection_id.clone(),
+        status: status as i32,
+        created_at: Some(prost_types::Timestamp { seconds, nanos }),
+        network_interface: info.network_interface.clone(),
+    };
+    let payload = record.encode_to_vec();
+    let sink_record = SinkRecord {
+        topic: Topic::Connectivity,
+        vin: &info.identity.device_id,
+        txid: info.connection_id.as_bytes(),
+        device_type: info.identity.client_type.as_bytes(),
+        created_at: seconds as u32,
+        received_at_ms: (seconds as u64) * 1000 + (nanos as u64) / 1_000_000,
+        device_client_version: &info.client_version,
+        payload: &payload,
+    };
+    for sink in targets {
+        sink.publish(&sink_record, DeliveryTicket::untracked());
+    }
+}
+
+/// Connection id: the `X-TXID` header when it is a valid UUID, else a fresh UUID v4.
+pub fn connection_id(header: &str) -> String {
+    uuid::Uuid::parse_str(header)
+        .unwrap_or_else(|_| uuid::Uuid::new_v4())
+        .hyphenated()
+        .to_string()
+}
+
+/// Serves one accepted TCP connection to its end.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    settings: Arc<ServerSettings>,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(settings.handshake_timeout, settings.tls.accept(tcp)).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => reason).increment(1);
+            tracing::debug!(%peer, reason, error = %e, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "timeout").increment(1);
+            tracing::debug!(%peer, "tls handshake timed out");
+            return;
+        }
+    };
+    metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "ok").increment(1);
+    let identity = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|leaf| identity_from_der(leaf))
+        .unwrap_or(Err(super::identity::IdentityError::NoCertificate));
+
+    let mut tls = tls;
+    let head = match tokio::time::timeout(settings.upgrade_timeout, http::read_head(&mut tls)).await
+    {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => {
+            let outcome = match e {
+                HeadError::Io(_) => "closed",
+                HeadError::TooLarge => "too_large",
+                HeadError::Invalid(_) => "bad_request",
+            };
+            metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+            if !matches!(e, HeadError::Io(_)) {
+                let _ = http::respond(&mut tls, 400, "Bad Request", "bad request\n").await;
+            }
+            return;
+        }
+        Err(_) => {
+            metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "timeout").increment(1);
+            return;
+        }
+    };
+
+    if head.method == "GET" && head.path == "/status" {
+        metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "status").increment(1);
+        let _ = http::respond(&mut tls, 200, "OK", "mtls ok").await;
+        return;
+    }
+    let identity: Arc<Identity> = match identity {
+        Ok(identity) => Arc::new(identity),
+        Err(e) => {
+            metrics::counter!(m::IDENTITY_REFUSED_TOTAL, "reason" => e.reason()).increment(1);
+            metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "forbidden").increment(1);
+            tracing::info!(%peer, reason = e.reason(), error = %e, "client certificate refused by the identity rules");
+            let _ = http::respond(
+                &mut tls,
+                403,
+                "Forbidden",
+                &format!("identity refused: {}\n", e.reason()),
+            )
+            .await;
+            return;
+        }
+    };
+    let Some(key) = head.websocket_key.as_deref() else {
+        metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "not_websocket").increment(1);
+        let _ = http::respond(
+            &mut tls,
+            400,
+            "Bad Request",
+            "expected a websocket upgrade or GET /status\n",
+        )
+        .await;
+        return;
+    };
+    if http::accept_upgrade(&mut tls, key).await.is_err() {
+        return;
+    }
+    metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "upgrade").increment(1);
+
+    let info = ConnectionInfo {
+        connection_id: connection_id(&head.txid),
+        identity,
+        client_version: head.version,
+        network_interface: head.network_interface,
+    };
+    let ws = WebSocketStream::from_partially_read(
+        tls,
+        head.leftover,
+        Role::Server,
+        Some(settings.websocket),
+    )
+    .await;
+    tracing::info!(vin = %info.identity.device_id, client_type = info.identity.client_type, connection_id = %info.connection_id, %peer, "vehicle connected");
+    publish_connectivity(
+        &settings.connection.sinks,
+        &info,
+        ConnectivityEvent::Connected,
+    );
+    settings.connection.metrics.connections_open.increment(1.0);
+
+    let vin = info.identity.device_id.clone();
+    let connection_id = info.connection_id.clone();
+    let identity = info.identity.clone();
+    let client_version = info.client_version.clone();
+    let network_interface = info.network_interface.clone();
+    let reason = connection::run(
+        ws,
+        info,
+        settings.connection.clone(),
+        shutdown,
+        settings.shutdown_grace,
+    )
+    .await;
+
+    settings.connection.metrics.connections_open.decrement(1.0);
+    metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => reason.label()).increment(1);
+    let info = ConnectionInfo {
+        identity,
+        connection_id,
+        client_version,
+        network_interface,
+    };
+    publish_connectivity(
+        &settings.connection.sinks,
+        &info,
+        ConnectivityEvent::Disconnected,
+    );
+    tracing::info!(%vin, reason = reason.label(), "vehicle disconnected");
+}
+
+/// Accepts vehicles until `shutdown` fires, then waits (bounded by the grace period) for the
+/// connections to drain. Returns how many connections were still open at the end.
+pub async fn run(
+    listener: TcpListener,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) -> usize {
+    let settings = Arc::new(settings);
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "over_capacity").increment(1);
+            drop(tcp);
+            continue;
+        };
+        metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
+        let settings = settings.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve_connection(tcp, peer, settings, shutdown).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracing::info!(
+        open = tracker.len(),
+        "listener closed; draining connections"
+    );
+    // Connections finish their pending acks within the grace period, then close.
+    let grace = settings.shutdown_grace + Duration::from_secs(2);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            open = tracker.len(),
+            "connections still open after the grace period"
+        );
+        return tracker.len();
+    }
+    0
+}
+
+/// The plain-HTTP status listener (`status_port`): `GET /status` → `200 ok`.
+pub async fn serve_status(listener: TcpListener, shutdown: CancellationToken) {
+    let app = axum::Router::new().route("/status", axum::routing::get(|| async { "ok" }));
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+}

@@ -1,0 +1,117 @@
+//! TLS for the vehicle listener: server certificate, client certificates required and verified
+//! against `tls.ca_file`, and the mapping of handshake failures to metric reasons.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why the TLS configuration could not be built (names the config key to fix).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{key}: cannot use {path}: {detail}")]
+    File {
+        /// Config key.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// rustls refused the combination.
+    #[error("tls: {0}")]
+    Rustls(String),
+}
+
+fn file_err(key: &'static str, path: &Path, detail: impl ToString) -> TlsSetupError {
+    TlsSetupError::File {
+        key,
+        path: path.display().to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(
+    key: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(key, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(key, path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(key, path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Reads the private key of a PEM file.
+pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(key, path, e))
+}
+
+/// The server TLS configuration: mTLS with client certificates chaining to `ca_file`.
+pub fn server_config(
+    ca_file: &Path,
+    server_cert: &Path,
+    server_key: &Path,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs("tls.ca_file", ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| file_err("tls.ca_file", ca_file, e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| file_err("tls.ca_file", ca_file, e))?;
+    let chain = load_certs("tls.server_cert", server_cert)?;
+    let key = load_key("tls.server_key", server_key)?;
+    let mut config = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            TlsSetupError::Rustls(format!("server_cert / server_key do not match: {e}"))
+        })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption tickets are cheap to serve and halve reconnect storms' CPU.
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
+    Ok(Arc::new(config))
+}
+
+/// Short metric label for a failed handshake.
+pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::TimedOut => "timeout",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        };
+    };
+    match tls {
+        rustls::Error::NoCertificatesPresented => "no_client_cert",
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::UnknownIssuer => "untrusted_issuer",
+            CertificateError::Revoked => "revoked",
+            CertificateError::BadSignature => "bad_signature",
+            _ => "bad_certificate",
+        },
+        rustls::Error::InvalidMessage(_) => "not_tls",
+        rustls::Error::AlertReceived(_) => "client_alert",
+        rustls::Error::PeerIncompatible(_) => "incompatible",
+        _ => "tls_error",
+    }
+}

@@ -1,0 +1,95 @@
+//! The `logger` sink: one JSON line per record on stdout, the same shape as `fleetgate decode`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{DeliveryTicket, Sink, SinkRecord};
+use crate::wire::json::PayloadJson;
+
+/// Writes records as JSON lines to stdout (or any writer, for tests).
+pub struct LoggerSink {
+    out: std::sync::Mutex<Box<dyn Write + Send>>,
+}
+
+impl Default for LoggerSink {
+    fn default() -> Self {
+        Self::stdout()
+    }
+}
+
+impl LoggerSink {
+    /// A logger writing to the process's stdout.
+    pub fn stdout() -> Self {
+        Self::to_writer(Box::new(std::io::stdout()))
+    }
+
+    /// A logger writing to `out`.
+    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+        Self {
+            out: std::sync::Mutex::new(out),
+        }
+    }
+}
+
+/// The line written for one record.
+#[derive(Serialize)]
+pub struct LoggerLine<'a> {
+    topic: &'static str,
+    txid: std::borrow::Cow<'a, str>,
+    vin: &'a str,
+    device_type: std::borrow::Cow<'a, str>,
+    created_at: u32,
+    payload: PayloadJson<'a>,
+}
+
+impl<'a> LoggerLine<'a> {
+    /// The line for `record`.
+    pub fn new(record: &'a SinkRecord<'a>) -> Self {
+        Self {
+            topic: record.topic.as_str(),
+            txid: String::from_utf8_lossy(record.txid),
+            vin: record.vin,
+            device_type: String::from_utf8_lossy(record.device_type),
+            created_at: record.created_at,
+            payload: PayloadJson {
+                topic: record.topic,
+                bytes: record.payload,
+            },
+        }
+    }
+}
+
+impl Sink for LoggerSink {
+    fn name(&self) -> &'static str {
+        "logger"
+    }
+
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) {
+        let mut line = match serde_json::to_vec(&LoggerLine::new(record)) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
+                ticket.complete(false);
+                return;
+            }
+        };
+        line.push(b'\n');
+        let written = match self.out.lock() {
+            Ok(mut out) => out.write_all(&line).and_then(|_| out.flush()),
+            Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
+        };
+        if let Err(e) = &written {
+            tracing::warn!(error = %e, "logger sink cannot write to stdout");
+        }
+        ticket.complete(written.is_ok());
+    }
+
+    fn flush(&self, _timeout: Duration) -> usize {
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.flush();
+        }
+        0
+    }
+}

@@ -1,0 +1,193 @@
+//! Where records go: the [`Sink`] interface, delivery tickets for reliable acks, and the
+//! per-topic routing from the config's `records` map.
+//!
+//! A sink gets a [`SinkRecord`] and a [`DeliveryTicket`]. It completes the ticket when the record
+//! is safely stored (the logger at once, Kafka on its delivery report). A ticket dropped without
+//! completing counts as a failed delivery, so a record can never be acked by accident.
+
+pub mod logger;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::wire::Topic;
+
+/// What a sink needs of one record: frames and server-made records (connectivity) alike.
+#[derive(Debug, Clone, Copy)]
+pub struct SinkRecord<'a> {
+    /// Topic of the record.
+    pub topic: Topic,
+    /// The vehicle (device id from its certificate).
+    pub vin: &'a str,
+    /// The frame's transaction id (empty for server-made records).
+    pub txid: &'a [u8],
+    /// Device type from the frame.
+    pub device_type: &'a [u8],
+    /// The vehicle's creation time (unix s).
+    pub created_at: u32,
+    /// Server receive time (ms since the epoch).
+    pub received_at_ms: u64,
+    /// The `Version` header of the vehicle's connection.
+    pub device_client_version: &'a str,
+    /// Transformed protobuf bytes.
+    pub payload: &'a [u8],
+}
+
+/// A delivery outcome reported back to the connection that owns the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The connection-local sequence number of the frame.
+    pub seq: u64,
+    /// True when the sink stored the record.
+    pub delivered: bool,
+}
+
+/// Channel on which a connection receives its completions.
+pub type CompletionSender = mpsc::UnboundedSender<Completion>;
+
+/// Proof of a pending delivery. Complete it exactly once; dropping it reports a failure.
+#[derive(Debug)]
+pub struct DeliveryTicket {
+    tracked: Option<(CompletionSender, u64)>,
+}
+
+impl DeliveryTicket {
+    /// A ticket nobody waits for (non-reliable topics).
+    pub fn untracked() -> Self {
+        Self { tracked: None }
+    }
+
+    /// A ticket that reports to `tx` with `seq`.
+    pub fn tracked(tx: CompletionSender, seq: u64) -> Self {
+        Self {
+            tracked: Some((tx, seq)),
+        }
+    }
+
+    /// True when someone waits for this ticket.
+    pub fn is_tracked(&self) -> bool {
+        self.tracked.is_some()
+    }
+
+    /// Reports the outcome.
+    pub fn complete(mut self, delivered: bool) {
+        self.send(delivered);
+    }
+
+    fn send(&mut self, delivered: bool) {
+        if let Some((tx, seq)) = self.tracked.take() {
+            // The connection may be gone (vehicle disconnected): nothing left to ack then.
+            let _ = tx.send(Completion { seq, delivered });
+        }
+    }
+}
+
+impl Drop for DeliveryTicket {
+    fn drop(&mut self) {
+        self.send(false);
+    }
+}
+
+/// Readiness of a sink, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Able to deliver.
+    Ready,
+    /// Not able to deliver now; the reason says why.
+    NotReady(String),
+}
+
+/// A destination for records.
+pub trait Sink: Send + Sync {
+    /// Config name (`logger`, `kafka`).
+    fn name(&self) -> &'static str;
+    /// Hands over one record. Must not block for long; completes `ticket` now or later.
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket);
+    /// Waits up to `timeout` for queued records to be delivered; returns how many are left.
+    fn flush(&self, timeout: Duration) -> usize;
+    /// Whether the sink can deliver now.
+    fn readiness(&self) -> Readiness {
+        Readiness::Ready
+    }
+}
+
+/// Sinks per topic, and which sink confirms reliable acks.
+#[derive(Clone, Default)]
+pub struct SinkRouter {
+    routes: HashMap<Topic, Vec<Arc<dyn Sink>>>,
+    reliable: HashMap<Topic, &'static str>,
+    all: Vec<Arc<dyn Sink>>,
+}
+
+impl SinkRouter {
+    /// Builds the routes from `records` (topic → sink names) with the available sinks.
+    /// Topics without a known schema are skipped (their frames are acked, never dispatched).
+    pub fn new(
+        records: &std::collections::BTreeMap<String, Vec<String>>,
+        reliable_ack_sources: &std::collections::BTreeMap<String, String>,
+        available: &[Arc<dyn Sink>],
+    ) -> Result<Self, String> {
+        let mut router = SinkRouter {
+            all: available.to_vec(),
+            ..Default::default()
+        };
+        for (topic_name, names) in records {
+            let Some(topic) = Topic::from_wire(topic_name.as_bytes()) else {
+                continue;
+            };
+            let mut sinks = Vec::new();
+            for name in names {
+                let sink = available.iter().find(|s| s.name() == name).ok_or_else(|| {
+                    format!("records.{topic_name}: sink `{name}` is not available")
+                })?;
+                if !sinks.iter().any(|s: &Arc<dyn Sink>| s.name() == name) {
+                    sinks.push(sink.clone());
+                }
+            }
+            router.routes.insert(topic, sinks);
+        }
+        for (topic_name, name) in reliable_ack_sources {
+            let Some(topic) = Topic::from_wire(topic_name.as_bytes()) else {
+                continue;
+            };
+            let sink = router
+                .sinks(topic)
+                .iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| {
+                    format!(
+                        "reliable_ack_sources.{topic_name}: `{name}` is not a sink of that topic"
+                    )
+                })?;
+            router.reliable.insert(topic, sink.name());
+        }
+        Ok(router)
+    }
+
+    /// The sinks of a topic.
+    pub fn sinks(&self, topic: Topic) -> &[Arc<dyn Sink>] {
+        self.routes.get(&topic).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The sink whose delivery a topic's ack waits for, if the topic is reliable.
+    pub fn reliable_sink(&self, topic: Topic) -> Option<&'static str> {
+        self.reliable.get(&topic).copied()
+    }
+
+    /// Every sink in use.
+    pub fn all(&self) -> &[Arc<dyn Sink>] {
+        &self.all
+    }
+
+    /// Flushes every sink within `timeout` in total; returns records left undelivered.
+    pub fn flush_all(&self, timeout: Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        self.all
+            .iter()
+            .map(|s| s.flush(deadline.saturating_duration_since(std::time::Instant::now())))
+            .sum()
+    }
+}

@@ -1,0 +1,332 @@
+//! Test harness: a dev PKI in a temp folder, the real `fleetgate serve` binary on ephemeral
+//! loopback ports, its stdout (logger sink) and stderr captured, and mTLS websocket clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fleetgate::certs::{DevPki, PemPair};
+use fleetgate::client::{self, VehicleSocket};
+use fleetgate::wire::{EnvelopeWriter, StreamView};
+use serde_json::Value;
+
+/// The VIN of the shared vectors' sender.
+pub const VIN: &str = "5YJ3E1EA7KF000001";
+
+pub fn frames_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/frames")
+}
+
+pub fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(frames_dir().join(format!("{name}.bin"))).unwrap()
+}
+
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::generate().unwrap();
+        pki.write(
+            dir.path(),
+            &["localhost", "127.0.0.1"],
+            &[VIN.to_owned()],
+            false,
+        )
+        .unwrap();
+        Pki { dir, pki }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.pki.root.cert_pem.clone()
+    }
+}
+
+/// A running `fleetgate serve` process.
+pub struct Server {
+    pub child: Child,
+    pub vehicles: String,
+    pub metrics: Option<String>,
+    pub status: Option<String>,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    _config_dir: tempfile::TempDir,
+}
+
+/// A config with loopback listeners, the dev PKI and every topic to the logger; `extra` is
+/// merged on top (objects merge key by key).
+pub fn base_config(pki: &Pki) -> Value {
+    serde_json::json!({
+        "host": "127.0.0.1",
+        "port": 0,
+        "status_port": 0,
+        "log_level": "info",
+        "namespace": "tesla_telemetry",
+        "tls": {
+            "ca_file": pki.path("ca.pem"),
+            "server_cert": pki.path("server.pem"),
+            "server_key": pki.path("server.key"),
+        },
+        "monitoring": {"prometheus_metrics_port": 0, "prometheus_metrics_host": "127.0.0.1"},
+        "records": {"V": ["logger"], "alerts": ["logger"], "errors": ["logger"], "connectivity": ["logger"]},
+    })
+}
+
+pub fn merge(base: &mut Value, extra: &Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                match b.get_mut(k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, e) => *b = e.clone(),
+    }
+}
+
+fn capture(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>, echo: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if echo {
+                eprintln!("[server] {line}");
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!("{key}="))? + key.len() + 1;
+    let value: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    (value != "off").then_some(value)
+}
+
+impl Server {
+    pub fn start(config: &Value) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        capture(child.stdout.take().unwrap(), stdout.clone(), false);
+        capture(child.stderr.take().unwrap(), stderr.clone(), true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let listening = stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("listening vehicles="))
+                .cloned();
+            if let Some(line) = listening {
+                let line = line.as_str();
+                return Server {
+                    vehicles: field(line, "vehicles").unwrap(),
+                    metrics: field(line, "metrics"),
+                    status: field(line, "status"),
+                    child,
+                    stdout,
+                    stderr,
+                    _config_dir: dir,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "server exited with {status} before listening:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// JSON lines on stdout matching `pred`, waiting up to `timeout` for at least `n`.
+    pub fn wait_for_records(
+        &self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found: Vec<Value> = self
+                .stdout_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| pred(v))
+                .collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        http_get(
+            self.metrics.as_deref().expect("metrics enabled"),
+            "/metrics",
+        )
+    }
+
+    /// The value of one metric series (exact label text), 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text(), series)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A blocking HTTP/1.1 GET on plain TCP; returns the body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// Connects as a vehicle with `cert`, sending the usual vehicle headers.
+pub async fn connect(
+    server: &Server,
+    ca_pem: &str,
+    cert: &PemPair,
+    headers: &[(&str, &str)],
+) -> Result<VehicleSocket, client::ClientError> {
+    let config = client::client_config_from_pem(ca_pem, &cert.chain_pem, &cert.key_pem)?;
+    client::connect(&server.vehicles, "localhost", config, headers).await
+}
+
+/// Next binary answer within 5 s (panics on timeout or close).
+pub async fn answer(ws: &mut VehicleSocket) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(5), client::next_binary(ws))
+        .await
+        .expect("no answer within 5 s")
+        .expect("connection closed")
+        .expect("websocket error")
+}
+
+/// True when no binary answer arrives within `wait`.
+pub async fn no_answer(ws: &mut VehicleSocket, wait: Duration) -> bool {
+    tokio::time::timeout(wait, client::next_binary(ws))
+        .await
+        .is_err()
+}
+
+/// A frame as a vehicle sends it.
+pub fn frame(txid: &str, topic: &str, sender_id: &str, payload: &[u8]) -> Vec<u8> {
+    EnvelopeWriter::new()
+        .stream(
+            txid.as_bytes(),
+            topic.as_bytes(),
+            b"",
+            &StreamView {
+                created_at: 1_764_000_000,
+                sender_id: sender_id.as_bytes(),
+                payload,
+                device_type: b"vehicle_device",
+                device_id: VIN.as_bytes(),
+                delivered_at_epoch_ms: 0,
+            },
+        )
+        .to_vec()
+}
+
+pub fn expected_ack(txid: &[u8], topic: &[u8], message_id: &[u8]) -> Vec<u8> {
+    EnvelopeWriter::new().ack(txid, topic, message_id).to_vec()
+}
+
+pub fn expected_error(txid: &[u8]) -> Vec<u8> {
+    EnvelopeWriter::new().error_reply(txid).to_vec()
+}
+
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    p
+}
