@@ -1,10 +1,31 @@
 #!/usr/bin/env bash
-# Runs every test of fleetgate. The one command for developers and CI (.ci/run calls it).
-#   scripts/test.sh            # all tests
-#   scripts/test.sh -- NAME    # pass a filter through to cargo test
+# Runs every test of fleetgate: starts a real Kafka broker (scripts/kafka.sh), runs all test
+# targets and doc tests, stops the broker. The one command for developers and CI.
+#   scripts/test.sh              # everything
+#   scripts/test.sh NAME         # extra arguments go to cargo test (e.g. a test filter)
+# Set FLEETGATE_TEST_KAFKA=host:port to use a broker you run yourself (then none is started).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+started_broker=0
+cleanup() {
+  if [ "$started_broker" = 1 ]; then scripts/kafka.sh stop || true; fi
+  KAFKA_PORT=19092 scripts/kafka.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+if [ -z "${FLEETGATE_TEST_KAFKA:-}" ]; then
+  if ! scripts/kafka.sh status >/dev/null 2>&1; then
+    echo "== starting the test Kafka broker"
+    scripts/kafka.sh start
+    started_broker=1
+  else
+    echo "== using the running test Kafka broker"
+  fi
+fi
+
+echo "== building tests"
+cargo test --all-targets --no-run "$@"
 echo "== cargo test (all targets)"
 cargo test --all-targets "$@"
 echo "== doc tests"

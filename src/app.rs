@@ -16,6 +16,7 @@ use crate::ingest::connection::{ConnectionSettings, RateLimit};
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
+use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;
 use crate::sinks::{Sink, SinkRouter};
 
@@ -89,9 +90,16 @@ pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
         available.push(Arc::new(LoggerSink::stdout()));
     }
     if used("kafka") {
-        return Err(ServeError::Config(
-            "records route to `kafka`, which this build does not provide yet".into(),
-        ));
+        let properties = config.kafka.as_ref().ok_or_else(|| {
+            ServeError::Config("records route to `kafka` but there is no `kafka` section".into())
+        })?;
+        let sink = KafkaSink::new(
+            properties,
+            &config.namespace,
+            config.transmit_decoded_records,
+        )
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+        available.push(Arc::new(sink));
     }
     SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
         .map_err(ServeError::Config)
@@ -147,6 +155,7 @@ pub async fn start(
             ping_interval: Duration::from_secs(limits.ping_interval_s),
             write_timeout: Duration::from_secs(limits.write_timeout_s),
             max_pending_acks: limits.max_pending_acks_per_connection,
+            inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
             metrics: FrameMetrics::new(),
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),

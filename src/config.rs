@@ -190,6 +190,10 @@ pub struct LimitsConfig {
     /// reading from the vehicle (backpressure).
     #[serde(default = "LimitsConfig::default_max_pending_acks")]
     pub max_pending_acks_per_connection: usize,
+    /// Reliable records in flight across all connections; when reached, connections stop
+    /// reading until deliveries complete (bounded memory while Kafka is down).
+    #[serde(default = "LimitsConfig::default_max_pending_acks_total")]
+    pub max_pending_acks_total: usize,
     /// Largest websocket message buffered at all; larger ones close the connection (1009).
     /// Messages over 1,000,000 bytes and up to this size get an error reply instead.
     #[serde(default = "LimitsConfig::default_max_message_bytes")]
@@ -221,6 +225,9 @@ impl LimitsConfig {
     fn default_max_pending_acks() -> usize {
         256
     }
+    fn default_max_pending_acks_total() -> usize {
+        100_000
+    }
     fn default_max_message_bytes() -> usize {
         2 * 1024 * 1024
     }
@@ -239,6 +246,7 @@ impl Default for LimitsConfig {
             ping_interval_s: Self::default_ping_interval_s(),
             write_timeout_s: Self::default_write_timeout_s(),
             max_pending_acks_per_connection: Self::default_max_pending_acks(),
+            max_pending_acks_total: Self::default_max_pending_acks_total(),
             max_message_bytes: Self::default_max_message_bytes(),
             ws_read_buffer_bytes: Self::default_ws_read_buffer_bytes(),
         }
@@ -508,6 +516,12 @@ impl Config {
             if v == 0 {
                 issue(key, "must be at least 1 second".into());
             }
+        }
+        if l.max_pending_acks_total == 0 {
+            issue(
+                "fleetgate.limits.max_pending_acks_total",
+                "must be at least 1".into(),
+            );
         }
         if l.max_pending_acks_per_connection == 0 {
             issue(

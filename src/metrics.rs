@@ -41,6 +41,30 @@ pub const RELIABLE_ACKS_PENDING: &str = "fleetgate_reliable_acks_pending";
 /// Frames never acked because their reliable delivery failed (the vehicle resends).
 pub const RELIABLE_ACK_FAILED_TOTAL: &str = "fleetgate_reliable_ack_failed_total";
 
+/// 1 when a Kafka broker of the cluster is reachable.
+pub const KAFKA_CONNECTED: &str = "fleetgate_kafka_connected";
+/// Records queued in the Kafka producer (librdkafka `msg_cnt`).
+pub const KAFKA_QUEUE_MESSAGES: &str = "fleetgate_kafka_queue_messages";
+/// Bytes queued in the Kafka producer.
+pub const KAFKA_QUEUE_BYTES: &str = "fleetgate_kafka_queue_bytes";
+/// Records Kafka confirmed, by topic.
+pub const KAFKA_DELIVERED_TOTAL: &str = "fleetgate_kafka_delivered_total";
+/// Records Kafka failed to deliver (after librdkafka's retries), by topic.
+pub const KAFKA_DELIVERY_ERRORS_TOTAL: &str = "fleetgate_kafka_delivery_errors_total";
+/// Records the producer refused at once, by reason (`queue_full`, …).
+pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "fleetgate_kafka_produce_errors_total";
+/// Errors reported by the Kafka client (connection loss, …).
+pub const KAFKA_CLIENT_ERRORS_TOTAL: &str = "fleetgate_kafka_client_errors_total";
+/// Seconds from produce to delivery report.
+pub const KAFKA_DELIVERY_SECONDS: &str = "fleetgate_kafka_delivery_seconds";
+/// Records a sink refused at once, by sink (the frame is not acked).
+pub const SINK_REFUSED_TOTAL: &str = "fleetgate_sink_refused_total";
+
+/// Buckets for delivery latency.
+const DELIVERY_BUCKETS: &[f64] = &[
+    5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
 /// Buckets for sub-millisecond work (decode, publish).
 const FAST_BUCKETS: &[f64] = &[
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1, 1.0,
@@ -53,6 +77,11 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(KAFKA_DELIVERY_SECONDS.into()),
+                    DELIVERY_BUCKETS,
+                )
+                .expect("static bucket list is valid")
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), FAST_BUCKETS)
                 .expect("static bucket list is valid")
                 .build_recorder();

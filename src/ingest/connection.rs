@@ -36,6 +36,9 @@ pub struct ConnectionSettings {
     pub write_timeout: Duration,
     /// Frames awaiting a reliable ack before this connection stops reading (backpressure).
     pub max_pending_acks: usize,
+    /// Reliable records in flight across all connections; a connection waits for a slot
+    /// before publishing (and so stops reading) when none is free.
+    pub inflight_slots: Arc<tokio::sync::Semaphore>,
     /// Per-frame metric handles.
     pub metrics: FrameMetrics,
 }
@@ -151,6 +154,7 @@ struct Conn<S> {
     pending: HashMap<u64, PendingAck>,
     next_seq: u64,
     completions_tx: mpsc::UnboundedSender<Completion>,
+    shutdown: CancellationToken,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -288,16 +292,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         };
         let reliable = self.settings.sinks.reliable_sink(topic);
         let seq = self.next_seq;
+        let mut slot = None;
+        if reliable.is_some() {
+            // Backpressure: without a free in-flight slot this vehicle is not read any further.
+            let slots = self.settings.inflight_slots.clone();
+            tokio::select! {
+                permit = slots.acquire_owned() => slot = permit.ok(),
+                _ = self.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+            }
+        }
+        let mut refused = false;
         for sink in sinks {
             let ticket = if reliable == Some(sink.name()) {
-                DeliveryTicket::tracked(self.completions_tx.clone(), seq)
+                DeliveryTicket::tracked(self.completions_tx.clone(), seq, slot.take())
             } else {
                 DeliveryTicket::untracked()
             };
             let t = Instant::now();
-            sink.publish(&sink_record, ticket);
+            if let Err(e) = sink.publish(&sink_record, ticket) {
+                refused = true;
+                metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
+                tracing::warn!(vin = %identity.device_id, sink = sink.name(), error = %e, "sink refused a record; frame not acked (the vehicle resends)");
+            }
             metrics::histogram!(m::SINK_PUBLISH_SECONDS, "sink" => sink.name())
                 .record(t.elapsed().as_secs_f64());
+        }
+        if refused && reliable.is_none() {
+            return Ok(());
         }
         if reliable.is_some() {
             self.next_seq += 1;
@@ -352,6 +373,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         next_seq: 0,
         completions_tx,
         settings,
+        shutdown: shutdown.clone(),
     };
     let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);

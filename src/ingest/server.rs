@@ -75,7 +75,10 @@ fn publish_connectivity(sinks: &SinkRouter, info: &ConnectionInfo, status: Conne
         payload: &payload,
     };
     for sink in targets {
-        sink.publish(&sink_record, DeliveryTicket::untracked());
+        if let Err(e) = sink.publish(&sink_record, DeliveryTicket::untracked()) {
+            metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
+            tracing::warn!(vin = %info.identity.device_id, sink = sink.name(), error = %e, "connectivity record refused");
+        }
     }
 }
 

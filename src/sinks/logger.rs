@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{DeliveryTicket, Sink, SinkRecord};
+use super::{DeliveryTicket, PublishError, Sink, SinkRecord};
 use crate::wire::json::PayloadJson;
 
 /// Writes records as JSON lines to stdout (or any writer, for tests).
@@ -66,24 +66,26 @@ impl Sink for LoggerSink {
         "logger"
     }
 
-    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) {
-        let mut line = match serde_json::to_vec(&LoggerLine::new(record)) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
-                ticket.complete(false);
-                return;
-            }
-        };
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
+        let mut line = serde_json::to_vec(&LoggerLine::new(record)).map_err(|e| {
+            tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
+            PublishError::Encode(e.to_string())
+        })?;
         line.push(b'\n');
         let written = match self.out.lock() {
             Ok(mut out) => out.write_all(&line).and_then(|_| out.flush()),
             Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
         };
-        if let Err(e) = &written {
-            tracing::warn!(error = %e, "logger sink cannot write to stdout");
+        match written {
+            Ok(()) => {
+                ticket.complete(true);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "logger sink cannot write to stdout");
+                Err(PublishError::Rejected(format!("stdout: {e}")))
+            }
         }
-        ticket.complete(written.is_ok());
     }
 
     fn flush(&self, _timeout: Duration) -> usize {

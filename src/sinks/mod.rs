@@ -5,13 +5,14 @@
 //! is safely stored (the logger at once, Kafka on its delivery report). A ticket dropped without
 //! completing counts as a failed delivery, so a record can never be acked by accident.
 
+pub mod kafka;
 pub mod logger;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::wire::Topic;
 
@@ -49,21 +50,27 @@ pub struct Completion {
 pub type CompletionSender = mpsc::UnboundedSender<Completion>;
 
 /// Proof of a pending delivery. Complete it exactly once; dropping it reports a failure.
+/// A tracked ticket also holds a slot of the global in-flight budget, freed on completion.
 #[derive(Debug)]
 pub struct DeliveryTicket {
     tracked: Option<(CompletionSender, u64)>,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl DeliveryTicket {
     /// A ticket nobody waits for (non-reliable topics).
     pub fn untracked() -> Self {
-        Self { tracked: None }
+        Self {
+            tracked: None,
+            _slot: None,
+        }
     }
 
-    /// A ticket that reports to `tx` with `seq`.
-    pub fn tracked(tx: CompletionSender, seq: u64) -> Self {
+    /// A ticket that reports to `tx` with `seq`, holding `slot` until it completes.
+    pub fn tracked(tx: CompletionSender, seq: u64, slot: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             tracked: Some((tx, seq)),
+            _slot: slot,
         }
     }
 
@@ -78,6 +85,7 @@ impl DeliveryTicket {
     }
 
     fn send(&mut self, delivered: bool) {
+        self._slot = None;
         if let Some((tx, seq)) = self.tracked.take() {
             // The connection may be gone (vehicle disconnected): nothing left to ack then.
             let _ = tx.send(Completion { seq, delivered });
@@ -100,12 +108,24 @@ pub enum Readiness {
     NotReady(String),
 }
 
+/// Why a sink refused a record at once (the record was not taken; nothing was stored).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The record could not be encoded for this sink.
+    #[error("cannot encode the record: {0}")]
+    Encode(String),
+    /// The sink is full or refused it.
+    #[error("{0}")]
+    Rejected(String),
+}
+
 /// A destination for records.
 pub trait Sink: Send + Sync {
     /// Config name (`logger`, `kafka`).
     fn name(&self) -> &'static str;
-    /// Hands over one record. Must not block for long; completes `ticket` now or later.
-    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket);
+    /// Hands over one record without blocking for long. On `Ok` the sink completes `ticket`
+    /// now or later; on `Err` nothing was taken and the ticket reports a failure.
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError>;
     /// Waits up to `timeout` for queued records to be delivered; returns how many are left.
     fn flush(&self, timeout: Duration) -> usize;
     /// Whether the sink can deliver now.

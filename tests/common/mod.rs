@@ -330,3 +330,72 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
         .unwrap();
     p
 }
+
+/// Address of the test broker (`FLEETGATE_TEST_KAFKA`, default 127.0.0.1:9092). Panics with
+/// instructions when no broker answers: Kafka tests never skip.
+pub fn require_broker() -> String {
+    let addr = std::env::var("FLEETGATE_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    if std::net::TcpStream::connect_timeout(
+        &addr
+            .parse()
+            .expect("FLEETGATE_TEST_KAFKA must be host:port"),
+        Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        panic!(
+            "no Kafka broker answers on {addr}: start one with `scripts/kafka.sh start` \
+             (scripts/test.sh starts it for you), or point FLEETGATE_TEST_KAFKA at a broker"
+        );
+    }
+    addr
+}
+
+/// A unique namespace so every test gets fresh topics.
+pub fn unique_namespace(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Reads `topic` from the beginning until `n` messages arrived or `timeout` passed.
+pub fn consume(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", uuid::Uuid::new_v4().to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    // linger briefly to catch duplicates beyond `n`
+    let linger = Instant::now() + Duration::from_millis(700);
+    while Instant::now() < linger {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The value of a header of a consumed message.
+pub fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = rdkafka::Message::headers(m)?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}

@@ -1,0 +1,231 @@
+//! The Kafka sink against a real broker (scripts/kafka.sh): topics, keys, headers, values,
+//! JSON mode, reliable acks. Fails loudly when no broker answers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use fleetgate::wire::proto::{vehicle_connectivity::VehicleConnectivity, vehicle_data::Payload};
+use fleetgate::wire::{decode_standalone, read_envelope};
+use prost::Message as _;
+use rdkafka::Message;
+use serde_json::json;
+
+fn kafka_config(
+    pki: &Pki,
+    bootstrap: &str,
+    namespace: &str,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let mut config = base_config(pki);
+    config["records"] = json!({"V": ["kafka"], "alerts": ["kafka", "logger"], "errors": ["kafka"], "connectivity": ["kafka"]});
+    config["namespace"] = json!(namespace);
+    config["kafka"] = json!({"bootstrap.servers": bootstrap});
+    merge(&mut config, &extra);
+    config
+}
+
+const HEADERS: &[(&str, &str)] = &[
+    ("Version", "2025.44.1"),
+    ("X-Network-Interface", "cellular"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_land_on_their_topics_with_key_headers_and_transformed_value() {
+    let bootstrap = require_broker();
+    let pki = Pki::new();
+    let ns = unique_namespace("fg");
+    let server = Server::start(&kafka_config(&pki, &bootstrap, &ns, json!({})));
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, HEADERS)
+        .await
+        .unwrap();
+
+    let names = [
+        "v_typed_drive",
+        "v_legacy_location_string",
+        "v_string_values",
+        "v_future_field",
+        "alerts",
+        "errors",
+    ];
+    for name in names {
+        let bin = vector(name);
+        fleetgate::client::send_frame(&mut ws, bin.clone())
+            .await
+            .unwrap();
+        let env = read_envelope(&bin).unwrap();
+        assert_eq!(
+            answer(&mut ws).await,
+            expected_ack(env.txid, env.topic, env.message_id),
+            "{name}"
+        );
+    }
+
+    let v = consume(&bootstrap, &format!("{ns}_V"), 4, Duration::from_secs(30));
+    assert_eq!(v.len(), 4, "exactly the four V frames, once each");
+    for m in &v {
+        assert_eq!(m.key(), Some(VIN.as_bytes()));
+        for h in [
+            "vin",
+            "receivedat",
+            "timestamp",
+            "txid",
+            "txtype",
+            "version",
+            "device_client_version",
+        ] {
+            assert!(header(m, h).is_some(), "header {h} missing");
+        }
+        assert_eq!(header(m, "vin").as_deref(), Some(VIN));
+        assert_eq!(header(m, "txtype").as_deref(), Some("V"));
+        assert_eq!(
+            header(m, "device_client_version").as_deref(),
+            Some("2025.44.1")
+        );
+        assert!(header(m, "receivedat").unwrap().parse::<u64>().unwrap() > 1_700_000_000_000);
+        let txid = header(m, "txid").unwrap();
+        let name = names
+            .iter()
+            .find(|n| read_envelope(&vector(n)).unwrap().txid == txid.as_bytes())
+            .expect("known txid");
+        // the value is exactly the transformed payload
+        let bin = vector(name);
+        let expected = decode_standalone(&bin, 0).unwrap();
+        assert_eq!(m.payload(), Some(expected.payload.as_slice()), "{name}");
+        let p = Payload::decode(m.payload().unwrap()).unwrap();
+        assert_eq!(p.vin, VIN);
+    }
+    let legacy = v
+        .iter()
+        .find(|m| header(m, "txid").as_deref() == Some("4f1c2a90-0003"))
+        .unwrap();
+    let p = Payload::decode(legacy.payload().unwrap()).unwrap();
+    assert!(matches!(
+        p.data[0].value.as_ref().unwrap().value,
+        Some(fleetgate::wire::proto::vehicle_data::value::Value::LocationValue(_))
+    ));
+    // the future field passes through
+    let future = v
+        .iter()
+        .find(|m| header(m, "txid").as_deref() == Some("4f1c2a90-0008"))
+        .unwrap();
+    assert_eq!(
+        Payload::decode(future.payload().unwrap()).unwrap().data[0].key,
+        400
+    );
+
+    assert_eq!(
+        consume(
+            &bootstrap,
+            &format!("{ns}_alerts"),
+            1,
+            Duration::from_secs(20)
+        )
+        .len(),
+        1
+    );
+    assert_eq!(
+        consume(
+            &bootstrap,
+            &format!("{ns}_errors"),
+            1,
+            Duration::from_secs(20)
+        )
+        .len(),
+        1
+    );
+    // alerts also went to the logger
+    assert_eq!(
+        server
+            .wait_for_records(1, Duration::from_secs(2), |r| r["topic"] == "alerts")
+            .len(),
+        1
+    );
+
+    // connectivity records are produced by the server
+    let conn = consume(
+        &bootstrap,
+        &format!("{ns}_connectivity"),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(conn.len(), 1);
+    let c = VehicleConnectivity::decode(conn[0].payload().unwrap()).unwrap();
+    assert_eq!(
+        (c.vin.as_str(), c.status, c.network_interface.as_str()),
+        (VIN, 1, "cellular")
+    );
+
+    let text = server.metrics_text();
+    assert_eq!(metric_value(&text, "fleetgate_kafka_connected"), 1.0);
+    assert!(metric_value(&text, "fleetgate_kafka_delivered_total{topic=\"V\"}") >= 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_mode_sends_proto3_json() {
+    let bootstrap = require_broker();
+    let pki = Pki::new();
+    let ns = unique_namespace("fgjson");
+    let server = Server::start(&kafka_config(
+        &pki,
+        &bootstrap,
+        &ns,
+        json!({"transmit_decoded_records": true}),
+    ));
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, HEADERS)
+        .await
+        .unwrap();
+    fleetgate::client::send_frame(&mut ws, vector("v_charging"))
+        .await
+        .unwrap();
+    let _ = answer(&mut ws).await;
+    let v = consume(&bootstrap, &format!("{ns}_V"), 1, Duration::from_secs(30));
+    assert_eq!(v.len(), 1);
+    let value: serde_json::Value = serde_json::from_slice(v[0].payload().unwrap()).unwrap();
+    assert_eq!(value["vin"], VIN);
+    assert_eq!(
+        value["data"][0]["value"]["detailedChargeStateValue"],
+        "DetailedChargeStateCharging"
+    );
+    assert_eq!(value["isResend"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reliable_ack_means_the_record_is_in_kafka() {
+    let bootstrap = require_broker();
+    let pki = Pki::new();
+    let ns = unique_namespace("fgrel");
+    let server = Server::start(&kafka_config(
+        &pki,
+        &bootstrap,
+        &ns,
+        json!({"reliable_ack_sources": {"V": "kafka"}}),
+    ));
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, HEADERS)
+        .await
+        .unwrap();
+    let sender = format!("vehicle_device.{VIN}");
+    for i in 0..50 {
+        let txid = format!("rel-{i}");
+        fleetgate::client::send_frame(&mut ws, frame(&txid, "V", &sender, b""))
+            .await
+            .unwrap();
+    }
+    let mut acked = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let ack = answer(&mut ws).await;
+        acked.insert(String::from_utf8(read_envelope(&ack).unwrap().txid.to_vec()).unwrap());
+    }
+    assert_eq!(acked.len(), 50);
+    // every acked frame is already in the topic
+    let v = consume(&bootstrap, &format!("{ns}_V"), 50, Duration::from_secs(30));
+    let stored: std::collections::BTreeSet<String> =
+        v.iter().filter_map(|m| header(m, "txid")).collect();
+    assert_eq!(stored, acked);
+    assert_eq!(v.len(), 50, "each exactly once");
+    assert_eq!(server.metric("fleetgate_reliable_acks_pending"), 0.0);
+}
