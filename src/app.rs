@@ -16,6 +16,8 @@ use crate::ingest::connection::{ConnectionSettings, RateLimit};
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
+use crate::rules::sites::sites_from_geojson;
+use crate::rules::Engine;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;
 use crate::sinks::{Sink, SinkRouter};
@@ -96,13 +98,90 @@ pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
         let sink = KafkaSink::new(
             properties,
             &config.namespace,
+            &config.events_topic(),
             config.transmit_decoded_records,
         )
         .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));
     }
+    // event sinks may name a sink no topic uses: make it available too
+    let event_sinks = config.event_sinks();
+    if event_sinks.iter().any(|s| s == "logger") && !available.iter().any(|s| s.name() == "logger")
+    {
+        available.push(Arc::new(LoggerSink::stdout()));
+    }
     SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
+        .and_then(|r| r.with_event_sinks(&event_sinks))
         .map_err(ServeError::Config)
+}
+
+/// Builds the rule engine: sites from `fleetgate.sites_file`, watches from `fleetgate.watches`.
+pub fn build_engine(config: &Config, base: &std::path::Path) -> Result<Arc<Engine>, ServeError> {
+    let rules = config.fleetgate.rules.clone();
+    let sites = match &config.fleetgate.sites_file {
+        Some(file) => {
+            let path = Config::resolve(base, file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ServeError::Config(format!(
+                    "fleetgate.sites_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            sites_from_geojson(&text, rules.default_radius_m).map_err(|errors| {
+                let list: Vec<String> = errors
+                    .iter()
+                    .map(|(i, e)| format!("feature {i}: {e}"))
+                    .collect();
+                ServeError::Config(format!(
+                    "fleetgate.sites_file {}: {}",
+                    path.display(),
+                    list.join("; ")
+                ))
+            })?
+        }
+        None => Vec::new(),
+    };
+    let engine = Engine::new(rules, sites);
+    for spec in &config.fleetgate.watches {
+        let watch = spec
+            .clone()
+            .into_watch()
+            .map_err(|e| ServeError::Config(format!("fleetgate.watches: {e}")))?;
+        engine.add_watch(watch);
+    }
+    tracing::info!(
+        sites = engine.sites.load().len(),
+        watches = engine.watches.len(),
+        "rules ready"
+    );
+    Ok(Arc::new(engine))
+}
+
+/// Every `every`, closes stale charging sessions and expires watches, publishing the events.
+pub async fn run_sweeper(
+    engine: Arc<Engine>,
+    sinks: SinkRouter,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let events = engine.sweep(now_ms);
+        if !events.is_empty() {
+            sinks.publish_events(&events, None, crate::sinks::DeliveryTicket::untracked);
+        }
+        ::metrics::gauge!(crate::metrics::SITES).set(engine.sites.load().len() as f64);
+        ::metrics::gauge!(crate::metrics::WATCHES).set(engine.watches.len() as f64);
+        ::metrics::gauge!(crate::metrics::VEHICLES_KNOWN).set(engine.vehicles.len() as f64);
+    }
 }
 
 /// Starts every listener; returns their addresses and a future that runs the server until
@@ -131,6 +210,13 @@ pub async fn start(
     )?;
     metrics::install();
     let sinks = build_sinks(config)?;
+    let engine = build_engine(config, &base)?;
+    tokio::spawn(run_sweeper(
+        engine.clone(),
+        sinks.clone(),
+        Duration::from_secs(10),
+        shutdown.clone(),
+    ));
 
     let limits = &config.fleetgate.limits;
     let rl = config.rate_limit.clone().unwrap_or_default();
@@ -157,6 +243,7 @@ pub async fn start(
             max_pending_acks: limits.max_pending_acks_per_connection,
             inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
             metrics: FrameMetrics::new(),
+            engine: Some(engine.clone()),
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
     };

@@ -155,9 +155,33 @@ pub struct FleetgateConfig {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// GeoJSON FeatureCollection of sites loaded at start (relative to the config file).
+    #[serde(default)]
+    pub sites_file: Option<String>,
+    /// Watches to register at start (same JSON as the admin API body).
+    #[serde(default)]
+    pub watches: Vec<crate::rules::arrival::WatchSpec>,
+    /// Where events go.
+    #[serde(default)]
+    pub events: EventsConfig,
+    /// Rule thresholds.
+    #[serde(default)]
+    pub rules: crate::rules::RulesConfig,
     /// Seconds a graceful shutdown may take before connections are cut (default 10).
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
+}
+
+/// `fleetgate.events`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Kafka topic of events (default `{namespace}_events`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Sinks that receive events (default: the sinks of topic `V`).
+    #[serde(default)]
+    pub sinks: Option<Vec<String>>,
 }
 
 fn default_shutdown_grace_s() -> u64 {
@@ -496,6 +520,49 @@ impl Config {
                 );
             }
         }
+        for (key, problem) in self.fleetgate.rules.problems() {
+            issue(key, problem);
+        }
+        if let Some(file) = &self.fleetgate.sites_file {
+            let path = Config::resolve(base, file);
+            if !path.is_file() {
+                issue(
+                    "fleetgate.sites_file",
+                    format!(
+                        "file {} does not exist: fix the path (relative to the config file)",
+                        path.display()
+                    ),
+                );
+            }
+        }
+        let mut watch_ids = std::collections::HashSet::new();
+        for (i, w) in self.fleetgate.watches.iter().enumerate() {
+            if let Err(e) = w.clone().into_watch() {
+                issue(&format!("fleetgate.watches[{i}].{}", e.field), e.problem);
+            }
+            if !watch_ids.insert(&w.watch_id) {
+                issue(
+                    &format!("fleetgate.watches[{i}].watch_id"),
+                    format!("duplicate `{}`", w.watch_id),
+                );
+            }
+        }
+        if let Some(sinks) = &self.fleetgate.events.sinks {
+            for sink in sinks {
+                if !SINK_NAMES.contains(&sink.as_str()) {
+                    issue(
+                        "fleetgate.events.sinks",
+                        format!("unknown sink `{sink}`: use one of {SINK_NAMES:?}"),
+                    );
+                }
+                if sink == "kafka" && self.kafka.is_none() {
+                    issue(
+                        "fleetgate.events.sinks",
+                        "`kafka` needs a `kafka` section".into(),
+                    );
+                }
+            }
+        }
         let l = &self.fleetgate.limits;
         if l.max_connections == 0 {
             issue(
@@ -564,6 +631,24 @@ impl Config {
             .parse()
             .or_else(|_| format!("[{host}]:{port}").parse())
             .map_err(|_| format!("host `{host}` is not an IP address"))
+    }
+
+    /// The sinks events go to: `fleetgate.events.sinks`, else the sinks of `V`.
+    pub fn event_sinks(&self) -> Vec<String> {
+        self.fleetgate
+            .events
+            .sinks
+            .clone()
+            .unwrap_or_else(|| self.sinks_for("V").to_vec())
+    }
+
+    /// Kafka topic of events.
+    pub fn events_topic(&self) -> String {
+        self.fleetgate
+            .events
+            .topic
+            .clone()
+            .unwrap_or_else(|| crate::sinks::kafka::topic_name(&self.namespace, "events"))
     }
 
     /// The sinks of a topic (empty when the topic is not routed).

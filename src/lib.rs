@@ -18,5 +18,7 @@ pub mod commands;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod rules;
 pub mod sinks;
+pub mod state;
 pub mod wire;

@@ -60,6 +60,22 @@ pub const KAFKA_DELIVERY_SECONDS: &str = "fleetgate_kafka_delivery_seconds";
 /// Records a sink refused at once, by sink (the frame is not acked).
 pub const SINK_REFUSED_TOTAL: &str = "fleetgate_sink_refused_total";
 
+/// Events emitted, by type.
+pub const EVENTS_TOTAL: &str = "fleetgate_events_total";
+/// Seconds the rules took for one `V` frame.
+pub const RULES_SECONDS: &str = "fleetgate_rules_seconds";
+/// Sites indexed.
+pub const SITES: &str = "fleetgate_sites";
+/// Live watches.
+pub const WATCHES: &str = "fleetgate_watches";
+/// Vehicles in the vehicle table.
+pub const VEHICLES_KNOWN: &str = "fleetgate_vehicles_known";
+
+/// Counts one emitted event.
+pub fn count_event(kind: &'static str) {
+    metrics::counter!(EVENTS_TOTAL, "type" => kind).increment(1);
+}
+
 /// Buckets for delivery latency.
 const DELIVERY_BUCKETS: &[f64] = &[
     5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
@@ -176,6 +192,8 @@ pub struct FrameMetrics {
     pub connections_open: Gauge,
     /// Pending reliable acks.
     pub reliable_pending: Gauge,
+    /// Rule evaluation time.
+    pub rules_seconds: Histogram,
 }
 
 /// Topic label values (the fifth is every topic without a known schema).
@@ -195,6 +213,7 @@ impl FrameMetrics {
             decode_seconds: metrics::histogram!(DECODE_SECONDS),
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             reliable_pending: metrics::gauge!(RELIABLE_ACKS_PENDING),
+            rules_seconds: metrics::histogram!(RULES_SECONDS),
         }
     }
 

@@ -41,6 +41,8 @@ pub struct ConnectionSettings {
     pub inflight_slots: Arc<tokio::sync::Semaphore>,
     /// Per-frame metric handles.
     pub metrics: FrameMetrics,
+    /// Vehicle table and rules (None: records only, no events).
+    pub engine: Option<Arc<crate::rules::Engine>>,
 }
 
 /// The reference server's rate limit: `message_limit` frames per `interval`.
@@ -101,6 +103,10 @@ struct PendingAck {
     txid: Bytes,
     topic: Bytes,
     message_id: Bytes,
+    /// Deliveries still to report (the record and the events it caused).
+    remaining: u32,
+    /// A delivery failed: the frame will not be acked.
+    failed: bool,
 }
 
 /// Why a connection ended (metric label).
@@ -317,6 +323,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             metrics::histogram!(m::SINK_PUBLISH_SECONDS, "sink" => sink.name())
                 .record(t.elapsed().as_secs_f64());
         }
+        // The rules see every V frame; the events follow the record to the event sinks.
+        let mut tracked_events = 0;
+        if let (Some(engine), Some(payload)) = (&self.settings.engine, record.decoded.vehicle()) {
+            let t = Instant::now();
+            let events = engine.on_vehicle_data(record.vin, payload, record.frame.created_at);
+            metrics.rules_seconds.record(t.elapsed().as_secs_f64());
+            if !events.is_empty() {
+                let tx = self.completions_tx.clone();
+                let (tracked, events_refused) =
+                    self.settings.sinks.publish_events(&events, reliable, || {
+                        DeliveryTicket::tracked(tx.clone(), seq, None)
+                    });
+                tracked_events = tracked;
+                refused |= events_refused;
+            }
+        }
         if refused && reliable.is_none() {
             return Ok(());
         }
@@ -328,6 +350,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     txid: Bytes::copy_from_slice(txid),
                     topic: Bytes::copy_from_slice(topic_name),
                     message_id: Bytes::copy_from_slice(message_id),
+                    remaining: 1 + tracked_events,
+                    failed: false,
                 },
             );
             metrics.reliable_pending.increment(1.0);
@@ -338,11 +362,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     async fn on_completion(&mut self, c: Completion) -> Result<(), CloseReason> {
+        let Some(entry) = self.pending.get_mut(&c.seq) else {
+            return Ok(());
+        };
+        entry.remaining = entry.remaining.saturating_sub(1);
+        entry.failed |= !c.delivered;
+        if entry.remaining > 0 {
+            return Ok(());
+        }
         let Some(p) = self.pending.remove(&c.seq) else {
             return Ok(());
         };
         self.settings.metrics.reliable_pending.decrement(1.0);
-        if c.delivered {
+        if !p.failed {
             self.ack(&p.txid, &p.topic, &p.message_id).await
         } else {
             // Never ack what was not stored: the vehicle resends after its own timeout.

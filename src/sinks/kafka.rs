@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{DeliveryTicket, PublishError, Readiness, Sink, SinkRecord};
 use crate::metrics as m;
+use crate::rules::event::Event;
 use crate::wire::json::payload_to_json_bytes;
 use crate::wire::Topic;
 
@@ -42,7 +43,7 @@ pub enum KafkaSetupError {
 /// What the delivery callback needs for one record (librdkafka's per-message opaque).
 pub struct Delivery {
     ticket: DeliveryTicket,
-    topic: Topic,
+    label: &'static str,
     started: Instant,
 }
 
@@ -90,7 +91,7 @@ impl ProducerContext for KafkaContext {
     type DeliveryOpaque = Box<Delivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, delivery: Self::DeliveryOpaque) {
-        let topic = delivery.topic.as_str();
+        let topic = delivery.label;
         match result {
             Ok(_) => {
                 metrics::counter!(m::KAFKA_DELIVERED_TOTAL, "topic" => topic).increment(1);
@@ -111,6 +112,7 @@ impl ProducerContext for KafkaContext {
 pub struct KafkaSink {
     producer: ThreadedProducer<KafkaContext>,
     topic_names: [String; 4],
+    events_topic: String,
     transmit_decoded_records: bool,
 }
 
@@ -151,6 +153,7 @@ impl KafkaSink {
     pub fn new(
         properties: &serde_json::Map<String, Value>,
         namespace: &str,
+        events_topic: &str,
         transmit_decoded_records: bool,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let config = client_config(properties)?;
@@ -162,6 +165,7 @@ impl KafkaSink {
         Ok(KafkaSink {
             producer,
             topic_names: Topic::ALL.map(|t| topic_name(namespace, t.as_str())),
+            events_topic: events_topic.to_owned(),
             transmit_decoded_records,
         })
     }
@@ -182,6 +186,30 @@ pub fn topic_name(namespace: &str, topic: &str) -> String {
         topic.to_owned()
     } else {
         format!("{namespace}_{topic}")
+    }
+}
+
+impl KafkaSink {
+    fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        message: BaseRecord<'_, K, P, Box<Delivery>>,
+    ) -> Result<(), PublishError> {
+        match self.producer.send(message) {
+            Ok(()) => Ok(()),
+            Err((error, message)) => {
+                // The ticket inside is dropped here: a failed delivery, never an ack.
+                drop(message);
+                let reason = match error.rdkafka_error_code() {
+                    Some(RDKafkaErrorCode::QueueFull) => "queue_full",
+                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
+                    _ => "other",
+                };
+                metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason).increment(1);
+                Err(PublishError::Rejected(format!(
+                    "kafka producer refused the record: {error}"
+                )))
+            }
+        }
     }
 }
 
@@ -232,7 +260,7 @@ impl Sink for KafkaSink {
             });
         let delivery = Box::new(Delivery {
             ticket,
-            topic: record.topic,
+            label: record.topic.as_str(),
             started: Instant::now(),
         });
         let message = BaseRecord::with_opaque_to(
@@ -242,22 +270,38 @@ impl Sink for KafkaSink {
         .key(record.vin)
         .payload(value)
         .headers(headers);
-        match self.producer.send(message) {
-            Ok(()) => Ok(()),
-            Err((error, message)) => {
-                // The ticket inside is dropped here: a failed delivery, never an ack.
-                drop(message);
-                let reason = match error.rdkafka_error_code() {
-                    Some(RDKafkaErrorCode::QueueFull) => "queue_full",
-                    Some(RDKafkaErrorCode::MessageSizeTooLarge) => "too_large",
-                    _ => "other",
-                };
-                metrics::counter!(m::KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason).increment(1);
-                Err(PublishError::Rejected(format!(
-                    "kafka producer refused the record: {error}"
-                )))
-            }
-        }
+        self.send(message)
+    }
+
+    fn publish_event(
+        &self,
+        event: &Event,
+        json: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "vin",
+                value: Some(event.vin.as_str()),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(event.id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(event.kind.as_str()),
+            });
+        let delivery = Box::new(Delivery {
+            ticket,
+            label: "events",
+            started: Instant::now(),
+        });
+        let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
+            .key(event.vin.as_str())
+            .payload(json)
+            .headers(headers);
+        self.send(message)
     }
 
     fn flush(&self, timeout: Duration) -> usize {

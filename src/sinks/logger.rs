@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{DeliveryTicket, PublishError, Sink, SinkRecord};
+use crate::rules::event::Event;
 use crate::wire::json::PayloadJson;
 
 /// Writes records as JSON lines to stdout (or any writer, for tests).
@@ -83,6 +84,31 @@ impl Sink for LoggerSink {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "logger sink cannot write to stdout");
+                Err(PublishError::Rejected(format!("stdout: {e}")))
+            }
+        }
+    }
+
+    fn publish_event(
+        &self,
+        event: &Event,
+        json: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        let written = match self.out.lock() {
+            Ok(mut out) => out
+                .write_all(json)
+                .and_then(|_| out.write_all(b"\n"))
+                .and_then(|_| out.flush()),
+            Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
+        };
+        match written {
+            Ok(()) => {
+                ticket.complete(true);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, vin = %event.vin, "logger sink cannot write an event");
                 Err(PublishError::Rejected(format!("stdout: {e}")))
             }
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::rules::event::Event;
 use crate::wire::Topic;
 
 /// What a sink needs of one record: frames and server-made records (connectivity) alike.
@@ -126,6 +127,14 @@ pub trait Sink: Send + Sync {
     /// Hands over one record without blocking for long. On `Ok` the sink completes `ticket`
     /// now or later; on `Err` nothing was taken and the ticket reports a failure.
     fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError>;
+    /// Hands over one event (CloudEvents JSON in `json`), keyed by its VIN. Same contract as
+    /// [`Sink::publish`].
+    fn publish_event(
+        &self,
+        event: &Event,
+        json: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError>;
     /// Waits up to `timeout` for queued records to be delivered; returns how many are left.
     fn flush(&self, timeout: Duration) -> usize;
     /// Whether the sink can deliver now.
@@ -139,6 +148,7 @@ pub trait Sink: Send + Sync {
 pub struct SinkRouter {
     routes: HashMap<Topic, Vec<Arc<dyn Sink>>>,
     reliable: HashMap<Topic, &'static str>,
+    events: Vec<Arc<dyn Sink>>,
     all: Vec<Arc<dyn Sink>>,
 }
 
@@ -185,6 +195,60 @@ impl SinkRouter {
             router.reliable.insert(topic, sink.name());
         }
         Ok(router)
+    }
+
+    /// Routes events to the named sinks.
+    pub fn with_event_sinks(mut self, names: &[String]) -> Result<Self, String> {
+        for name in names {
+            let sink =
+                self.all.iter().find(|s| s.name() == name).ok_or_else(|| {
+                    format!("fleetgate.events.sinks: sink `{name}` is not available")
+                })?;
+            if !self.events.iter().any(|s| s.name() == name) {
+                self.events.push(sink.clone());
+            }
+        }
+        Ok(self)
+    }
+
+    /// The sinks events go to.
+    pub fn event_sinks(&self) -> &[Arc<dyn Sink>] {
+        &self.events
+    }
+
+    /// Publishes events to the event sinks; tickets are tracked (with `track`) for the sink
+    /// named `reliable`. Returns how many tracked tickets were handed out, and whether any sink
+    /// refused an event.
+    pub fn publish_events(
+        &self,
+        events: &[Event],
+        reliable: Option<&'static str>,
+        mut track: impl FnMut() -> DeliveryTicket,
+    ) -> (u32, bool) {
+        let mut tracked = 0;
+        let mut refused = false;
+        for event in events {
+            let json = match serde_json::to_vec(&event.to_cloudevent()) {
+                Ok(j) => j,
+                Err(_) => continue,
+            };
+            crate::metrics::count_event(event.kind.as_str());
+            for sink in &self.events {
+                let ticket = if reliable == Some(sink.name()) {
+                    tracked += 1;
+                    track()
+                } else {
+                    DeliveryTicket::untracked()
+                };
+                if let Err(e) = sink.publish_event(event, &json, ticket) {
+                    refused = true;
+                    metrics::counter!(crate::metrics::SINK_REFUSED_TOTAL, "sink" => sink.name())
+                        .increment(1);
+                    tracing::warn!(vin = %event.vin, sink = sink.name(), error = %e, "sink refused an event");
+                }
+            }
+        }
+        (tracked, refused)
     }
 
     /// The sinks of a topic.

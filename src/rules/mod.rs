@@ -1,0 +1,457 @@
+//! The rule engine: on every `V` frame, update the vehicle's state and turn it into events —
+//! site entered / exited (hysteresis + GPS-jitter guard), watches (approaching, arrived,
+//! charge complete, expired) and charging sessions (started, stopped, stale).
+//!
+//! Pure and synchronous: `on_vehicle_data` takes a decoded payload and returns events; the
+//! periodic `sweep` closes stale sessions and expires watches. The vehicle's table guard is
+//! released before the watch map is touched (never two shards at once).
+
+pub mod arrival;
+pub mod event;
+pub mod sites;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::event_data;
+use crate::state::{
+    Applied, ChargeState, ChargingSession, VehicleState, VehicleTable, VehicleUpdate,
+};
+use crate::wire::proto::vehicle_data::Payload;
+use arrival::{Watch, WatchSet};
+use event::{Event, EventType};
+use sites::{haversine_m, Site, SiteRegistry};
+
+/// `fleetgate.rules`: thresholds of the rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Radius of a site given as a point without `radius_m` (m).
+    #[serde(default = "RulesConfig::default_radius")]
+    pub default_radius_m: f64,
+    /// A vehicle leaves a site only beyond radius + this margin (m).
+    #[serde(default = "RulesConfig::default_exit_margin")]
+    pub exit_margin_m: f64,
+    /// A charging session matches the nearest `charger` site within this distance (m).
+    #[serde(default = "RulesConfig::default_charger_match")]
+    pub charger_match_m: f64,
+    /// A session without frames for this long is closed with `reason: stale` (s).
+    #[serde(default = "RulesConfig::default_stale")]
+    pub charging_stale_s: u64,
+    /// A fix implying more than this speed from the last one is held as jitter (km/h).
+    #[serde(default = "RulesConfig::default_max_speed")]
+    pub max_speed_kmh: f64,
+    /// Default `notify_eta_minutes` of watches.
+    #[serde(default = "RulesConfig::default_eta")]
+    pub eta_notify_minutes: f64,
+}
+
+impl RulesConfig {
+    fn default_radius() -> f64 {
+        250.0
+    }
+    fn default_exit_margin() -> f64 {
+        50.0
+    }
+    fn default_charger_match() -> f64 {
+        500.0
+    }
+    fn default_stale() -> u64 {
+        900
+    }
+    fn default_max_speed() -> f64 {
+        300.0
+    }
+    fn default_eta() -> f64 {
+        5.0
+    }
+
+    /// Problems with the values (key, problem).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let positive = [
+            ("fleetgate.rules.default_radius_m", self.default_radius_m),
+            ("fleetgate.rules.charger_match_m", self.charger_match_m),
+            ("fleetgate.rules.max_speed_kmh", self.max_speed_kmh),
+        ];
+        for (key, v) in positive {
+            if !v.is_finite() || v <= 0.0 {
+                out.push((key, "must be a positive number".to_owned()));
+            }
+        }
+        if !self.exit_margin_m.is_finite() || self.exit_margin_m < 0.0 {
+            out.push(("fleetgate.rules.exit_margin_m", "must be >= 0".to_owned()));
+        }
+        if self.charging_stale_s == 0 {
+            out.push((
+                "fleetgate.rules.charging_stale_s",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if !self.eta_notify_minutes.is_finite() || self.eta_notify_minutes < 0.0 {
+            out.push((
+                "fleetgate.rules.eta_notify_minutes",
+                "must be >= 0".to_owned(),
+            ));
+        }
+        out
+    }
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            default_radius_m: Self::default_radius(),
+            exit_margin_m: Self::default_exit_margin(),
+            charger_match_m: Self::default_charger_match(),
+            charging_stale_s: Self::default_stale(),
+            max_speed_kmh: Self::default_max_speed(),
+            eta_notify_minutes: Self::default_eta(),
+        }
+    }
+}
+
+/// What the watch rules need of the vehicle, copied out of the table guard.
+struct WatchView {
+    at_ms: i64,
+    inside: Vec<Arc<str>>,
+    soc: Option<f64>,
+    charge_limit_soc: Option<f64>,
+    charge_state: Option<ChargeState>,
+    destination: Option<(f64, f64)>,
+    minutes_to_arrival: Option<f64>,
+    miles_to_arrival: Option<f64>,
+}
+
+/// The vehicle table, sites, watches and thresholds.
+pub struct Engine {
+    /// Latest state per VIN.
+    pub vehicles: VehicleTable,
+    /// The site index.
+    pub sites: SiteRegistry,
+    /// Live watches.
+    pub watches: WatchSet,
+    /// Thresholds.
+    pub config: RulesConfig,
+}
+
+impl Engine {
+    /// An engine with `sites` and no watches.
+    pub fn new(config: RulesConfig, sites: Vec<Site>) -> Engine {
+        Engine {
+            vehicles: VehicleTable::new(),
+            sites: SiteRegistry::new(sites, config.exit_margin_m),
+            watches: WatchSet::default(),
+            config,
+        }
+    }
+
+    /// Applies one decoded `V` payload of `vin` and returns the events it causes (none for a
+    /// frame older than the state). Allocates nothing when no event fires.
+    pub fn on_vehicle_data(
+        &self,
+        vin: &str,
+        payload: &Payload,
+        envelope_created_at_s: u32,
+    ) -> Vec<Event> {
+        let update = VehicleUpdate::from_payload(payload, envelope_created_at_s);
+        self.apply(vin, &update)
+    }
+
+    /// Applies a typed update (see [`Engine::on_vehicle_data`]).
+    pub fn apply(&self, vin: &str, u: &VehicleUpdate) -> Vec<Event> {
+        let mut events = Vec::new();
+        let index = self.sites.load();
+        let has_watches = self
+            .watches
+            .with_vin(vin, |w| !w.is_empty())
+            .unwrap_or(false);
+        let view = self.vehicles.with(vin, |state| {
+            if state.apply(u) == Applied::Stale {
+                return None;
+            }
+            if let Some((lat, lon)) = u.location {
+                if self.accept_fix(state, lat, lon, u.at_ms) {
+                    state.set_position(lat, lon, u.at_ms);
+                    self.geofence(vin, state, &index, lat, lon, u.at_ms, &mut events);
+                }
+            }
+            self.charging(vin, state, &index, u, &mut events);
+            has_watches.then(|| WatchView {
+                at_ms: u.at_ms,
+                inside: state
+                    .tracking
+                    .inside
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                soc: state.soc,
+                charge_limit_soc: state.charge_limit_soc,
+                charge_state: state.charge_state,
+                destination: state.destination,
+                minutes_to_arrival: u.minutes_to_arrival,
+                miles_to_arrival: state.miles_to_arrival,
+            })
+        });
+        if let Some(view) = view {
+            self.watch_rules(vin, &view, &index, &mut events);
+        }
+        events
+    }
+
+    /// Jitter guard: true when the fix is plausible. An implausible jump is held; the next fix
+    /// near it confirms it (a vehicle really can be moved: ferry, tow truck).
+    fn accept_fix(&self, state: &mut VehicleState, lat: f64, lon: f64, at_ms: i64) -> bool {
+        let max_mps = self.config.max_speed_kmh / 3.6;
+        let plausible_from = |p: &crate::state::Position| {
+            let d = haversine_m(p.lat, p.lon, lat, lon);
+            let dt = (at_ms - p.at_ms).max(0) as f64 / 1000.0;
+            // 100 m of slack covers GPS noise between fixes taken at (almost) the same time
+            d <= 100.0 + max_mps * dt
+        };
+        let Some(last) = state.position else {
+            return true;
+        };
+        if plausible_from(&last) {
+            state.tracking.held_fix = None;
+            return true;
+        }
+        if let Some(held) = state.tracking.held_fix {
+            if plausible_from(&held) {
+                state.tracking.held_fix = None;
+                return true;
+            }
+        }
+        state.tracking.held_fix = Some(crate::state::Position { lat, lon, at_ms });
+        false
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn geofence(
+        &self,
+        vin: &str,
+        state: &mut VehicleState,
+        index: &sites::SiteIndex,
+        lat: f64,
+        lon: f64,
+        at_ms: i64,
+        events: &mut Vec<Event>,
+    ) {
+        let margin = self.config.exit_margin_m;
+        // exits: only beyond radius + margin (hysteresis); a deleted site is dropped quietly
+        let mut i = 0;
+        while i < state.tracking.inside.len() {
+            let (id, entered) = state.tracking.inside[i].clone();
+            match index.get(&id) {
+                None => {
+                    state.tracking.inside.swap_remove(i);
+                }
+                Some(site) if site.edge_distance_m(lat, lon) > margin => {
+                    state.tracking.inside.swap_remove(i);
+                    events.push(Event::new(
+                        EventType::SiteExited,
+                        vin,
+                        &site.id,
+                        at_ms,
+                        event_data!("site_id" => site.id.as_str(), "site_name" => site.name.as_str(), "site_kind" => site.kind.as_str(),
+                            "lat" => lat, "lon" => lon, "dwell_s" => (at_ms - entered) / 1000),
+                    ));
+                }
+                Some(_) => i += 1,
+            }
+        }
+        // entries: inside the radius / polygon
+        index.candidates(lat, lon, |site| {
+            if state.tracking.inside.iter().any(|(id, _)| **id == *site.id) {
+                return;
+            }
+            if site.edge_distance_m(lat, lon) <= 0.0 {
+                state.tracking.inside.push((Arc::from(site.id.as_str()), at_ms));
+                events.push(Event::new(
+                    EventType::SiteEntered,
+                    vin,
+                    &site.id,
+                    at_ms,
+                    event_data!("site_id" => site.id.as_str(), "site_name" => site.name.as_str(), "site_kind" => site.kind.as_str(),
+                        "lat" => lat, "lon" => lon, "soc" => state.soc),
+                ));
+            }
+        });
+    }
+
+    fn charging(
+        &self,
+        vin: &str,
+        state: &mut VehicleState,
+        index: &sites::SiteIndex,
+        u: &VehicleUpdate,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(cs) = u.charge_state else { return };
+        match (cs, state.tracking.session.is_some()) {
+            (ChargeState::Charging, false) => {
+                let charger = state.position.and_then(|p| {
+                    index.nearest_of_kind(p.lat, p.lon, "charger", self.config.charger_match_m)
+                });
+                let site_id = charger.as_ref().map(|(s, _)| s.id.clone());
+                events.push(Event::new(
+                    EventType::ChargingStarted,
+                    vin,
+                    site_id.as_deref().unwrap_or(""),
+                    u.at_ms,
+                    event_data!("site_id" => site_id.clone(), "charger_distance_m" => charger.as_ref().map(|(_, d)| event::round(*d)),
+                        "soc" => state.soc, "dc_energy_in_kwh" => state.dc_energy_in, "ac_energy_in_kwh" => state.ac_energy_in),
+                ));
+                state.tracking.session = Some(ChargingSession {
+                    started_ms: u.at_ms,
+                    start_soc: state.soc,
+                    dc_start: state.dc_energy_in,
+                    ac_start: state.ac_energy_in,
+                    site_id,
+                });
+            }
+            (ChargeState::Complete, true) => {
+                self.stop_session(vin, state, u.at_ms, "complete", events)
+            }
+            (ChargeState::Idle, true) => self.stop_session(vin, state, u.at_ms, "stopped", events),
+            _ => {}
+        }
+    }
+
+    fn stop_session(
+        &self,
+        vin: &str,
+        state: &mut VehicleState,
+        at_ms: i64,
+        reason: &str,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(s) = state.tracking.session.take() else {
+            return;
+        };
+        let gained = |now: Option<f64>, start: Option<f64>| match (now, start) {
+            (Some(n), Some(s)) => Some((n - s).max(0.0)),
+            _ => None,
+        };
+        let energy = match (
+            gained(state.dc_energy_in, s.dc_start),
+            gained(state.ac_energy_in, s.ac_start),
+        ) {
+            (Some(dc), Some(ac)) => Some(dc.max(ac)),
+            (dc, ac) => dc.or(ac),
+        };
+        events.push(Event::new(
+            EventType::ChargingStopped,
+            vin,
+            s.site_id.as_deref().unwrap_or(""),
+            at_ms,
+            event_data!("site_id" => s.site_id.clone(), "reason" => reason, "energy_added_kwh" => energy.map(event::round),
+                "duration_s" => (at_ms - s.started_ms) / 1000, "soc" => state.soc,
+                "soc_gained" => gained(state.soc, s.start_soc).map(event::round)),
+        ));
+    }
+
+    fn watch_rules(
+        &self,
+        vin: &str,
+        v: &WatchView,
+        index: &sites::SiteIndex,
+        events: &mut Vec<Event>,
+    ) {
+        let default_eta = self.config.eta_notify_minutes;
+        self.watches.with_vin(vin, |watches| {
+            watches.retain_mut(|w| {
+                if v.at_ms >= w.expires_at_ms {
+                    if !w.progress.charge_complete {
+                        events.push(expired_event(vin, w));
+                    }
+                    return false;
+                }
+                let Some(site) = index.get(&w.spec.site_id) else { return true };
+                let scope = w.spec.watch_id.as_str();
+                let p = &mut w.progress;
+                if !p.approached && p.arrived_at_ms.is_none() {
+                    let eta = w.spec.notify_eta_minutes.unwrap_or(default_eta);
+                    let heading_there = v.destination.is_some_and(|(la, lo)| site.edge_distance_m(la, lo) <= 0.0);
+                    if heading_there && v.minutes_to_arrival.is_some_and(|m| m <= eta) {
+                        p.approached = true;
+                        events.push(Event::new(EventType::ArrivalApproaching, vin, scope, v.at_ms,
+                            event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "minutes_to_arrival" => v.minutes_to_arrival,
+                                "miles_to_arrival" => v.miles_to_arrival, "soc" => v.soc)));
+                    }
+                }
+                if p.arrived_at_ms.is_none() && v.inside.iter().any(|id| **id == *site.id) {
+                    p.arrived_at_ms = Some(v.at_ms);
+                    events.push(Event::new(EventType::ArrivalArrived, vin, scope, v.at_ms,
+                        event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "soc_at_arrival" => v.soc, "source" => "fleet_telemetry")));
+                }
+                if p.arrived_at_ms.is_some() && !p.charge_complete {
+                    let target = w.spec.target_soc.or(v.charge_limit_soc);
+                    let trigger = if target.is_some_and(|t| v.soc.is_some_and(|s| s >= t)) {
+                        Some(if w.spec.target_soc.is_some() { "target_soc" } else { "charge_limit" })
+                    } else if v.charge_state == Some(ChargeState::Complete) {
+                        Some("charge_state_complete")
+                    } else {
+                        None
+                    };
+                    if let Some(trigger) = trigger {
+                        p.charge_complete = true;
+                        events.push(Event::new(EventType::ArrivalChargeComplete, vin, scope, v.at_ms,
+                            event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "soc" => v.soc, "target_soc" => target, "trigger" => trigger)));
+                    }
+                }
+                true
+            });
+        });
+    }
+
+    /// Closes charging sessions without frames for `charging_stale_s` and expires watches whose
+    /// time passed (wall clock `now_ms`). Call periodically.
+    pub fn sweep(&self, now_ms: i64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let stale_ms = (self.config.charging_stale_s * 1000) as i64;
+        for (vin, state) in self.vehicles.snapshot() {
+            if state.tracking.session.is_some() && now_ms - state.last_seen_ms >= stale_ms {
+                self.vehicles.with(&vin, |s| {
+                    // re-check under the guard: a frame may have arrived since the snapshot
+                    if s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms {
+                        let at = s.last_seen_ms + stale_ms;
+                        self.stop_session(&vin, s, at, "stale", &mut events);
+                    }
+                });
+            }
+        }
+        for vin in self.watches.vins() {
+            self.watches.with_vin(&vin, |watches| {
+                watches.retain(|w| {
+                    if now_ms >= w.expires_at_ms {
+                        if !w.progress.charge_complete {
+                            events.push(expired_event(&vin, w));
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                })
+            });
+        }
+        events
+    }
+
+    /// Adds a watch; if the vehicle is already inside the site, it arrives on its next frame.
+    pub fn add_watch(&self, watch: Watch) {
+        self.watches.upsert(watch);
+    }
+}
+
+fn expired_event(vin: &str, w: &Watch) -> Event {
+    Event::new(
+        EventType::ArrivalExpired,
+        vin,
+        &w.spec.watch_id,
+        w.expires_at_ms,
+        event_data!("watch_id" => w.spec.watch_id.as_str(), "site_id" => w.spec.site_id.as_str(), "expires_at" => w.spec.expires_at.as_str(),
+            "arrived" => Some(w.progress.arrived_at_ms.is_some())),
+    )
+}

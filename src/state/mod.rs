@@ -1,0 +1,399 @@
+//! The vehicle table: each VIN's latest typed state, updated from every decoded `V` frame.
+//!
+//! Sharded (dashmap); one connection per VIN, so writers rarely contend. Frames older than the
+//! state never move it backwards. No guard is held across `.await` or while touching another
+//! entry: callers get copies ([`VehicleState`] is small and `Clone`).
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::wire::proto::vehicle_data::{
+    value::Value as V, DetailedChargeStateValue, Field, Payload,
+};
+
+/// A GPS fix.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Position {
+    /// Latitude (degrees).
+    pub lat: f64,
+    /// Longitude (degrees).
+    pub lon: f64,
+    /// When the vehicle took it (ms since the epoch; the frame's `created_at`).
+    pub at_ms: i64,
+}
+
+/// Detailed charge state, as far as the rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeState {
+    /// Starting or charging: a session is open.
+    Charging,
+    /// Charging finished (Complete).
+    Complete,
+    /// Any other state (Disconnected, Stopped, NoPower, Unknown).
+    Idle,
+}
+
+/// What one `V` frame says, in typed form (only the signals fleetgate uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VehicleUpdate {
+    /// The frame's creation time (ms since the epoch).
+    pub at_ms: i64,
+    /// Location.
+    pub location: Option<(f64, f64)>,
+    /// GpsHeading (degrees).
+    pub heading: Option<f64>,
+    /// VehicleSpeed.
+    pub speed: Option<f64>,
+    /// Soc (%).
+    pub soc: Option<f64>,
+    /// ChargeLimitSoc (%).
+    pub charge_limit_soc: Option<f64>,
+    /// DetailedChargeState.
+    pub charge_state: Option<ChargeState>,
+    /// DCChargingEnergyIn (kWh).
+    pub dc_energy_in: Option<f64>,
+    /// ACChargingEnergyIn (kWh).
+    pub ac_energy_in: Option<f64>,
+    /// DestinationLocation.
+    pub destination: Option<(f64, f64)>,
+    /// MinutesToArrival.
+    pub minutes_to_arrival: Option<f64>,
+    /// MilesToArrival.
+    pub miles_to_arrival: Option<f64>,
+    /// Odometer.
+    pub odometer: Option<f64>,
+    /// The vehicle says this frame is a resend.
+    pub is_resend: bool,
+}
+
+fn number(v: &V) -> Option<f64> {
+    let n = match v {
+        V::DoubleValue(d) => *d,
+        V::FloatValue(f) => f64::from(*f),
+        V::IntValue(i) => f64::from(*i),
+        V::LongValue(l) => *l as f64,
+        V::StringValue(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    n.is_finite().then_some(n)
+}
+
+fn location(v: &V) -> Option<(f64, f64)> {
+    match v {
+        V::LocationValue(l) if l.latitude.is_finite() && l.longitude.is_finite() => {
+            Some((l.latitude, l.longitude))
+        }
+        V::StringValue(s) => {
+            crate::wire::payload::parse_location(s).map(|l| (l.latitude, l.longitude))
+        }
+        _ => None,
+    }
+    .filter(|(lat, lon)| (-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon))
+}
+
+fn charge_state(v: &V) -> Option<ChargeState> {
+    let raw = match v {
+        V::DetailedChargeStateValue(n) => DetailedChargeStateValue::try_from(*n).ok()?,
+        V::StringValue(s) => DetailedChargeStateValue::from_str_name(s).or_else(|| {
+            DetailedChargeStateValue::from_str_name(&format!("DetailedChargeState{s}"))
+        })?,
+        _ => return None,
+    };
+    Some(match raw {
+        DetailedChargeStateValue::DetailedChargeStateCharging
+        | DetailedChargeStateValue::DetailedChargeStateStarting => ChargeState::Charging,
+        DetailedChargeStateValue::DetailedChargeStateComplete => ChargeState::Complete,
+        _ => ChargeState::Idle,
+    })
+}
+
+impl VehicleUpdate {
+    /// Reads the signals of a decoded `V` payload; `envelope_created_at_s` is the fallback time.
+    pub fn from_payload(p: &Payload, envelope_created_at_s: u32) -> VehicleUpdate {
+        let at_ms = p
+            .created_at
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+            .filter(|ms| *ms > 0)
+            .unwrap_or(i64::from(envelope_created_at_s) * 1000);
+        let mut u = VehicleUpdate {
+            at_ms,
+            is_resend: p.is_resend,
+            ..Default::default()
+        };
+        for datum in &p.data {
+            let Some(v) = datum.value.as_ref().and_then(|v| v.value.as_ref()) else {
+                continue;
+            };
+            if matches!(v, V::Invalid(true)) {
+                continue;
+            }
+            match Field::try_from(datum.key) {
+                Ok(Field::Location) => u.location = location(v).or(u.location),
+                Ok(Field::GpsHeading) => u.heading = number(v),
+                Ok(Field::VehicleSpeed) => u.speed = number(v),
+                Ok(Field::Soc) => u.soc = number(v),
+                Ok(Field::BatteryLevel) if u.soc.is_none() => u.soc = number(v),
+                Ok(Field::ChargeLimitSoc) => u.charge_limit_soc = number(v),
+                Ok(Field::DetailedChargeState) => u.charge_state = charge_state(v),
+                Ok(Field::DcChargingEnergyIn) => u.dc_energy_in = number(v),
+                Ok(Field::AcChargingEnergyIn) => u.ac_energy_in = number(v),
+                Ok(Field::DestinationLocation) => u.destination = location(v),
+                Ok(Field::MinutesToArrival) => u.minutes_to_arrival = number(v),
+                Ok(Field::MilesToArrival) => u.miles_to_arrival = number(v),
+                Ok(Field::Odometer) => u.odometer = number(v),
+                _ => {}
+            }
+        }
+        u
+    }
+}
+
+/// The latest known state of one vehicle.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VehicleState {
+    /// Last accepted GPS fix.
+    pub position: Option<Position>,
+    /// Last heading (degrees).
+    pub heading: Option<f64>,
+    /// Last speed.
+    pub speed: Option<f64>,
+    /// State of charge (%).
+    pub soc: Option<f64>,
+    /// Charge limit (%).
+    pub charge_limit_soc: Option<f64>,
+    /// Detailed charge state.
+    pub charge_state: Option<ChargeState>,
+    /// DC energy counter (kWh).
+    pub dc_energy_in: Option<f64>,
+    /// AC energy counter (kWh).
+    pub ac_energy_in: Option<f64>,
+    /// Navigation destination.
+    pub destination: Option<(f64, f64)>,
+    /// Minutes to the destination.
+    pub minutes_to_arrival: Option<f64>,
+    /// Miles to the destination.
+    pub miles_to_arrival: Option<f64>,
+    /// Odometer.
+    pub odometer: Option<f64>,
+    /// Time of the newest frame applied (ms since the epoch).
+    pub last_seen_ms: i64,
+    /// A socket of this vehicle is open.
+    pub connected: bool,
+    /// Rule bookkeeping: sites inside, a held GPS jump, the open charging session.
+    #[serde(skip)]
+    pub tracking: Tracking,
+}
+
+/// What the rules remember per vehicle between frames.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tracking {
+    /// Sites the vehicle is inside, with the time it entered (ms).
+    pub inside: Vec<(std::sync::Arc<str>, i64)>,
+    /// A fix that jumped implausibly far; accepted when the next fix confirms it.
+    pub held_fix: Option<Position>,
+    /// The open charging session.
+    pub session: Option<ChargingSession>,
+}
+
+/// An open charging session.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChargingSession {
+    /// When it started (ms).
+    pub started_ms: i64,
+    /// SoC at the start.
+    pub start_soc: Option<f64>,
+    /// DC energy counter at the start (kWh).
+    pub dc_start: Option<f64>,
+    /// AC energy counter at the start (kWh).
+    pub ac_start: Option<f64>,
+    /// The matched charger site.
+    pub site_id: Option<String>,
+}
+
+/// What applying an update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The frame is older than the state: nothing changed, rules must not run on it.
+    Stale,
+    /// The state moved to this frame.
+    Applied,
+}
+
+impl VehicleState {
+    /// Applies `u` unless it is older than the state. Position is not touched here: the rule
+    /// engine accepts or rejects fixes (jitter guard) and calls [`VehicleState::set_position`].
+    pub fn apply(&mut self, u: &VehicleUpdate) -> Applied {
+        if u.at_ms < self.last_seen_ms {
+            return Applied::Stale;
+        }
+        self.last_seen_ms = u.at_ms;
+        macro_rules! keep {
+            ($($f:ident),*) => { $( if u.$f.is_some() { self.$f = u.$f; } )* };
+        }
+        keep!(
+            heading,
+            speed,
+            soc,
+            charge_limit_soc,
+            charge_state,
+            dc_energy_in,
+            ac_energy_in,
+            destination,
+            minutes_to_arrival,
+            miles_to_arrival,
+            odometer
+        );
+        Applied::Applied
+    }
+
+    /// Records an accepted GPS fix.
+    pub fn set_position(&mut self, lat: f64, lon: f64, at_ms: i64) {
+        self.position = Some(Position { lat, lon, at_ms });
+    }
+}
+
+/// The sharded table of every vehicle seen.
+#[derive(Default)]
+pub struct VehicleTable {
+    map: DashMap<String, VehicleState>,
+}
+
+impl VehicleTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `f` on the VIN's state (created on first sight) under that shard's lock only.
+    /// `f` must not touch the table again.
+    pub fn with<R>(&self, vin: &str, f: impl FnOnce(&mut VehicleState) -> R) -> R {
+        if let Some(mut entry) = self.map.get_mut(vin) {
+            return f(&mut entry);
+        }
+        let mut entry = self.map.entry(vin.to_owned()).or_default();
+        f(&mut entry)
+    }
+
+    /// A copy of the VIN's state.
+    pub fn get(&self, vin: &str) -> Option<VehicleState> {
+        self.map.get(vin).map(|e| e.clone())
+    }
+
+    /// Marks a vehicle connected or not.
+    pub fn set_connected(&self, vin: &str, connected: bool) {
+        self.with(vin, |s| s.connected = connected);
+    }
+
+    /// Number of vehicles known.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no vehicle is known.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Vehicles within `radius_m` of a point, nearest first (a scan: fine for admin queries).
+    pub fn near(
+        &self,
+        lat: f64,
+        lon: f64,
+        radius_m: f64,
+        limit: usize,
+    ) -> Vec<(String, f64, VehicleState)> {
+        let mut out: Vec<(String, f64, VehicleState)> = self
+            .map
+            .iter()
+            .filter_map(|e| {
+                let p = e.value().position?;
+                let d = crate::rules::sites::haversine_m(lat, lon, p.lat, p.lon);
+                (d <= radius_m).then(|| (e.key().clone(), d, e.value().clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.1.total_cmp(&b.1));
+        out.truncate(limit);
+        out
+    }
+
+    /// VINs and states of every vehicle (copies; for sweeps and admin listings).
+    pub fn snapshot(&self) -> Vec<(String, VehicleState)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::proto::vehicle_data::{Datum, LocationValue, Value};
+
+    fn datum(key: Field, v: V) -> Datum {
+        Datum {
+            key: key as i32,
+            value: Some(Value { value: Some(v) }),
+        }
+    }
+
+    #[test]
+    fn typed_and_legacy_string_values_are_read() {
+        let p = Payload {
+            data: vec![
+                datum(Field::Soc, V::StringValue("71.25".into())),
+                datum(Field::ChargeLimitSoc, V::IntValue(80)),
+                datum(
+                    Field::Location,
+                    V::StringValue("(30.2672 N, 97.7431 W)".into()),
+                ),
+                datum(
+                    Field::DetailedChargeState,
+                    V::StringValue("Charging".into()),
+                ),
+                datum(
+                    Field::DestinationLocation,
+                    V::LocationValue(LocationValue {
+                        latitude: 1.0,
+                        longitude: 2.0,
+                    }),
+                ),
+                datum(Field::Odometer, V::Invalid(true)),
+            ],
+            ..Default::default()
+        };
+        let u = VehicleUpdate::from_payload(&p, 1_764_000_000);
+        assert_eq!(u.at_ms, 1_764_000_000_000);
+        assert_eq!(u.soc, Some(71.25));
+        assert_eq!(u.charge_limit_soc, Some(80.0));
+        assert_eq!(u.location, Some((30.2672, -97.7431)));
+        assert_eq!(u.charge_state, Some(ChargeState::Charging));
+        assert_eq!(u.destination, Some((1.0, 2.0)));
+        assert_eq!(u.odometer, None);
+    }
+
+    #[test]
+    fn older_frames_never_move_the_state_back() {
+        let mut s = VehicleState::default();
+        let new = VehicleUpdate {
+            at_ms: 2000,
+            soc: Some(60.0),
+            ..Default::default()
+        };
+        let old = VehicleUpdate {
+            at_ms: 1000,
+            soc: Some(50.0),
+            ..Default::default()
+        };
+        assert_eq!(s.apply(&new), Applied::Applied);
+        assert_eq!(s.apply(&old), Applied::Stale);
+        assert_eq!(s.soc, Some(60.0));
+        // missing signals keep their last value
+        s.apply(&VehicleUpdate {
+            at_ms: 3000,
+            ..Default::default()
+        });
+        assert_eq!(s.soc, Some(60.0));
+    }
+}
