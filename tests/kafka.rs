@@ -229,3 +229,143 @@ async fn a_reliable_ack_means_the_record_is_in_kafka() {
     assert_eq!(v.len(), 50, "each exactly once");
     assert_eq!(server.metric("fleetgate_reliable_acks_pending"), 0.0);
 }
+
+fn v_payload(created: i64, data: Vec<fleetgate::wire::proto::vehicle_data::Datum>) -> Vec<u8> {
+    Payload {
+        data,
+        created_at: Some(prost_types::Timestamp {
+            seconds: created,
+            nanos: 0,
+        }),
+        vin: String::new(),
+        is_resend: false,
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drive_produces_its_events_on_the_events_topic() {
+    use fleetgate::rules::event::{event_id, EventType};
+    use fleetgate::wire::proto::vehicle_data::{
+        value::Value as V, Datum, DetailedChargeStateValue, Field, LocationValue, Value,
+    };
+    let bootstrap = require_broker();
+    let pki = Pki::new();
+    let ns = unique_namespace("fgev");
+    let sites = pki.dir.path().join("sites.geojson");
+    std::fs::write(&sites, r#"{"type":"FeatureCollection","features":[
+        {"type":"Feature","id":"cafe","properties":{"name":"Cafe","kind":"merchant","radius_m":250},"geometry":{"type":"Point","coordinates":[-97.7431,30.2672]}}]}"#).unwrap();
+    let config = kafka_config(
+        &pki,
+        &bootstrap,
+        &ns,
+        json!({
+            "reliable_ack_sources": {"V": "kafka"},
+            "fleetgate": {
+                "sites_file": sites.display().to_string(),
+                "watches": [{"watch_id": "order-42", "vin": VIN, "site_id": "cafe", "target_soc": 80, "expires_at": "2030-01-01T00:00:00Z"}]
+            }
+        }),
+    );
+    let server = Server::start(&config);
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, HEADERS)
+        .await
+        .unwrap();
+    let sender = format!("vehicle_device.{VIN}");
+    let d = |key: Field, v: V| Datum {
+        key: key as i32,
+        value: Some(Value { value: Some(v) }),
+    };
+    let loc = |lat: f64, lon: f64| {
+        V::LocationValue(LocationValue {
+            latitude: lat,
+            longitude: lon,
+        })
+    };
+    let t0 = 1_764_000_000i64;
+    let frames = vec![
+        (
+            t0,
+            vec![
+                d(Field::Location, loc(30.2852, -97.7431)),
+                d(Field::Soc, V::DoubleValue(61.0)),
+                d(Field::DestinationLocation, loc(30.2672, -97.7431)),
+                d(Field::MinutesToArrival, V::DoubleValue(4.0)),
+            ],
+        ),
+        (
+            t0 + 240,
+            vec![
+                d(Field::Location, loc(30.2680, -97.7431)),
+                d(Field::Soc, V::DoubleValue(60.0)),
+            ],
+        ),
+        (
+            t0 + 300,
+            vec![d(
+                Field::DetailedChargeState,
+                V::DetailedChargeStateValue(
+                    DetailedChargeStateValue::DetailedChargeStateCharging as i32,
+                ),
+            )],
+        ),
+        (t0 + 1500, vec![d(Field::Soc, V::DoubleValue(80.0))]),
+    ];
+    for (i, (created, data)) in frames.into_iter().enumerate() {
+        let txid = format!("drive-{i}");
+        fleetgate::client::send_frame(
+            &mut ws,
+            frame(&txid, "V", &sender, &v_payload(created, data)),
+        )
+        .await
+        .unwrap();
+        // reliable: the ack means the record and its events are in Kafka
+        assert_eq!(
+            answer(&mut ws).await,
+            expected_ack(txid.as_bytes(), b"V", b"")
+        );
+    }
+    let events = consume(
+        &bootstrap,
+        &format!("{ns}_events"),
+        5,
+        Duration::from_secs(30),
+    );
+    let parsed: Vec<serde_json::Value> = events
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().unwrap()).unwrap())
+        .collect();
+    let types: Vec<&str> = parsed.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "fleetgate.arrival.approaching",
+            "fleetgate.site.entered",
+            "fleetgate.arrival.arrived",
+            "fleetgate.charging.started",
+            "fleetgate.arrival.charge_complete",
+        ]
+    );
+    for (m, e) in events.iter().zip(&parsed) {
+        assert_eq!(m.key(), Some(VIN.as_bytes()));
+        assert_eq!(header(m, "ce_type").as_deref(), e["type"].as_str());
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["subject"], VIN);
+    }
+    assert_eq!(
+        parsed[2]["id"],
+        event_id(
+            EventType::ArrivalArrived,
+            VIN,
+            "order-42",
+            (t0 + 240) * 1000
+        )
+    );
+    assert_eq!(parsed[2]["data"]["soc_at_arrival"], 60.0);
+    assert_eq!(parsed[4]["data"]["watch_id"], "order-42");
+    assert_eq!(
+        server.metric("fleetgate_events_total{type=\"fleetgate.arrival.arrived\"}"),
+        1.0
+    );
+}

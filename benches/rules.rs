@@ -1,0 +1,102 @@
+//! Rules per `V` frame (state update + geofence + charging + watches) with 10 k, 100 k and
+//! 1 M circle sites indexed. Goal (issue 6): <= 2 µs median with 1 M sites.
+//! Also prints the memory cost of 1 M sites. Run: `cargo bench --bench rules`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use fleetgate::rules::sites::{Shape, Site};
+use fleetgate::rules::{Engine, RulesConfig};
+use fleetgate::state::{ChargeState, VehicleUpdate};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Deterministic pseudo-random numbers (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Sites spread over the continental US (~1.4 M km²-degrees), 250 m radius.
+fn sites(n: usize) -> Vec<Site> {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    (0..n)
+        .map(|i| Site {
+            id: format!("site-{i}"),
+            name: format!("Site {i}"),
+            kind: if i % 10 == 0 {
+                "charger".into()
+            } else {
+                "merchant".into()
+            },
+            tags: Default::default(),
+            shape: Shape::Circle {
+                lat: 25.0 + rng.next() * 24.0,
+                lon: -124.0 + rng.next() * 57.0,
+                radius_m: 250.0,
+            },
+        })
+        .collect()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rules");
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let before = rss_bytes();
+        let engine = Engine::new(RulesConfig::default(), sites(n));
+        let after = rss_bytes();
+        if n == 1_000_000 {
+            eprintln!(
+                "memory: 1,000,000 circle sites indexed: {:.0} MiB RSS ({:.0} bytes per site)",
+                (after - before) as f64 / 1048576.0,
+                (after - before) as f64 / n as f64
+            );
+        }
+        // 1,000 vehicles driving: each frame moves one of them ~15 m
+        let vehicles: Vec<String> = (0..1000).map(|i| format!("5YJ3E1EA7KF{i:06}")).collect();
+        let mut rng = Rng(42);
+        let mut pos: Vec<(f64, f64)> = (0..1000)
+            .map(|_| (25.0 + rng.next() * 24.0, -124.0 + rng.next() * 57.0))
+            .collect();
+        let mut t = 1_764_000_000_000i64;
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("v_frame", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % vehicles.len();
+                t += 1;
+                let p = &mut pos[i];
+                p.0 += (rng.next() - 0.5) * 0.0003;
+                p.1 += (rng.next() - 0.5) * 0.0003;
+                let u = VehicleUpdate {
+                    at_ms: t,
+                    location: Some(*p),
+                    soc: Some(60.0),
+                    speed: Some(40.0),
+                    charge_state: Some(ChargeState::Idle),
+                    ..Default::default()
+                };
+                engine.apply(&vehicles[i], &u)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
