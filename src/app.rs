@@ -21,6 +21,7 @@ use crate::rules::Engine;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;
 use crate::sinks::{Sink, SinkRouter};
+use crate::store::Store;
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,15 @@ pub struct BoundAddrs {
     pub metrics: Option<SocketAddr>,
     /// Plain `/status`, when enabled.
     pub status: Option<SocketAddr>,
+    /// Admin API, when enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Command-line options of `serve` that are not in the config file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Allow the admin API without a token on a loopback address.
+    pub insecure_admin: bool,
 }
 
 /// Sets up tracing on stderr (stdout belongs to the logger sink).
@@ -115,46 +125,69 @@ pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
         .map_err(ServeError::Config)
 }
 
-/// Builds the rule engine: sites from `fleetgate.sites_file`, watches from `fleetgate.watches`.
-pub fn build_engine(config: &Config, base: &std::path::Path) -> Result<Arc<Engine>, ServeError> {
+/// Opens the store (`fleetgate.data_dir`, else in memory), imports `sites_file` and the
+/// configured watches into it (idempotent), and builds the rule engine from what it holds.
+pub fn build_engine(
+    config: &Config,
+    base: &std::path::Path,
+) -> Result<(Arc<Engine>, Arc<Store>), ServeError> {
     let rules = config.fleetgate.rules.clone();
-    let sites = match &config.fleetgate.sites_file {
-        Some(file) => {
-            let path = Config::resolve(base, file);
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ServeError::Config(format!(
-                    "fleetgate.sites_file: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
-            sites_from_geojson(&text, rules.default_radius_m).map_err(|errors| {
-                let list: Vec<String> = errors
-                    .iter()
-                    .map(|(i, e)| format!("feature {i}: {e}"))
-                    .collect();
-                ServeError::Config(format!(
-                    "fleetgate.sites_file {}: {}",
-                    path.display(),
-                    list.join("; ")
-                ))
-            })?
+    let store = match &config.fleetgate.data_dir {
+        Some(dir) => Store::open(&Config::resolve(base, dir))
+            .map_err(|e| ServeError::Config(format!("fleetgate.data_dir: {e}")))?,
+        None => {
+            tracing::warn!("fleetgate.data_dir is not set: sites and watches live in memory and are lost on restart");
+            Store::in_memory().map_err(|e| ServeError::Config(e.to_string()))?
         }
-        None => Vec::new(),
     };
-    let engine = Engine::new(rules, sites);
+    if let Some(file) = &config.fleetgate.sites_file {
+        let path = Config::resolve(base, file);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ServeError::Config(format!(
+                "fleetgate.sites_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let sites = sites_from_geojson(&text, rules.default_radius_m).map_err(|errors| {
+            let list: Vec<String> = errors
+                .iter()
+                .map(|(i, e)| format!("feature {i}: {e}"))
+                .collect();
+            ServeError::Config(format!(
+                "fleetgate.sites_file {}: {}",
+                path.display(),
+                list.join("; ")
+            ))
+        })?;
+        store
+            .put_sites(&sites)
+            .map_err(|e| ServeError::Config(format!("importing fleetgate.sites_file: {e}")))?;
+    }
     for spec in &config.fleetgate.watches {
-        let watch = spec
-            .clone()
-            .into_watch()
+        store
+            .put_watch(spec)
             .map_err(|e| ServeError::Config(format!("fleetgate.watches: {e}")))?;
-        engine.add_watch(watch);
+    }
+    let sites = store
+        .sites(rules.default_radius_m)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let engine = Engine::new(rules, sites);
+    for spec in store
+        .watches()
+        .map_err(|e| ServeError::Config(e.to_string()))?
+    {
+        match spec.clone().into_watch() {
+            Ok(watch) => engine.add_watch(watch),
+            Err(e) => tracing::warn!(watch_id = %spec.watch_id, error = %e, "stored watch skipped"),
+        }
     }
     tracing::info!(
         sites = engine.sites.load().len(),
         watches = engine.watches.len(),
+        durable = store.is_durable(),
         "rules ready"
     );
-    Ok(Arc::new(engine))
+    Ok((Arc::new(engine), Arc::new(store)))
 }
 
 /// Every `every`, closes stale charging sessions and expires watches, publishing the events.
@@ -188,6 +221,7 @@ pub async fn run_sweeper(
 /// `shutdown` fires and then shuts down in order.
 pub async fn start(
     loaded: &LoadedConfig,
+    options: StartOptions,
     shutdown: CancellationToken,
 ) -> Result<(BoundAddrs, impl std::future::Future<Output = usize>), ServeError> {
     let config = &loaded.config;
@@ -210,7 +244,9 @@ pub async fn start(
     )?;
     metrics::install();
     let sinks = build_sinks(config)?;
-    let engine = build_engine(config, &base)?;
+    let (engine, store) = build_engine(config, &base)?;
+    let registry = Arc::new(crate::ingest::registry::Registry::default());
+    let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(run_sweeper(
         engine.clone(),
         sinks.clone(),
@@ -246,6 +282,7 @@ pub async fn start(
             engine: Some(engine.clone()),
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
+        registry: registry.clone(),
     };
 
     let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;
@@ -288,13 +325,50 @@ pub async fn start(
         status_addr = l.local_addr().ok();
         tokio::spawn(server::serve_status(l, shutdown.clone()));
     }
+    let mut admin_addr = None;
+    if let Some(admin) = &config.fleetgate.admin {
+        let addr: SocketAddr = admin.listen.parse().map_err(|_| {
+            ServeError::Config(format!(
+                "fleetgate.admin.listen `{}` is not IP:PORT",
+                admin.listen
+            ))
+        })?;
+        let token = admin.effective_token();
+        if token.is_empty() {
+            if !(options.insecure_admin && addr.ip().is_loopback()) {
+                return Err(ServeError::Config(
+                    "fleetgate.admin.token is empty: set it (or FLEETGATE_ADMIN_TOKEN); only a loopback listen address with --insecure-admin may run without one".into(),
+                ));
+            }
+            tracing::warn!("admin API without a token (--insecure-admin, loopback only)");
+        }
+        let l = bind("admin", addr).await?;
+        admin_addr = l.local_addr().ok();
+        let state = crate::admin::AdminState {
+            engine: engine.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            sinks: sinks.clone(),
+            listener_up: listener_up.clone(),
+            token: Arc::new(token),
+        };
+        let app = crate::admin::router(state);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(l, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        });
+    }
+    listener_up.store(true, std::sync::atomic::Ordering::Relaxed);
     let addrs = BoundAddrs {
         vehicles,
         metrics: metrics_addr,
         status: status_addr,
+        admin: admin_addr,
     };
     tracing::info!(
-        "listening vehicles={} metrics={} status={}",
+        "listening vehicles={} metrics={} status={} admin={}",
         addrs.vehicles,
         addrs
             .metrics
@@ -304,6 +378,10 @@ pub async fn start(
             .status
             .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into()),
+        addrs
+            .admin
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into())
     );
 
     let flush_budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));

@@ -167,9 +167,43 @@ pub struct FleetgateConfig {
     /// Rule thresholds.
     #[serde(default)]
     pub rules: crate::rules::RulesConfig,
+    /// The admin API; absent = no admin listener (a plain Tesla config runs without one).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Folder of the durable store (sites, watches); unset = in memory, lost on restart.
+    #[serde(default)]
+    pub data_dir: Option<String>,
     /// Seconds a graceful shutdown may take before connections are cut (default 10).
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
+}
+
+/// `fleetgate.admin`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address of the admin API (default 127.0.0.1:8081; port 0 picks a free one).
+    #[serde(default = "AdminConfig::default_listen")]
+    pub listen: String,
+    /// Bearer token; `FLEETGATE_ADMIN_TOKEN` overrides it. Required unless `--insecure-admin`
+    /// on a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl AdminConfig {
+    fn default_listen() -> String {
+        "127.0.0.1:8081".into()
+    }
+
+    /// The effective token (environment first).
+    pub fn effective_token(&self) -> String {
+        std::env::var("FLEETGATE_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone())
+            .unwrap_or_default()
+    }
 }
 
 /// `fleetgate.events`.
@@ -517,6 +551,14 @@ impl Config {
                 issue(
                     "monitoring.prometheus_metrics_host",
                     format!("`{host}` is not an IP address"),
+                );
+            }
+        }
+        if let Some(admin) = &self.fleetgate.admin {
+            if admin.listen.parse::<SocketAddr>().is_err() {
+                issue(
+                    "fleetgate.admin.listen",
+                    format!("`{}` is not IP:PORT", admin.listen),
                 );
             }
         }

@@ -11,6 +11,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod certs;
 pub mod client;
@@ -21,4 +22,5 @@ pub mod metrics;
 pub mod rules;
 pub mod sinks;
 pub mod state;
+pub mod store;
 pub mod wire;

@@ -24,6 +24,9 @@ enum Command {
         /// Configuration file (JSON).
         #[arg(long, short)]
         config: PathBuf,
+        /// Run the admin API without a token (only on a loopback address; for development).
+        #[arg(long)]
+        insecure_admin: bool,
     },
     /// Decode captured frames (one websocket message per file; `-` reads stdin) to JSON lines.
     Decode {
@@ -57,7 +60,7 @@ enum CertsCommand {
     },
 }
 
-fn serve(config: PathBuf) -> ExitCode {
+fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
     let loaded = match fleetgate::config::Config::load(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -75,7 +78,13 @@ fn serve(config: PathBuf) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let (_addrs, run) = match fleetgate::app::start(&loaded, shutdown.clone()).await {
+        let (_addrs, run) = match fleetgate::app::start(
+            &loaded,
+            fleetgate::app::StartOptions { insecure_admin },
+            shutdown.clone(),
+        )
+        .await
+        {
             Ok(started) => started,
             Err(e) => {
                 tracing::error!("cannot start: {e}");
@@ -137,7 +146,10 @@ fn certs_dev(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve {
+            config,
+            insecure_admin,
+        } => serve(config, insecure_admin),
         Command::Certs {
             command:
                 CertsCommand::Dev {

@@ -4,5 +4,6 @@
 pub mod connection;
 pub mod http;
 pub mod identity;
+pub mod registry;
 pub mod server;
 pub mod tls;

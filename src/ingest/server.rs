@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub connection: ConnectionSettings,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace: Duration,
+    /// Open connections (for the admin API).
+    pub registry: Arc<super::registry::Registry>,
 }
 
 fn unix_now() -> (i64, i32) {
@@ -201,6 +203,21 @@ async fn serve_connection(
         ConnectivityEvent::Connected,
     );
     settings.connection.metrics.connections_open.increment(1.0);
+    if let Some(engine) = &settings.connection.engine {
+        engine
+            .vehicles
+            .set_connected(&info.identity.device_id, true);
+    }
+    settings.registry.opened(super::registry::ConnectionEntry {
+        vin: info.identity.device_id.clone(),
+        connection_id: info.connection_id.clone(),
+        since_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        network_interface: info.network_interface.clone(),
+        client_type: info.identity.client_type,
+    });
 
     let vin = info.identity.device_id.clone();
     let connection_id = info.connection_id.clone();
@@ -229,6 +246,13 @@ async fn serve_connection(
         &info,
         ConnectivityEvent::Disconnected,
     );
+    settings.registry.closed(&info.connection_id);
+    if let Some(engine) = &settings.connection.engine {
+        // connected while any socket of the vehicle is open
+        if settings.registry.of_vin(&vin).is_empty() {
+            engine.vehicles.set_connected(&vin, false);
+        }
+    }
     tracing::info!(%vin, reason = reason.label(), "vehicle disconnected");
 }
 

@@ -58,6 +58,7 @@ pub struct Server {
     pub vehicles: String,
     pub metrics: Option<String>,
     pub status: Option<String>,
+    pub admin: Option<String>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     _config_dir: tempfile::TempDir,
@@ -79,8 +80,15 @@ pub fn base_config(pki: &Pki) -> Value {
         },
         "monitoring": {"prometheus_metrics_port": 0, "prometheus_metrics_host": "127.0.0.1"},
         "records": {"V": ["logger"], "alerts": ["logger"], "errors": ["logger"], "connectivity": ["logger"]},
+        "fleetgate": {
+            "admin": {"listen": "127.0.0.1:0", "token": TOKEN},
+            "data_dir": pki.dir.path().join("data").display().to_string(),
+        },
     })
 }
+
+/// The admin token of [`base_config`].
+pub const TOKEN: &str = "test-token-0123456789";
 
 pub fn merge(base: &mut Value, extra: &Value) {
     match (base, extra) {
@@ -149,6 +157,7 @@ impl Server {
                     vehicles: field(line, "vehicles").unwrap(),
                     metrics: field(line, "metrics"),
                     status: field(line, "status"),
+                    admin: field(line, "admin"),
                     child,
                     stdout,
                     stderr,
@@ -398,4 +407,57 @@ pub fn header(m: &rdkafka::message::OwnedMessage, key: &str) -> Option<String> {
         .iter()
         .find(|h| h.key == key)
         .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// A blocking HTTP/1.1 request; returns (status, body). `token` adds a bearer header.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let _ = s.write_all(body.as_bytes());
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+impl Server {
+    /// An authorized admin request; the body parsed as JSON (Null when empty).
+    pub fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, text) = http(
+            self.admin.as_deref().expect("admin enabled"),
+            method,
+            path,
+            Some(TOKEN),
+            body,
+        );
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
 }

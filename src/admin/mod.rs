@@ -1,0 +1,598 @@
+//! The admin API (axum, its own listener): health and readiness, the OpenAPI document, and
+//! bearer-token-protected `/v1` routes for sites, watches, vehicles and connections.
+//!
+//! Writes go to the durable store first; only after the commit is the engine updated and a 2xx
+//! returned, so an acknowledged write survives `kill -9`. Every error is `{error, detail}` JSON.
+
+pub mod openapi;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use crate::ingest::registry::Registry;
+use crate::rules::arrival::{Watch, WatchSpec};
+use crate::rules::sites::{
+    site_from_feature, site_to_feature, sites_from_geojson, Site, MAX_RADIUS_M,
+};
+use crate::rules::Engine;
+use crate::sinks::{Readiness, SinkRouter};
+use crate::store::{Store, StoreError};
+
+/// Largest body of ordinary requests.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest GeoJSON import.
+pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Rules, table, sites, watches.
+    pub engine: Arc<Engine>,
+    /// Durable store.
+    pub store: Arc<Store>,
+    /// Open connections.
+    pub registry: Arc<Registry>,
+    /// Sinks (for readiness).
+    pub sinks: SinkRouter,
+    /// Set once the vehicle listener is bound.
+    pub listener_up: Arc<AtomicBool>,
+    /// The bearer token (empty only in `--insecure-admin` mode).
+    pub token: Arc<String>,
+}
+
+/// An API error: status plus `{error, detail}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, error: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            detail: detail.into(),
+            extra: None,
+        }
+    }
+
+    fn not_found(what: &str, id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} `{id}` does not exist"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.error, "detail": self.detail});
+        if let Some(extra) = self.extra {
+            if let (Some(obj), Value::Object(more)) = (body.as_object_mut(), extra) {
+                obj.extend(more);
+            }
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let status = r.status();
+        let error = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+            _ => "bad_json",
+        };
+        ApiError::new(status, error, r.body_text())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "admin store write failed");
+        if e.is_disk_full() {
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the data_dir disk is full; nothing was written",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                format!("{e}; nothing was written"),
+            )
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)
+}
+
+/// Bearer-token check for `/v1`, compared in constant time.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if state.token.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send `Authorization: Bearer <token>` with the admin token (fleetgate.admin.token or FLEETGATE_ADMIN_TOKEN)",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// The admin router.
+pub fn router(state: AdminState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/sites", get(list_sites))
+        .route("/v1/sites/export", get(export_sites))
+        .route(
+            "/v1/sites/import",
+            post(import_sites).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
+        .route(
+            "/v1/sites/{id}",
+            get(get_site).put(put_site).delete(delete_site),
+        )
+        .route("/v1/watches", get(list_watches).post(create_watch))
+        .route("/v1/watches/{id}", get(get_watch).delete(delete_watch))
+        .route("/v1/vehicles", get(vehicles_near))
+        .route("/v1/vehicles/{vin}", get(get_vehicle))
+        .route("/v1/connections", get(list_connections))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .merge(v1)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see /openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let mut reasons = Vec::new();
+    if !state.listener_up.load(Ordering::Relaxed) {
+        reasons.push("vehicle listener is not bound".to_owned());
+    }
+    for sink in state.sinks.all() {
+        if let Readiness::NotReady(why) = sink.readiness() {
+            reasons.push(why);
+        }
+    }
+    if reasons.is_empty() {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            reasons.join("; "),
+        )
+        .into_response()
+    }
+}
+
+// ---------- sites ----------
+
+/// A site in API form: GeoJSON geometry plus its properties, flat.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteBody {
+    /// Id (taken from the path on PUT; must match when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `merchant`, `charger`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Free-form tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Radius of a Point site (m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius_m: Option<f64>,
+    /// GeoJSON geometry: Point, Polygon or MultiPolygon.
+    pub geometry: Value,
+}
+
+fn site_body(site: &Site) -> SiteBody {
+    let f = site_to_feature(site);
+    let props = f.properties.unwrap_or_default();
+    SiteBody {
+        id: Some(site.id.clone()),
+        name: Some(site.name.clone()),
+        kind: Some(site.kind.clone()),
+        tags: site.tags.clone(),
+        radius_m: props.get("radius_m").and_then(Value::as_f64),
+        geometry: serde_json::to_value(f.geometry).unwrap_or(Value::Null),
+    }
+}
+
+fn site_from_body(id: &str, body: SiteBody, default_radius_m: f64) -> ApiResult<Site> {
+    if body.id.as_deref().is_some_and(|b| b != id) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_site",
+            "id: body id differs from the path",
+        ));
+    }
+    if let Some(r) = body.radius_m {
+        if !r.is_finite() || r <= 0.0 || r > MAX_RADIUS_M {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_site",
+                format!("radius_m: must be > 0 and <= {MAX_RADIUS_M}"),
+            ));
+        }
+    }
+    let geometry: geojson::Geometry = serde_json::from_value(body.geometry).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_site",
+            format!("geometry: {e}"),
+        )
+    })?;
+    let mut props = serde_json::Map::new();
+    if let Some(n) = body.name {
+        props.insert("name".into(), n.into());
+    }
+    if let Some(k) = body.kind {
+        props.insert("kind".into(), k.into());
+    }
+    if let Some(r) = body.radius_m {
+        props.insert("radius_m".into(), r.into());
+    }
+    props.insert(
+        "tags".into(),
+        serde_json::to_value(body.tags).unwrap_or_default(),
+    );
+    let feature = geojson::Feature {
+        bbox: None,
+        geometry: Some(geometry),
+        id: Some(geojson::feature::Id::String(id.to_owned())),
+        properties: Some(props),
+        foreign_members: None,
+    };
+    site_from_feature(&feature, default_radius_m).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_site",
+            e.to_string(),
+        )
+    })
+}
+
+async fn list_sites(State(state): State<AdminState>) -> Json<Value> {
+    let index = state.engine.sites.load();
+    let sites: Vec<SiteBody> = index.all().iter().map(|s| site_body(s)).collect();
+    Json(json!({"count": sites.len(), "sites": sites}))
+}
+
+async fn get_site(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SiteBody>> {
+    let index = state.engine.sites.load();
+    let site = index
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found("site", &id))?;
+    Ok(Json(site_body(site)))
+}
+
+async fn put_site(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    body: Result<Json<SiteBody>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let site = site_from_body(&id, body, state.engine.config.default_radius_m)?;
+    let existed = state.engine.sites.load().get(&id).is_some();
+    let store = state.store.clone();
+    let to_store = site.clone();
+    blocking(move || store.put_sites(&[to_store])).await?;
+    state.engine.sites.upsert(site.clone());
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(site_body(&site))).into_response())
+}
+
+async fn delete_site(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    let key = id.clone();
+    let existed = blocking(move || store.delete_site(&key)).await?;
+    if !state.engine.sites.remove(&id) && !existed {
+        return Err(ApiError::not_found("site", &id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn import_sites(
+    State(state): State<AdminState>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> ApiResult<Json<Value>> {
+    let text = body.map_err(|r| {
+        let status = r.status();
+        let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError::new(status, error, r.body_text())
+    })?;
+    let sites =
+        sites_from_geojson(&text, state.engine.config.default_radius_m).map_err(|errors| {
+            let list: Vec<Value> = errors
+                .iter()
+                .map(|(i, e)| json!({"index": i, "error": e.to_string()}))
+                .collect();
+            let mut err = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_features",
+                format!(
+                    "{} feature(s) are invalid; nothing was imported",
+                    errors.len()
+                ),
+            );
+            err.extra = Some(json!({"features": list}));
+            err
+        })?;
+    let n = sites.len();
+    let store = state.store.clone();
+    let to_store = sites.clone();
+    blocking(move || store.put_sites(&to_store)).await?;
+    let mut all: BTreeMap<String, Site> = state
+        .engine
+        .sites
+        .load()
+        .all()
+        .iter()
+        .map(|s| (s.id.clone(), (**s).clone()))
+        .collect();
+    for s in sites {
+        all.insert(s.id.clone(), s);
+    }
+    state.engine.sites.replace(all.into_values().collect());
+    Ok(Json(json!({"imported": n})))
+}
+
+async fn export_sites(State(state): State<AdminState>) -> Response {
+    let index = state.engine.sites.load();
+    let fc = geojson::FeatureCollection {
+        bbox: None,
+        features: index.all().iter().map(|s| site_to_feature(s)).collect(),
+        foreign_members: None,
+    };
+    (
+        [(header::CONTENT_TYPE, "application/geo+json")],
+        serde_json::to_string(&fc).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+// ---------- watches ----------
+
+async fn create_watch(
+    State(state): State<AdminState>,
+    body: Result<Json<WatchSpec>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Watch>)> {
+    let Json(spec) = body?;
+    let watch = spec.clone().into_watch().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_watch",
+            e.to_string(),
+        )
+    })?;
+    if state.engine.sites.load().get(&spec.site_id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_site",
+            format!(
+                "site_id: site `{}` does not exist; create it first",
+                spec.site_id
+            ),
+        ));
+    }
+    if state.engine.watches.get(&spec.watch_id).is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("watch `{}` exists; delete it first", spec.watch_id),
+        ));
+    }
+    let store = state.store.clone();
+    let to_store = spec.clone();
+    blocking(move || store.put_watch(&to_store)).await?;
+    state.engine.add_watch(watch.clone());
+    Ok((StatusCode::CREATED, Json(watch)))
+}
+
+async fn get_watch(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Watch>> {
+    state
+        .engine
+        .watches
+        .get(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("watch", &id))
+}
+
+#[derive(Deserialize)]
+struct WatchFilter {
+    vin: Option<String>,
+    site_id: Option<String>,
+}
+
+async fn list_watches(
+    State(state): State<AdminState>,
+    Query(f): Query<WatchFilter>,
+) -> Json<Value> {
+    let watches = state
+        .engine
+        .watches
+        .list(f.vin.as_deref(), f.site_id.as_deref());
+    Json(json!({"count": watches.len(), "watches": watches}))
+}
+
+async fn delete_watch(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let store = state.store.clone();
+    let key = id.clone();
+    let existed = blocking(move || store.delete_watch(&key)).await?;
+    if state.engine.watches.remove(&id).is_none() && !existed {
+        return Err(ApiError::not_found("watch", &id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------- vehicles and connections ----------
+
+async fn get_vehicle(
+    State(state): State<AdminState>,
+    Path(vin): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let s = state
+        .engine
+        .vehicles
+        .get(&vin)
+        .ok_or_else(|| ApiError::not_found("vehicle", &vin))?;
+    let inside: Vec<&str> = s.tracking.inside.iter().map(|(id, _)| &**id).collect();
+    Ok(Json(json!({
+        "vin": vin,
+        "state": s,
+        "sites_inside": inside,
+        "charging_session_open": s.tracking.session.is_some(),
+        "connections": state.registry.of_vin(&vin),
+    })))
+}
+
+#[derive(Deserialize)]
+struct NearQuery {
+    near: Option<String>,
+    radius_m: Option<f64>,
+    limit: Option<usize>,
+}
+
+async fn vehicles_near(
+    State(state): State<AdminState>,
+    Query(q): Query<NearQuery>,
+) -> ApiResult<Json<Value>> {
+    let bad = |d: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", d);
+    let near = q.near.ok_or_else(|| bad("near=LAT,LON is required"))?;
+    let (lat, lon) = near
+        .split_once(',')
+        .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
+        .ok_or_else(|| bad("near must be LAT,LON"))?;
+    if !lat.is_finite()
+        || !(-90.0..=90.0).contains(&lat)
+        || !lon.is_finite()
+        || !(-180.0..=180.0).contains(&lon)
+    {
+        return Err(bad(
+            "near: latitude must be within [-90, 90] and longitude within [-180, 180]",
+        ));
+    }
+    let radius = q.radius_m.unwrap_or(1000.0);
+    if !radius.is_finite() || radius <= 0.0 || radius > 100_000.0 {
+        return Err(bad("radius_m must be > 0 and <= 100000"));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(bad("limit must be within [1, 1000]"));
+    }
+    let found: Vec<Value> = state
+        .engine
+        .vehicles
+        .near(lat, lon, radius, limit)
+        .into_iter()
+        .map(|(vin, d, s)| json!({"vin": vin, "distance_m": crate::rules::event::round(d), "state": s}))
+        .collect();
+    Ok(Json(json!({"count": found.len(), "vehicles": found})))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn list_connections(
+    State(state): State<AdminState>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "limit must be within [1, 10000]",
+        ));
+    }
+    let all = state.registry.list();
+    let page: Vec<_> = all
+        .iter()
+        .skip(p.offset.unwrap_or(0))
+        .take(limit)
+        .cloned()
+        .collect();
+    Ok(Json(json!({"count": all.len(), "connections": page})))
+}

@@ -1,0 +1,256 @@
+//! The durable store for sites and watches: SQLite (bundled) in WAL mode with
+//! `synchronous=FULL`, so a write that returned is on disk and survives `kill -9`.
+//! Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call from
+//! `spawn_blocking` in async code.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::rules::arrival::WatchSpec;
+use crate::rules::sites::{site_from_feature, site_to_feature, Site};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error (disk full, I/O, corruption).
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row could not be read back.
+    #[error("store: row `{id}` is unreadable: {detail}")]
+    Corrupt {
+        /// Row id.
+        id: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The data folder could not be created.
+    #[error("store: cannot create {path}: {source}")]
+    Dir {
+        /// Folder.
+        path: String,
+        /// Error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True when the disk is full (admin writes answer 507).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+/// Sites and watches on disk.
+pub struct Store {
+    conn: Mutex<Connection>,
+    durable: bool,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sites (
+    id TEXT PRIMARY KEY,
+    feature TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS watches (
+    watch_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+";
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/fleetgate.db`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Dir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let conn = Connection::open(data_dir.join("fleetgate.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "busy_timeout", 5000)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            durable: true,
+        })
+    }
+
+    /// An in-memory store (no `data_dir`): works, but nothing survives a restart.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            durable: false,
+        })
+    }
+
+    /// True when writes reach the disk.
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Inserts or replaces sites in one transaction (all or nothing).
+    pub fn put_sites(&self, sites: &[Site]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO sites (id, feature, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET feature = excluded.feature, updated_at_ms = excluded.updated_at_ms",
+            )?;
+            let now = now_ms();
+            for site in sites {
+                let feature = serde_json::to_string(&site_to_feature(site)).unwrap_or_default();
+                stmt.execute(params![site.id, feature, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a site; true when it existed.
+    pub fn delete_site(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM sites WHERE id = ?1", params![id])?
+            > 0)
+    }
+
+    /// Every site.
+    pub fn sites(&self, default_radius_m: f64) -> Result<Vec<Site>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, feature FROM sites ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            let corrupt = |detail: String| StoreError::Corrupt {
+                id: id.clone(),
+                detail,
+            };
+            let feature: geojson::Feature =
+                serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+            out.push(
+                site_from_feature(&feature, default_radius_m)
+                    .map_err(|e| corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Inserts or replaces a watch.
+    pub fn put_watch(&self, spec: &WatchSpec) -> Result<(), StoreError> {
+        let text = serde_json::to_string(spec).unwrap_or_default();
+        self.conn().execute(
+            "INSERT INTO watches (watch_id, spec, updated_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(watch_id) DO UPDATE SET spec = excluded.spec, updated_at_ms = excluded.updated_at_ms",
+            params![spec.watch_id, text, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a watch; true when it existed.
+    pub fn delete_watch(&self, watch_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM watches WHERE watch_id = ?1", params![watch_id])?
+            > 0)
+    }
+
+    /// A watch by id.
+    pub fn watch(&self, watch_id: &str) -> Result<Option<WatchSpec>, StoreError> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT spec FROM watches WHERE watch_id = ?1",
+                params![watch_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+                id: watch_id.to_owned(),
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Every watch.
+    pub fn watches(&self) -> Result<Vec<WatchSpec>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT watch_id, spec FROM watches ORDER BY watch_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            out.push(
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    id,
+                    detail: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::sites::Shape;
+
+    #[test]
+    fn sites_and_watches_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let site = Site {
+                id: "a".into(),
+                name: "A".into(),
+                kind: "charger".into(),
+                tags: Default::default(),
+                shape: Shape::Circle {
+                    lat: 1.0,
+                    lon: 2.0,
+                    radius_m: 30.0,
+                },
+            };
+            store.put_sites(&[site]).unwrap();
+            store
+                .put_watch(&WatchSpec {
+                    watch_id: "w".into(),
+                    vin: "V".into(),
+                    site_id: "a".into(),
+                    target_soc: Some(80.0),
+                    notify_eta_minutes: None,
+                    expires_at: "2030-01-01T00:00:00Z".into(),
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let sites = store.sites(250.0).unwrap();
+        assert_eq!(sites.len(), 1);
+        assert_eq!(sites[0].kind, "charger");
+        assert_eq!(store.watches().unwrap()[0].target_soc, Some(80.0));
+        assert!(store.delete_site("a").unwrap());
+        assert!(!store.delete_site("a").unwrap());
+    }
+}
