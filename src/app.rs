@@ -57,11 +57,13 @@ pub struct BoundAddrs {
     pub admin: Option<SocketAddr>,
 }
 
-/// Command-line options of `serve` that are not in the config file.
-#[derive(Debug, Clone, Copy, Default)]
+/// Options of `serve` that are not in the config file.
+#[derive(Clone, Default)]
 pub struct StartOptions {
     /// Allow the admin API without a token on a loopback address.
     pub insecure_admin: bool,
+    /// An extra sink that receives every event (the demo prints them).
+    pub event_tap: Option<Arc<dyn Sink>>,
 }
 
 /// Sets up tracing on stderr (stdout belongs to the logger sink).
@@ -95,11 +97,35 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 }
 
 /// Builds the sinks the config routes to.
-pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
+pub fn build_sinks(
+    config: &Config,
+    base: &std::path::Path,
+    tap: Option<Arc<dyn Sink>>,
+) -> Result<SinkRouter, ServeError> {
     let mut available: Vec<Arc<dyn Sink>> = Vec::new();
-    let used = |name: &str| config.records.values().any(|v| v.iter().any(|s| s == name));
+    let used = |name: &str| {
+        config.records.values().any(|v| v.iter().any(|s| s == name))
+            || config.event_sinks().iter().any(|s| s == name)
+    };
     if used("logger") {
-        available.push(Arc::new(LoggerSink::stdout()));
+        let logger: Arc<dyn Sink> = match &config.fleetgate.logger_file {
+            Some(file) => {
+                let path = Config::resolve(base, file);
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        ServeError::Config(format!(
+                            "fleetgate.logger_file: cannot open {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                Arc::new(LoggerSink::to_writer(Box::new(std::io::LineWriter::new(f))))
+            }
+            None => Arc::new(LoggerSink::stdout()),
+        };
+        available.push(logger);
     }
     if used("kafka") {
         let properties = config.kafka.as_ref().ok_or_else(|| {
@@ -114,15 +140,13 @@ pub fn build_sinks(config: &Config) -> Result<SinkRouter, ServeError> {
         .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));
     }
-    // event sinks may name a sink no topic uses: make it available too
-    let event_sinks = config.event_sinks();
-    if event_sinks.iter().any(|s| s == "logger") && !available.iter().any(|s| s.name() == "logger")
-    {
-        available.push(Arc::new(LoggerSink::stdout()));
+    let mut router = SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
+        .and_then(|r| r.with_event_sinks(&config.event_sinks()))
+        .map_err(ServeError::Config)?;
+    if let Some(tap) = tap {
+        router = router.with_event_tap(tap);
     }
-    SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
-        .and_then(|r| r.with_event_sinks(&event_sinks))
-        .map_err(ServeError::Config)
+    Ok(router)
 }
 
 /// Opens the store (`fleetgate.data_dir`, else in memory), imports `sites_file` and the
@@ -243,7 +267,7 @@ pub async fn start(
         &Config::resolve(&base, &tls_config.server_key),
     )?;
     metrics::install();
-    let sinks = build_sinks(config)?;
+    let sinks = build_sinks(config, &base, options.event_tap.clone())?;
     let (engine, store) = build_engine(config, &base)?;
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -173,6 +173,9 @@ pub struct FleetgateConfig {
     /// Folder of the durable store (sites, watches); unset = in memory, lost on restart.
     #[serde(default)]
     pub data_dir: Option<String>,
+    /// Write the `logger` sink's lines to this file (appending) instead of stdout.
+    #[serde(default)]
+    pub logger_file: Option<String>,
     /// Seconds a graceful shutdown may take before connections are cut (default 10).
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,

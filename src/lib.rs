@@ -20,6 +20,7 @@ pub mod config;
 pub mod ingest;
 pub mod metrics;
 pub mod rules;
+pub mod sim;
 pub mod sinks;
 pub mod state;
 pub mod store;

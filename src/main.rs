@@ -34,6 +34,16 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Everything on an embedded default: server, admin API, sites, a watch and simulated
+    /// vehicles that drive, arrive and charge. No external services.
+    Demo {
+        /// Print events as CloudEvents JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Milliseconds between frames of one vehicle.
+        #[arg(long, default_value_t = 120)]
+        pace_ms: u64,
+    },
     /// Certificates for development and tests.
     Certs {
         #[command(subcommand)]
@@ -80,7 +90,10 @@ fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (_addrs, run) = match fleetgate::app::start(
             &loaded,
-            fleetgate::app::StartOptions { insecure_admin },
+            fleetgate::app::StartOptions {
+                insecure_admin,
+                event_tap: None,
+            },
             shutdown.clone(),
         )
         .await
@@ -159,6 +172,25 @@ fn main() -> ExitCode {
                     no_negative,
                 },
         } => certs_dev(out, vehicles, server_names, no_negative),
+        Command::Demo { json, pace_ms } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleetgate demo: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(fleetgate::commands::demo::run(
+                json,
+                std::time::Duration::from_millis(pace_ms),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetgate demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Decode { files } => {
             let stdout = std::io::stdout();
             match fleetgate::commands::decode::run(&files, &mut stdout.lock()) {

@@ -211,6 +211,13 @@ impl SinkRouter {
         Ok(self)
     }
 
+    /// Adds a sink that receives every event (not a config sink; never tracked).
+    pub fn with_event_tap(mut self, tap: Arc<dyn Sink>) -> Self {
+        self.events.push(tap.clone());
+        self.all.push(tap);
+        self
+    }
+
     /// The sinks events go to.
     pub fn event_sinks(&self) -> &[Arc<dyn Sink>] {
         &self.events
