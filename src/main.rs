@@ -44,6 +44,27 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         pace_ms: u64,
     },
+    /// Simulated vehicles streaming to a server over mTLS, every ack verified.
+    Sim {
+        /// Server address: host:port or wss://host:port/.
+        #[arg(long)]
+        server: String,
+        /// Dev PKI folder (`certs dev --out DIR`); vehicle certificates are made and cached there.
+        #[arg(long)]
+        certs: PathBuf,
+        /// Number of vehicles.
+        #[arg(long, default_value_t = 10)]
+        vehicles: usize,
+        /// Frames per second per vehicle.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds to run.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// GeoJSON LineString to drive along.
+        #[arg(long)]
+        route: Option<PathBuf>,
+    },
     /// Certificates for development and tests.
     Certs {
         #[command(subcommand)]
@@ -188,6 +209,51 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("fleetgate demo: {e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Sim {
+            server,
+            certs,
+            vehicles,
+            rate,
+            duration,
+            route,
+        } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleetgate sim: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let opts = fleetgate::commands::sim::SimOptions {
+                server,
+                certs,
+                vehicles,
+                rate_hz: rate,
+                duration_s: duration,
+                route,
+            };
+            match runtime.block_on(fleetgate::commands::sim::run(
+                opts,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )) {
+                Ok(summary) => {
+                    fleetgate::commands::sim::print_summary(&summary);
+                    if summary.failed.is_empty()
+                        && summary.acked == summary.sent
+                        && summary.errors == 0
+                    {
+                        ExitCode::SUCCESS
+                    } else {
+                        eprintln!("fleetgate sim: not every frame was acked ({} of {}), or vehicles failed", summary.acked, summary.sent);
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("fleetgate sim: {e}");
+                    ExitCode::from(2)
                 }
             }
         }

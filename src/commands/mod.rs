@@ -2,3 +2,4 @@
 
 pub mod decode;
 pub mod demo;
+pub mod sim;
