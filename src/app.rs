@@ -307,6 +307,7 @@ pub async fn start(
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
         registry: registry.clone(),
+        vehicle_grace: Duration::from_secs(config.fleetgate.connectivity.vehicle_grace_s),
     };
 
     let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;

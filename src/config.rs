@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::wire::Topic;
@@ -28,7 +28,7 @@ const IGNORED_REFERENCE_KEYS: &[&str] = &[
 ];
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct Config {
     /// Listen host for vehicles (Tesla key; default all interfaces).
     #[serde(default)]
@@ -84,7 +84,7 @@ pub struct Config {
 }
 
 /// `tls` (Tesla key).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct TlsConfig {
     /// PEM bundle of CAs that vehicle certificates must chain to.
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct TlsConfig {
 }
 
 /// `rate_limit` (Tesla key).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RateLimitConfig {
     /// Drop (unacked) frames over the limit; when false they are only counted.
     #[serde(default)]
@@ -129,7 +129,7 @@ impl Default for RateLimitConfig {
 }
 
 /// `monitoring` (Tesla key).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct MonitoringConfig {
     /// Port of the Prometheus `/metrics` endpoint (0 picks a free port; unset disables it).
     #[serde(default)]
@@ -149,7 +149,7 @@ pub struct MonitoringConfig {
 }
 
 /// The `"fleetgate"` section: settings Tesla's server does not have.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FleetgateConfig {
     /// Connection limits and timeouts.
@@ -173,6 +173,9 @@ pub struct FleetgateConfig {
     /// Folder of the durable store (sites, watches); unset = in memory, lost on restart.
     #[serde(default)]
     pub data_dir: Option<String>,
+    /// Vehicle-level connectivity.
+    #[serde(default)]
+    pub connectivity: ConnectivityConfig,
     /// Write the `logger` sink's lines to this file (appending) instead of stdout.
     #[serde(default)]
     pub logger_file: Option<String>,
@@ -182,7 +185,7 @@ pub struct FleetgateConfig {
 }
 
 /// `fleetgate.admin`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Listen address of the admin API (default 127.0.0.1:8081; port 0 picks a free one).
@@ -209,8 +212,31 @@ impl AdminConfig {
     }
 }
 
+/// `fleetgate.connectivity`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectivityConfig {
+    /// Seconds after a vehicle's last socket closes before it counts as disconnected.
+    #[serde(default = "ConnectivityConfig::default_grace")]
+    pub vehicle_grace_s: u64,
+}
+
+impl ConnectivityConfig {
+    fn default_grace() -> u64 {
+        5
+    }
+}
+
+impl Default for ConnectivityConfig {
+    fn default() -> Self {
+        Self {
+            vehicle_grace_s: Self::default_grace(),
+        }
+    }
+}
+
 /// `fleetgate.events`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// Kafka topic of events (default `{namespace}_events`).
@@ -226,7 +252,7 @@ fn default_shutdown_grace_s() -> u64 {
 }
 
 /// `fleetgate.limits`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Vehicle connections held at once; further TCP connections are closed at accept.

@@ -71,6 +71,40 @@ pub const WATCHES: &str = "fleetgate_watches";
 /// Vehicles in the vehicle table.
 pub const VEHICLES_KNOWN: &str = "fleetgate_vehicles_known";
 
+/// Every metric name fleetgate exports.
+pub const ALL: &[&str] = &[
+    CONNECTIONS_OPEN,
+    CONNECTIONS_TOTAL,
+    HANDSHAKES_TOTAL,
+    IDENTITY_REFUSED_TOTAL,
+    HTTP_REQUESTS_TOTAL,
+    FRAMES_TOTAL,
+    FRAME_BYTES_TOTAL,
+    ACKS_TOTAL,
+    ERROR_REPLIES_TOTAL,
+    RATE_LIMITED_TOTAL,
+    DECODE_SECONDS,
+    SINK_PUBLISH_SECONDS,
+    SINK_RECORDS_TOTAL,
+    WS_CLOSED_TOTAL,
+    RELIABLE_ACKS_PENDING,
+    RELIABLE_ACK_FAILED_TOTAL,
+    KAFKA_CONNECTED,
+    KAFKA_QUEUE_MESSAGES,
+    KAFKA_QUEUE_BYTES,
+    KAFKA_DELIVERED_TOTAL,
+    KAFKA_DELIVERY_ERRORS_TOTAL,
+    KAFKA_PRODUCE_ERRORS_TOTAL,
+    KAFKA_CLIENT_ERRORS_TOTAL,
+    KAFKA_DELIVERY_SECONDS,
+    SINK_REFUSED_TOTAL,
+    EVENTS_TOTAL,
+    RULES_SECONDS,
+    SITES,
+    WATCHES,
+    VEHICLES_KNOWN,
+];
+
 /// Counts one emitted event.
 pub fn count_event(kind: &'static str) {
     metrics::counter!(EVENTS_TOTAL, "type" => kind).increment(1);

@@ -645,3 +645,99 @@ fn certs_dev_writes_a_usable_pki() {
     let id = fleetgate::ingest::identity::identity_from_der(&leaf).unwrap();
     assert_eq!(id.sender_id, "vehicle_device.5YJ3E1EA7KF000001");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_truth_per_vehicle_across_overlapping_sockets() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    merge(
+        &mut config,
+        &json!({"fleetgate": {"connectivity": {"vehicle_grace_s": 1}}}),
+    );
+    let server = Server::start(&config);
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let kind = |t: &'static str| move |v: &Value| v["type"] == t;
+    let mut wifi = connect(
+        &server,
+        &pki.ca_pem(),
+        &cert,
+        &[("X-Network-Interface", "wifi")],
+    )
+    .await
+    .unwrap();
+    let mut cell = connect(
+        &server,
+        &pki.ca_pem(),
+        &cert,
+        &[("X-Network-Interface", "cellular")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        server
+            .wait_for_records(
+                1,
+                Duration::from_secs(2),
+                kind("fleetgate.vehicle.connected")
+            )
+            .len(),
+        1
+    );
+    // hand-over: wifi drops, cellular stays; then cellular drops and wifi comes back within the grace
+    wifi.close(None).await.ok();
+    drop(wifi);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cell.close(None).await.ok();
+    drop(cell);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = connect(
+        &server,
+        &pki.ca_pem(),
+        &cert,
+        &[("X-Network-Interface", "wifi")],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        server
+            .wait_for_records(
+                1,
+                Duration::from_millis(100),
+                kind("fleetgate.vehicle.connected")
+            )
+            .len(),
+        1,
+        "no second connected"
+    );
+    assert!(
+        server
+            .wait_for_records(
+                1,
+                Duration::from_millis(100),
+                kind("fleetgate.vehicle.disconnected")
+            )
+            .is_empty(),
+        "no disconnect during a hand-over"
+    );
+    // per-socket connectivity records are still there for every socket
+    assert_eq!(
+        server
+            .wait_for_records(3, Duration::from_secs(1), |v| v["topic"] == "connectivity"
+                && v["payload"]["status"] == "CONNECTED")
+            .len(),
+        3
+    );
+    // a real disconnect fires once after the grace
+    again.close(None).await.ok();
+    drop(again);
+    let gone = server.wait_for_records(
+        1,
+        Duration::from_secs(4),
+        kind("fleetgate.vehicle.disconnected"),
+    );
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0]["data"]["vin"], VIN);
+    let (_, v) = server.admin("GET", &format!("/v1/vehicles/{VIN}"), None);
+    assert_eq!(v["state"]["connected"], false);
+}

@@ -18,21 +18,89 @@ pub struct ConnectionEntry {
     pub client_type: &'static str,
 }
 
-/// Every open connection, by connection id.
+/// A vehicle's presence across its sockets (wifi and cellular can overlap).
+#[derive(Debug, Default)]
+struct Presence {
+    sockets: usize,
+    /// Bumped on every open, so a pending "gone?" check of an older close is void.
+    generation: u64,
+    /// The vehicle counts as connected (set on the first socket, cleared after the grace).
+    connected: bool,
+    /// When it became connected (ms).
+    since_ms: i64,
+}
+
+/// Every open connection, by connection id, and each vehicle's presence.
 #[derive(Default)]
 pub struct Registry {
     open: DashMap<String, ConnectionEntry>,
+    vins: DashMap<String, Presence>,
+}
+
+/// What a close means for the vehicle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Another socket of the vehicle is still open.
+    StillConnected,
+    /// The last socket closed: confirm with [`Registry::gone`] after the grace period.
+    LastSocket {
+        /// The generation to confirm.
+        generation: u64,
+    },
 }
 
 impl Registry {
-    /// Records an opened connection.
-    pub fn opened(&self, entry: ConnectionEntry) {
+    /// Records an opened connection; true when the vehicle just became connected (its first
+    /// socket, and not a reconnect within the grace period of its last one).
+    pub fn opened(&self, entry: ConnectionEntry) -> bool {
+        let vin = entry.vin.clone();
+        let since = entry.since_ms;
         self.open.insert(entry.connection_id.clone(), entry);
+        let mut p = self.vins.entry(vin).or_default();
+        p.sockets += 1;
+        p.generation += 1;
+        if p.connected {
+            false
+        } else {
+            p.connected = true;
+            p.since_ms = since;
+            true
+        }
     }
 
     /// Forgets a closed connection.
-    pub fn closed(&self, connection_id: &str) {
-        self.open.remove(connection_id);
+    pub fn closed(&self, connection_id: &str) -> Closed {
+        let Some((_, entry)) = self.open.remove(connection_id) else {
+            return Closed::StillConnected;
+        };
+        let Some(mut p) = self.vins.get_mut(&entry.vin) else {
+            return Closed::StillConnected;
+        };
+        p.sockets = p.sockets.saturating_sub(1);
+        if p.sockets == 0 {
+            Closed::LastSocket {
+                generation: p.generation,
+            }
+        } else {
+            Closed::StillConnected
+        }
+    }
+
+    /// After the grace period: true (with the connected duration in ms) when the vehicle is
+    /// still without a socket and nothing reopened since `generation`; it is then disconnected.
+    pub fn gone(&self, vin: &str, generation: u64, now_ms: i64) -> Option<i64> {
+        let mut p = self.vins.get_mut(vin)?;
+        if p.sockets == 0 && p.generation == generation && p.connected {
+            p.connected = false;
+            Some(now_ms - p.since_ms)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the vehicle counts as connected.
+    pub fn is_connected(&self, vin: &str) -> bool {
+        self.vins.get(vin).is_some_and(|p| p.connected)
     }
 
     /// Open connections, oldest first.
@@ -59,5 +127,46 @@ impl Registry {
     /// True when none is open.
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vin: &str, id: &str) -> ConnectionEntry {
+        ConnectionEntry {
+            vin: vin.into(),
+            connection_id: id.into(),
+            since_ms: 1000,
+            network_interface: "wifi".into(),
+            client_type: "vehicle_device",
+        }
+    }
+
+    #[test]
+    fn hand_over_between_sockets_is_one_connection() {
+        let r = Registry::default();
+        assert!(r.opened(entry("V", "a")), "first socket: connected");
+        assert!(
+            !r.opened(entry("V", "b")),
+            "cellular while wifi is open: no new transition"
+        );
+        assert_eq!(r.closed("a"), Closed::StillConnected);
+        let Closed::LastSocket { generation } = r.closed("b") else {
+            panic!()
+        };
+        // a reconnect within the grace voids the pending disconnect
+        assert!(!r.opened(entry("V", "c")));
+        assert_eq!(r.gone("V", generation, 5000), None);
+        let Closed::LastSocket { generation } = r.closed("c") else {
+            panic!()
+        };
+        assert_eq!(r.gone("V", generation, 5000), Some(4000));
+        assert!(!r.is_connected("V"));
+        assert!(
+            r.opened(entry("V", "d")),
+            "connected again after a real disconnect"
+        );
     }
 }

@@ -17,8 +17,10 @@ use tokio_util::task::TaskTracker;
 use super::connection::{self, ConnectionInfo, ConnectionSettings};
 use super::http::{self, HeadError};
 use super::identity::{identity_from_der, Identity};
+use super::registry::Closed;
 use super::tls::handshake_failure_reason;
 use crate::metrics as m;
+use crate::rules::event::{Event, EventType};
 use crate::sinks::{DeliveryTicket, SinkRecord, SinkRouter};
 use crate::wire::proto::vehicle_connectivity::{ConnectivityEvent, VehicleConnectivity};
 use crate::wire::Topic;
@@ -42,6 +44,30 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Open connections (for the admin API).
     pub registry: Arc<super::registry::Registry>,
+    /// Grace after a vehicle's last socket closes before `vehicle.disconnected`.
+    pub vehicle_grace: Duration,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn publish_vehicle_event(
+    settings: &ServerSettings,
+    kind: EventType,
+    vin: &str,
+    scope: &str,
+    data: serde_json::Map<String, serde_json::Value>,
+) {
+    let event = Event::new(kind, vin, scope, now_ms(), data);
+    settings.connection.sinks.publish_events(
+        std::slice::from_ref(&event),
+        None,
+        DeliveryTicket::untracked,
+    );
 }
 
 fn unix_now() -> (i64, i32) {
@@ -208,7 +234,7 @@ async fn serve_connection(
             .vehicles
             .set_connected(&info.identity.device_id, true);
     }
-    settings.registry.opened(super::registry::ConnectionEntry {
+    let first_socket = settings.registry.opened(super::registry::ConnectionEntry {
         vin: info.identity.device_id.clone(),
         connection_id: info.connection_id.clone(),
         since_ms: SystemTime::now()
@@ -218,6 +244,15 @@ async fn serve_connection(
         network_interface: info.network_interface.clone(),
         client_type: info.identity.client_type,
     });
+    if first_socket {
+        publish_vehicle_event(
+            &settings,
+            EventType::VehicleConnected,
+            &info.identity.device_id,
+            &info.connection_id,
+            crate::event_data!("connection_id" => info.connection_id.as_str(), "network_interface" => info.network_interface.as_str()),
+        );
+    }
 
     let vin = info.identity.device_id.clone();
     let connection_id = info.connection_id.clone();
@@ -246,12 +281,26 @@ async fn serve_connection(
         &info,
         ConnectivityEvent::Disconnected,
     );
-    settings.registry.closed(&info.connection_id);
-    if let Some(engine) = &settings.connection.engine {
-        // connected while any socket of the vehicle is open
-        if settings.registry.of_vin(&vin).is_empty() {
-            engine.vehicles.set_connected(&vin, false);
-        }
+    if let Closed::LastSocket { generation } = settings.registry.closed(&info.connection_id) {
+        // connected while any socket is open; gone only if none reopens within the grace
+        let settings = settings.clone();
+        let vin = vin.clone();
+        let connection_id = info.connection_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(settings.vehicle_grace).await;
+            if let Some(connected_ms) = settings.registry.gone(&vin, generation, now_ms()) {
+                if let Some(engine) = &settings.connection.engine {
+                    engine.vehicles.set_connected(&vin, false);
+                }
+                publish_vehicle_event(
+                    &settings,
+                    EventType::VehicleDisconnected,
+                    &vin,
+                    &connection_id,
+                    crate::event_data!("connected_s" => connected_ms / 1000),
+                );
+            }
+        });
     }
     tracing::info!(%vin, reason = reason.label(), "vehicle disconnected");
 }

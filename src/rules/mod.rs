@@ -12,7 +12,7 @@ pub mod sites;
 
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event_data;
 use crate::state::{
@@ -24,7 +24,7 @@ use event::{Event, EventType};
 use sites::{haversine_m, Site, SiteRegistry};
 
 /// `fleetgate.rules`: thresholds of the rules.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesConfig {
     /// Radius of a site given as a point without `radius_m` (m).

@@ -1,0 +1,43 @@
+{{- define "fleetgate.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "fleetgate.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "fleetgate.labels" -}}
+app.kubernetes.io/name: {{ include "fleetgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "fleetgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fleetgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "fleetgate.adminSecret" -}}
+{{- default (printf "%s-admin" (include "fleetgate.fullname" .)) .Values.admin.existingSecret -}}
+{{- end -}}
+
+{{/* config.json: the user's Tesla-style config with the paths and ports the pod uses. */}}
+{{- define "fleetgate.config" -}}
+{{- $cfg := deepCopy .Values.config -}}
+{{- $_ := set $cfg "host" "0.0.0.0" -}}
+{{- $_ := set $cfg "port" 4443 -}}
+{{- $_ := set $cfg "tls" (dict "server_cert" "/etc/fleetgate/tls/tls.crt" "server_key" "/etc/fleetgate/tls/tls.key" "ca_file" "/etc/fleetgate/ca/ca.pem") -}}
+{{- $_ := set $cfg "monitoring" (dict "prometheus_metrics_port" .Values.metrics.port "prometheus_metrics_host" "0.0.0.0") -}}
+{{- $fg := deepCopy (default dict $cfg.fleetgate) -}}
+{{- $_ := set $fg "admin" (dict "listen" (printf "0.0.0.0:%v" .Values.admin.port)) -}}
+{{- $_ := set $fg "data_dir" "/var/lib/fleetgate" -}}
+{{- if .Values.sitesGeoJson }}{{- $_ := set $fg "sites_file" "/etc/fleetgate/config/sites.geojson" -}}{{- end -}}
+{{- $_ := set $cfg "fleetgate" $fg -}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}

@@ -1,0 +1,97 @@
+//! Documentation stays true: every config key is in docs/config.md, every metric the Grafana
+//! dashboard queries is exported, and every event type has an example in docs/events.md.
+
+use std::path::Path;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Every key path of a JSON value (`a.b`, arrays as `a[]`), skipping user-named maps.
+fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                out.push(path.clone());
+                // children of these are user-chosen names (librdkafka keys, topics)
+                if !["kafka", "records", "reliable_ack_sources"].contains(&path.as_str()) {
+                    key_paths(&path, child, out);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(first) = items.first() {
+                key_paths(&format!("{prefix}[]"), first, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_config_key_is_documented() {
+    let full =
+        fleetgate::config::Config::from_json(&read("config/fleetgate.full.json"), Path::new("x"))
+            .unwrap();
+    assert!(
+        full.unknown.is_empty(),
+        "the full example has unknown keys: {:?}",
+        full.unknown.keys()
+    );
+    let value = serde_json::to_value(&full).unwrap();
+    let mut paths = Vec::new();
+    key_paths("", &value, &mut paths);
+    let docs = read("docs/config.md");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !docs.contains(&format!("`{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "config keys missing from docs/config.md: {missing:?}"
+    );
+    assert!(paths.len() > 50);
+}
+
+#[test]
+fn every_dashboard_metric_is_exported() {
+    let dash: serde_json::Value = serde_json::from_str(&read("dashboards/fleetgate.json")).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(exprs.len() >= 10);
+    let re = regex::Regex::new(r"fleetgate_[a-z_]+").unwrap();
+    for expr in &exprs {
+        for m in re.find_iter(expr) {
+            let name = m.as_str();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(
+                fleetgate::metrics::ALL.contains(&base),
+                "dashboard queries {name}, which fleetgate does not export"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_event_type_has_an_example() {
+    let docs = read("docs/events.md");
+    for kind in fleetgate::rules::event::EventType::ALL {
+        assert!(
+            docs.contains(&format!("\"type\": \"{}\"", kind.as_str())),
+            "docs/events.md lacks an example of {}",
+            kind.as_str()
+        );
+    }
+}
