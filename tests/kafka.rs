@@ -329,7 +329,7 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
     let events = consume(
         &bootstrap,
         &format!("{ns}_events"),
-        5,
+        6,
         Duration::from_secs(30),
     );
     let parsed: Vec<serde_json::Value> = events
@@ -340,6 +340,7 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
     assert_eq!(
         types,
         [
+            "fleetgate.vehicle.connected",
             "fleetgate.arrival.approaching",
             "fleetgate.site.entered",
             "fleetgate.arrival.arrived",
@@ -354,7 +355,7 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
         assert_eq!(e["subject"], VIN);
     }
     assert_eq!(
-        parsed[2]["id"],
+        parsed[3]["id"],
         event_id(
             EventType::ArrivalArrived,
             VIN,
@@ -362,8 +363,8 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
             (t0 + 240) * 1000
         )
     );
-    assert_eq!(parsed[2]["data"]["soc_at_arrival"], 60.0);
-    assert_eq!(parsed[4]["data"]["watch_id"], "order-42");
+    assert_eq!(parsed[3]["data"]["soc_at_arrival"], 60.0);
+    assert_eq!(parsed[5]["data"]["watch_id"], "order-42");
     assert_eq!(
         server.metric("fleetgate_events_total{type=\"fleetgate.arrival.arrived\"}"),
         1.0
