@@ -308,6 +308,10 @@ pub async fn start(
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
         registry: registry.clone(),
         vehicle_grace: Duration::from_secs(config.fleetgate.connectivity.vehicle_grace_s),
+        handover_grace: Duration::from_secs(config.fleetgate.connectivity.handover_s),
+        ip_limiter: Arc::new(crate::ingest::rate::IpRateLimiter::new(
+            limits.handshakes_per_ip_per_s,
+        )),
     };
 
     let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;

@@ -219,11 +219,18 @@ pub struct ConnectivityConfig {
     /// Seconds after a vehicle's last socket closes before it counts as disconnected.
     #[serde(default = "ConnectivityConfig::default_grace")]
     pub vehicle_grace_s: u64,
+    /// When a vehicle opens a new socket, its older sockets are closed after this many
+    /// seconds (newest wins; the overlap covers a wifi/cellular hand-over).
+    #[serde(default = "ConnectivityConfig::default_handover")]
+    pub handover_s: u64,
 }
 
 impl ConnectivityConfig {
     fn default_grace() -> u64 {
         5
+    }
+    fn default_handover() -> u64 {
+        10
     }
 }
 
@@ -231,6 +238,7 @@ impl Default for ConnectivityConfig {
     fn default() -> Self {
         Self {
             vehicle_grace_s: Self::default_grace(),
+            handover_s: Self::default_handover(),
         }
     }
 }
@@ -285,6 +293,10 @@ pub struct LimitsConfig {
     /// Messages over 1,000,000 bytes and up to this size get an error reply instead.
     #[serde(default = "LimitsConfig::default_max_message_bytes")]
     pub max_message_bytes: usize,
+    /// New connections accepted per source IP per second (0 = unlimited); more are closed at
+    /// accept and counted.
+    #[serde(default = "LimitsConfig::default_handshakes_per_ip")]
+    pub handshakes_per_ip_per_s: f64,
     /// Websocket read buffer per connection (bytes): the main per-connection memory cost.
     #[serde(default = "LimitsConfig::default_ws_read_buffer_bytes")]
     pub ws_read_buffer_bytes: usize,
@@ -315,6 +327,9 @@ impl LimitsConfig {
     fn default_max_pending_acks_total() -> usize {
         100_000
     }
+    fn default_handshakes_per_ip() -> f64 {
+        50.0
+    }
     fn default_max_message_bytes() -> usize {
         2 * 1024 * 1024
     }
@@ -336,6 +351,7 @@ impl Default for LimitsConfig {
             max_pending_acks_total: Self::default_max_pending_acks_total(),
             max_message_bytes: Self::default_max_message_bytes(),
             ws_read_buffer_bytes: Self::default_ws_read_buffer_bytes(),
+            handshakes_per_ip_per_s: Self::default_handshakes_per_ip(),
         }
     }
 }

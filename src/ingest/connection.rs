@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -17,6 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
+use super::rate::TokenBucket;
 use crate::metrics::{self as m, FrameMetrics};
 use crate::sinks::{Completion, DeliveryTicket, SinkRecord, SinkRouter};
 use crate::wire::{read_envelope, read_frame, EnvelopeWriter, FrameError, Topic, MAX_FRAME_BYTES};
@@ -54,36 +56,6 @@ pub struct RateLimit {
     pub message_limit: u32,
     /// The interval.
     pub interval: Duration,
-}
-
-/// Token bucket holding `message_limit` tokens, refilled over `interval`.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(limit: &RateLimit) -> Self {
-        Self {
-            tokens: f64::from(limit.message_limit),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token; false when the connection is over its limit.
-    fn take(&mut self, limit: &RateLimit, now: Instant) -> bool {
-        let capacity = f64::from(limit.message_limit);
-        let rate = capacity / limit.interval.as_secs_f64();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Everything known about the connection when it starts.
@@ -124,6 +96,8 @@ pub enum CloseReason {
     WriteTimeout,
     /// Server shutdown.
     Shutdown,
+    /// A newer connection of the same vehicle took over (after the hand-over grace).
+    Superseded,
     /// A message larger than the buffering limit.
     MessageTooLarge,
 }
@@ -138,6 +112,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Superseded => "superseded",
             CloseReason::MessageTooLarge => "message_too_large",
         }
     }
@@ -156,7 +131,7 @@ struct Conn<S> {
     info: ConnectionInfo,
     settings: ConnectionSettings,
     writer: EnvelopeWriter,
-    bucket: Bucket,
+    bucket: TokenBucket,
     pending: HashMap<u64, PendingAck>,
     next_seq: u64,
     completions_tx: mpsc::UnboundedSender<Completion>,
@@ -211,7 +186,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
 
         let limit = self.settings.rate_limit;
-        if !self.bucket.take(&limit, Instant::now()) {
+        let capacity = f64::from(limit.message_limit);
+        if !self.bucket.take(capacity, limit.interval, Instant::now()) {
             let topic = read_envelope(&message)
                 .ok()
                 .and_then(|e| Topic::from_wire(e.topic));
@@ -393,12 +369,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     info: ConnectionInfo,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
+    superseded: CancellationToken,
     drain: Duration,
 ) -> CloseReason {
     let (completions_tx, mut completions_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         ws,
-        bucket: Bucket::new(&settings.rate_limit),
+        bucket: TokenBucket::full(f64::from(settings.rate_limit.message_limit), Instant::now()),
         info,
         writer: EnvelopeWriter::new(),
         pending: HashMap::new(),
@@ -418,6 +395,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             biased;
             Some(c) = completions_rx.recv() => conn.on_completion(c).await,
             _ = shutdown.cancelled() => break CloseReason::Shutdown,
+            _ = superseded.cancelled() => break CloseReason::Superseded,
             msg = conn.ws.next(), if can_read => {
                 last_rx = Instant::now();
                 match msg {
@@ -426,6 +404,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     Some(Ok(Message::Text(_))) => Err(CloseReason::TextMessage),
                     Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
                     Some(Err(WsError::Capacity(_))) => Err(CloseReason::MessageTooLarge),
+                    // the vehicle vanished without a close frame (network loss): not a violation
+                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) | WsError::ConnectionClosed)) => {
+                        Err(CloseReason::ClientClosed)
+                    }
                     Some(Err(_)) => Err(CloseReason::ProtocolError),
                 }
             }
@@ -445,7 +427,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
 
-    if reason == CloseReason::Shutdown {
+    if matches!(reason, CloseReason::Shutdown | CloseReason::Superseded) {
         // Let in-flight reliable acks arrive, within the drain budget.
         let deadline = tokio::time::Instant::now() + drain;
         while !conn.pending.is_empty() {
@@ -463,7 +445,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         CloseReason::Shutdown => CloseCode::Away,
         CloseReason::TextMessage => CloseCode::Unsupported,
         CloseReason::MessageTooLarge => CloseCode::Size,
-        CloseReason::Idle | CloseReason::ClientClosed => CloseCode::Normal,
+        CloseReason::Idle | CloseReason::ClientClosed | CloseReason::Superseded => {
+            CloseCode::Normal
+        }
         _ => CloseCode::Protocol,
     };
     if !matches!(reason, CloseReason::WriteTimeout) {

@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod http;
 pub mod identity;
+pub mod rate;
 pub mod registry;
 pub mod server;
 pub mod tls;

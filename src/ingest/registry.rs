@@ -35,6 +35,8 @@ struct Presence {
 pub struct Registry {
     open: DashMap<String, ConnectionEntry>,
     vins: DashMap<String, Presence>,
+    /// Per connection: cancelled when a newer connection of the same vehicle takes over.
+    superseded: DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 /// What a close means for the vehicle.
@@ -68,8 +70,27 @@ impl Registry {
         }
     }
 
+    /// Registers the connection's take-over token and returns the tokens of the vehicle's
+    /// older connections (newest wins: the caller cancels them after the hand-over grace).
+    pub fn take_over(
+        &self,
+        vin: &str,
+        connection_id: &str,
+        token: tokio_util::sync::CancellationToken,
+    ) -> Vec<tokio_util::sync::CancellationToken> {
+        let older: Vec<_> = self
+            .open
+            .iter()
+            .filter(|e| e.vin == vin && e.connection_id != connection_id)
+            .filter_map(|e| self.superseded.get(&e.connection_id).map(|t| t.clone()))
+            .collect();
+        self.superseded.insert(connection_id.to_owned(), token);
+        older
+    }
+
     /// Forgets a closed connection.
     pub fn closed(&self, connection_id: &str) -> Closed {
+        self.superseded.remove(connection_id);
         let Some((_, entry)) = self.open.remove(connection_id) else {
             return Closed::StillConnected;
         };

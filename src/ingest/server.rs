@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub registry: Arc<super::registry::Registry>,
     /// Grace after a vehicle's last socket closes before `vehicle.disconnected`.
     pub vehicle_grace: Duration,
+    /// How long an older socket of a vehicle may stay open after a newer one arrives.
+    pub handover_grace: Duration,
+    /// New connections per source IP per second.
+    pub ip_limiter: Arc<super::rate::IpRateLimiter>,
 }
 
 fn now_ms() -> i64 {
@@ -254,6 +258,23 @@ async fn serve_connection(
         );
     }
 
+    // newest wins: older sockets of this vehicle close after the hand-over grace
+    let superseded = CancellationToken::new();
+    let older = settings.registry.take_over(
+        &info.identity.device_id,
+        &info.connection_id,
+        superseded.clone(),
+    );
+    if !older.is_empty() {
+        let grace = settings.handover_grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            for token in older {
+                token.cancel();
+            }
+        });
+    }
+
     let vin = info.identity.device_id.clone();
     let connection_id = info.connection_id.clone();
     let identity = info.identity.clone();
@@ -264,6 +285,7 @@ async fn serve_connection(
         info,
         settings.connection.clone(),
         shutdown,
+        superseded,
         settings.shutdown_grace,
     )
     .await;
@@ -328,6 +350,11 @@ pub async fn run(
                 }
             },
         };
+        if !settings.ip_limiter.allow(peer.ip()) {
+            metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "ip_rate_limited").increment(1);
+            drop(tcp);
+            continue;
+        }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "over_capacity").increment(1);
             drop(tcp);
