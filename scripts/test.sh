@@ -26,7 +26,14 @@ fi
 
 echo "== building tests"
 cargo test --all-targets --no-run "$@"
+mkdir -p target
+log=target/test-output.log
 echo "== cargo test (all targets)"
-cargo test --all-targets "$@"
+cargo test --all-targets "$@" 2>&1 | tee "$log"
 echo "== doc tests"
-cargo test --doc "$@"
+cargo test --doc "$@" 2>&1 | tee -a "$log"
+# One closing line with the totals of every test binary.
+count() { awk -v word="$1" '/test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" word) n += $(i-1) } END { print n + 0 }' "$log"; }
+passed=$(count passed)
+failed=$(count failed)
+echo "tests: ${passed:-0} passed, ${failed:-0} failed" | tee target/test-summary.txt

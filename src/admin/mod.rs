@@ -311,6 +311,18 @@ fn site_from_body(id: &str, body: SiteBody, default_radius_m: f64) -> ApiResult<
     })
 }
 
+/// Parses and validates a site body (the `PUT /v1/sites/{id}` JSON) — also the fuzz entry.
+pub fn site_from_json(id: &str, text: &str, default_radius_m: f64) -> Result<Site, ApiError> {
+    let body: SiteBody = serde_json::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.to_string(),
+        )
+    })?;
+    site_from_body(id, body, default_radius_m)
+}
+
 async fn list_sites(State(state): State<AdminState>) -> Json<Value> {
     let index = state.engine.sites.load();
     let sites: Vec<SiteBody> = index.all().iter().map(|s| site_body(s)).collect();

@@ -462,6 +462,28 @@ pub fn site_from_feature(
             }
         }
         geojson::GeometryValue::Polygon { .. } | geojson::GeometryValue::MultiPolygon { .. } => {
+            // every position needs [lon, lat] before conversion (the converter indexes them)
+            let positions: Vec<&[f64]> = match &geometry.value {
+                geojson::GeometryValue::Polygon { coordinates } => {
+                    coordinates.iter().flatten().map(|p| p.as_slice()).collect()
+                }
+                geojson::GeometryValue::MultiPolygon { coordinates } => coordinates
+                    .iter()
+                    .flatten()
+                    .flatten()
+                    .map(|p| p.as_slice())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if positions
+                .iter()
+                .any(|p| p.len() < 2 || !p[0].is_finite() || !p[1].is_finite())
+            {
+                return Err(err(
+                    "geometry",
+                    "every position must be [lon, lat] with finite numbers",
+                ));
+            }
             let g: geo::Geometry<f64> = geometry
                 .clone()
                 .try_into()
@@ -635,6 +657,14 @@ mod tests {
         let errors = sites_from_geojson(text, 250.0).unwrap_err();
         let idx: Vec<usize> = errors.iter().map(|e| e.0).collect();
         assert_eq!(idx, vec![1, 2, 3, 4], "{errors:?}");
+    }
+
+    #[test]
+    fn fuzz_regression_a_position_with_one_number_is_an_error_not_a_panic() {
+        let text = include_str!("../../testdata/fuzz-regressions-geojson-short-position.json");
+        let errors = sites_from_geojson(text, 250.0).unwrap_err();
+        assert_eq!(errors[0].0, 0);
+        assert!(errors[0].1.problem.contains("[lon, lat]"), "{errors:?}");
     }
 
     #[test]
