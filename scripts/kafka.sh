@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real single-node Apache Kafka broker (KRaft, combined broker+controller) for tests.
-#   scripts/kafka.sh start|stop|status|restart
+#   scripts/kafka.sh start|stop|status|restart|kill   (kill = SIGKILL, for fault tests)
 # Jars come from Maven Central via `mvn dependency:copy-dependencies` (cached in ~/.m2), Java 17+.
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1), KAFKA_HOME
 # (target/kafka, or target/kafka-PORT for other ports). Data and logs live under KAFKA_HOME.
@@ -90,6 +90,15 @@ stop() {
   say "broker did not stop in 30 s: killing"; kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"
 }
 
+kill9() {
+  if ! running; then say "not running"; rm -f "$pidfile"; return; fi
+  local pid; pid=$(cat "$pidfile")
+  say "killing broker (kill -9, pid $pid)"
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  rm -f "$pidfile"
+}
+
 status() {
   if running && port_open "$port"; then say "running (pid $(cat "$pidfile")) on 127.0.0.1:$port, log: $log"; else say "not running"; return 1; fi
 }
@@ -98,6 +107,7 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
+  kill) kill9 ;;
   status) status ;;
-  *) echo "usage: scripts/kafka.sh start|stop|status|restart" >&2; exit 2 ;;
+  *) echo "usage: scripts/kafka.sh start|stop|status|restart|kill" >&2; exit 2 ;;
 esac

@@ -333,3 +333,36 @@ async fn a_handshake_flood_from_one_ip_is_limited() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     well_behaved(&server, &pki, Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_cap_closes_extra_connections_at_accept() {
+    let pki = Pki::new();
+    let mut config = hostile_config(&pki);
+    merge(
+        &mut config,
+        &json!({"fleetgate": {"limits": {"max_connections": 2, "handshake_timeout_s": 5}}}),
+    );
+    let server = Server::start(&config);
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let a = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
+    let _b = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
+    assert!(
+        connect(&server, &pki.ca_pem(), &cert, &[]).await.is_err(),
+        "a third connection must be refused"
+    );
+    assert_eq!(
+        wait_metric(
+            &server,
+            "fleetgate_connections_total{result=\"over_capacity\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        connect(&server, &pki.ca_pem(), &cert, &[]).await.is_ok(),
+        "a slot frees when a vehicle leaves"
+    );
+}

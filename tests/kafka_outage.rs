@@ -1,4 +1,4 @@
-//! Reliable acks through a broker outage, against a real broker of its own (port 19092, so
+//! Reliable acks through a broker outage (the broker is killed with -9), against a real broker of its own (port 19092, so
 //! stopping it disturbs no other test): while the broker is down a reliable frame is not
 //! acked, non-reliable frames are, in-flight records stay bounded and reading stops; when
 //! the broker returns every frame is acked and stored exactly once.
@@ -67,8 +67,8 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
         .unwrap();
     assert_eq!(answer(&mut ws).await, expected_ack(b"before", b"V", b""));
 
-    broker("stop");
-    // broker down: the reliable frame is not acked within 5 s
+    broker("kill");
+    // broker killed (-9): the reliable frame is not acked within 5 s
     fleetgate::client::send_frame(&mut ws, frame("during-0", "V", &sender, b""))
         .await
         .unwrap();
@@ -139,6 +139,14 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
         .len(),
         1
     );
+    // the event emitted before the outage (vehicle.connected) is in Kafka exactly once
+    let events = consume(
+        &bootstrap,
+        &format!("{ns}_events"),
+        1,
+        Duration::from_secs(20),
+    );
+    assert_eq!(events.len(), 1, "events lost or duplicated");
     assert_eq!(server.metric("fleetgate_reliable_acks_pending"), 0.0);
     assert_eq!(server.metric("fleetgate_kafka_connected"), 1.0);
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -126,6 +126,10 @@ impl From<StoreError> for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+fn query_error(r: QueryRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -494,13 +498,14 @@ struct WatchFilter {
 
 async fn list_watches(
     State(state): State<AdminState>,
-    Query(f): Query<WatchFilter>,
-) -> Json<Value> {
+    f: Result<Query<WatchFilter>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(f) = f.map_err(query_error)?;
     let watches = state
         .engine
         .watches
         .list(f.vin.as_deref(), f.site_id.as_deref());
-    Json(json!({"count": watches.len(), "watches": watches}))
+    Ok(Json(json!({"count": watches.len(), "watches": watches})))
 }
 
 async fn delete_watch(
@@ -546,8 +551,9 @@ struct NearQuery {
 
 async fn vehicles_near(
     State(state): State<AdminState>,
-    Query(q): Query<NearQuery>,
+    q: Result<Query<NearQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(query_error)?;
     let bad = |d: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", d);
     let near = q.near.ok_or_else(|| bad("near=LAT,LON is required"))?;
     let (lat, lon) = near
@@ -589,8 +595,9 @@ struct Page {
 
 async fn list_connections(
     State(state): State<AdminState>,
-    Query(p): Query<Page>,
+    p: Result<Query<Page>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
+    let Query(p) = p.map_err(query_error)?;
     let limit = p.limit.unwrap_or(100);
     if limit == 0 || limit > 10_000 {
         return Err(ApiError::new(

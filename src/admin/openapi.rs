@@ -48,6 +48,9 @@ const fn r(
     }
 }
 
+/// Routes answering GeoJSON (`application/geo+json`) on success.
+const GEOJSON_ROUTES: &[&str] = &["/v1/sites/export"];
+
 /// Every route of the admin API.
 pub const ROUTES: &[RouteDoc] = &[
     r(
@@ -270,7 +273,12 @@ pub fn document() -> Value {
         let ok_content = if route.ok == 204 {
             json!({"description": status_text(204)})
         } else {
-            json!({"description": status_text(route.ok), "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Any"}}}})
+            let media = if GEOJSON_ROUTES.contains(&route.path) {
+                "application/geo+json"
+            } else {
+                "application/json"
+            };
+            json!({"description": status_text(route.ok), "content": {media: {"schema": {"$ref": "#/components/schemas/Any"}}}})
         };
         responses.insert(route.ok.to_string(), ok_content);
         for e in route.errors {
