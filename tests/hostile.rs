@@ -67,17 +67,6 @@ async fn well_behaved(server: &Server, pki: &Pki, max: Duration) -> Duration {
     worst
 }
 
-async fn wait_metric(server: &Server, series: &str, at_least: f64) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let v = server.metric(series);
-        if v >= at_least || Instant::now() > deadline {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_and_idle_connections_are_cut_and_bounded() {
     let pki = Pki::new();

@@ -239,10 +239,7 @@ async fn every_negative_certificate_is_refused_with_a_counted_reason() {
         let result = connect(&server, &ca, &cert, VEHICLE_HEADERS).await;
         assert!(result.is_err(), "{case} must be refused");
         let series = format!("fleetgate_handshakes_total{{result=\"{reason}\"}}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while server.metric(&series) < 1.0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_metric(&server, &series, 1.0).await;
         assert_eq!(server.metric(&series), 1.0, "{case}: {series}");
     }
 
@@ -283,12 +280,12 @@ async fn every_negative_certificate_is_refused_with_a_counted_reason() {
             fleetgate::client::connect(&server.vehicles, "localhost", config, VEHICLE_HEADERS)
                 .await;
         assert!(result.is_err());
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while server.metric("fleetgate_handshakes_total{result=\"no_client_cert\"}") < 1.0
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_metric(
+            &server,
+            "fleetgate_handshakes_total{result=\"no_client_cert\"}",
+            1.0,
+        )
+        .await;
         assert_eq!(
             server.metric("fleetgate_handshakes_total{result=\"no_client_cert\"}"),
             1.0
@@ -487,12 +484,12 @@ async fn a_vehicle_that_stops_reading_is_cut_off_without_slowing_others() {
         sent < 200_000,
         "server must stop a vehicle that does not read its acks"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while server.metric("fleetgate_ws_closed_total{reason=\"write_timeout\"}") < 1.0
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_metric(
+        &server,
+        "fleetgate_ws_closed_total{reason=\"write_timeout\"}",
+        1.0,
+    )
+    .await;
     assert_eq!(
         server.metric("fleetgate_ws_closed_total{reason=\"write_timeout\"}"),
         1.0

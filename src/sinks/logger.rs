@@ -62,42 +62,12 @@ impl<'a> LoggerLine<'a> {
     }
 }
 
-impl Sink for LoggerSink {
-    fn name(&self) -> &'static str {
-        "logger"
-    }
-
-    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
-        let mut line = serde_json::to_vec(&LoggerLine::new(record)).map_err(|e| {
-            tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
-            PublishError::Encode(e.to_string())
-        })?;
-        line.push(b'\n');
-        let written = match self.out.lock() {
-            Ok(mut out) => out.write_all(&line).and_then(|_| out.flush()),
-            Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
-        };
-        match written {
-            Ok(()) => {
-                ticket.complete(true);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "logger sink cannot write to stdout");
-                Err(PublishError::Rejected(format!("stdout: {e}")))
-            }
-        }
-    }
-
-    fn publish_event(
-        &self,
-        event: &Event,
-        json: &[u8],
-        ticket: DeliveryTicket,
-    ) -> Result<(), PublishError> {
+impl LoggerSink {
+    /// Writes `line` and a newline, then completes `ticket` (a failed write is a refusal).
+    fn write_line(&self, line: &[u8], ticket: DeliveryTicket) -> Result<(), PublishError> {
         let written = match self.out.lock() {
             Ok(mut out) => out
-                .write_all(json)
+                .write_all(line)
                 .and_then(|_| out.write_all(b"\n"))
                 .and_then(|_| out.flush()),
             Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
@@ -108,10 +78,33 @@ impl Sink for LoggerSink {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, vin = %event.vin, "logger sink cannot write an event");
-                Err(PublishError::Rejected(format!("stdout: {e}")))
+                tracing::warn!(error = %e, "logger sink cannot write");
+                Err(PublishError::Rejected(format!("logger output: {e}")))
             }
         }
+    }
+}
+
+impl Sink for LoggerSink {
+    fn name(&self) -> &'static str {
+        "logger"
+    }
+
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
+        let line = serde_json::to_vec(&LoggerLine::new(record)).map_err(|e| {
+            tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
+            PublishError::Encode(e.to_string())
+        })?;
+        self.write_line(&line, ticket)
+    }
+
+    fn publish_event(
+        &self,
+        _event: &Event,
+        json: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        self.write_line(json, ticket)
     }
 
     fn flush(&self, _timeout: Duration) -> usize {

@@ -461,3 +461,15 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 }
+
+/// Polls a metric series until it reaches `at_least` (or 5 s pass); returns its value.
+pub async fn wait_metric(server: &Server, series: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = server.metric(series);
+        if v >= at_least || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
