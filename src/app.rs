@@ -270,6 +270,13 @@ pub async fn start(
     let sinks = build_sinks(config, &base, options.event_tap.clone())?;
     let (engine, store) = build_engine(config, &base)?;
     let registry = Arc::new(crate::ingest::registry::Registry::default());
+    let stored_vins = store
+        .vin_lists()
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let vins = Arc::new(crate::ingest::vins::VinPolicy::new(
+        config.fleetgate.vins.clone(),
+        stored_vins,
+    ));
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(run_sweeper(
         engine.clone(),
@@ -312,6 +319,7 @@ pub async fn start(
         ip_limiter: Arc::new(crate::ingest::rate::IpRateLimiter::new(
             limits.handshakes_per_ip_per_s,
         )),
+        vins: vins.clone(),
     };
 
     let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;
@@ -379,6 +387,7 @@ pub async fn start(
             registry: registry.clone(),
             sinks: sinks.clone(),
             listener_up: listener_up.clone(),
+            vins: vins.clone(),
             token: Arc::new(token),
         };
         let app = crate::admin::router(state);

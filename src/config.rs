@@ -176,6 +176,9 @@ pub struct FleetgateConfig {
     /// Vehicle-level connectivity.
     #[serde(default)]
     pub connectivity: ConnectivityConfig,
+    /// VIN allow / block lists (the admin API adds to them, durably).
+    #[serde(default)]
+    pub vins: crate::ingest::vins::VinLists,
     /// Write the `logger` sink's lines to this file (appending) instead of stdout.
     #[serde(default)]
     pub logger_file: Option<String>,

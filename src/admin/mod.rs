@@ -48,6 +48,8 @@ pub struct AdminState {
     pub sinks: SinkRouter,
     /// Set once the vehicle listener is bound.
     pub listener_up: Arc<AtomicBool>,
+    /// VIN allow / block lists.
+    pub vins: Arc<crate::ingest::vins::VinPolicy>,
     /// The bearer token (empty only in `--insecure-admin` mode).
     pub token: Arc<String>,
 }
@@ -184,6 +186,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/vehicles", get(vehicles_near))
         .route("/v1/vehicles/{vin}", get(get_vehicle))
         .route("/v1/connections", get(list_connections))
+        .route("/v1/vins", get(get_vins))
+        .route(
+            "/v1/vins/{list}/{vin}",
+            axum::routing::put(put_vin).delete(delete_vin),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -518,6 +525,71 @@ async fn delete_watch(
     if state.engine.watches.remove(&id).is_none() && !existed {
         return Err(ApiError::not_found("watch", &id));
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------- VIN lists ----------
+
+async fn get_vins(State(state): State<AdminState>) -> Json<Value> {
+    Json(json!({"admin": *state.vins.admin_lists(), "effective": *state.vins.effective()}))
+}
+
+fn vin_list(list: &str, vin: &str) -> ApiResult<&'static str> {
+    let list = match list {
+        "allow" => "allow",
+        "block" => "block",
+        _ => return Err(ApiError::not_found("list", list)),
+    };
+    if vin.trim().is_empty() || vin.len() > 64 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_vin",
+            "vin must be 1 to 64 characters",
+        ));
+    }
+    Ok(list)
+}
+
+/// Re-reads the stored lists into the policy and closes connections they now refuse.
+async fn apply_vin_lists(state: &AdminState) -> ApiResult<usize> {
+    let store = state.store.clone();
+    let lists = blocking(move || store.vin_lists()).await?;
+    state.vins.set_admin(lists);
+    let vins = state.vins.clone();
+    Ok(state.registry.kick(|vin| vins.refusal(vin).is_some()))
+}
+
+async fn put_vin(
+    State(state): State<AdminState>,
+    Path((list, vin)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let list = vin_list(&list, &vin)?;
+    let store = state.store.clone();
+    let key = vin.clone();
+    let added = blocking(move || store.put_vin(list, &key)).await?;
+    let closed = apply_vin_lists(&state).await?;
+    let status = if added {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({"list": list, "vin": vin, "connections_closed": closed})),
+    ))
+}
+
+async fn delete_vin(
+    State(state): State<AdminState>,
+    Path((list, vin)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let list = vin_list(&list, &vin)?;
+    let store = state.store.clone();
+    let key = vin.clone();
+    if !blocking(move || store.delete_vin(list, &key)).await? {
+        return Err(ApiError::not_found("vin", &vin));
+    }
+    apply_vin_lists(&state).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

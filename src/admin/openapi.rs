@@ -213,6 +213,36 @@ pub const ROUTES: &[RouteDoc] = &[
         &["limit", "offset"],
         None,
     ),
+    r(
+        "get",
+        "/v1/vins",
+        "VIN allow / block lists (admin and effective)",
+        true,
+        200,
+        &[401],
+        &[],
+        None,
+    ),
+    r(
+        "put",
+        "/v1/vins/{list}/{vin}",
+        "Add a VIN to the allow or block list; refused connections close",
+        true,
+        201,
+        &[401, 404, 422, 503, 507],
+        &[],
+        None,
+    ),
+    r(
+        "delete",
+        "/v1/vins/{list}/{vin}",
+        "Remove a VIN from a list",
+        true,
+        204,
+        &[401, 404, 503, 507],
+        &[],
+        None,
+    ),
 ];
 
 fn schemas() -> Value {

@@ -98,6 +98,8 @@ pub enum CloseReason {
     Shutdown,
     /// A newer connection of the same vehicle took over (after the hand-over grace).
     Superseded,
+    /// The VIN lists no longer allow this vehicle.
+    VinRefused,
     /// A message larger than the buffering limit.
     MessageTooLarge,
 }
@@ -113,6 +115,7 @@ impl CloseReason {
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Superseded => "superseded",
+            CloseReason::VinRefused => "vin_refused",
             CloseReason::MessageTooLarge => "message_too_large",
         }
     }
@@ -370,6 +373,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     settings: ConnectionSettings,
     shutdown: CancellationToken,
     superseded: CancellationToken,
+    refused: CancellationToken,
     drain: Duration,
 ) -> CloseReason {
     let (completions_tx, mut completions_rx) = mpsc::unbounded_channel();
@@ -396,6 +400,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Some(c) = completions_rx.recv() => conn.on_completion(c).await,
             _ = shutdown.cancelled() => break CloseReason::Shutdown,
             _ = superseded.cancelled() => break CloseReason::Superseded,
+            _ = refused.cancelled() => break CloseReason::VinRefused,
             msg = conn.ws.next(), if can_read => {
                 last_rx = Instant::now();
                 match msg {
@@ -444,6 +449,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let code = match reason {
         CloseReason::Shutdown => CloseCode::Away,
         CloseReason::TextMessage => CloseCode::Unsupported,
+        CloseReason::VinRefused => CloseCode::Policy,
         CloseReason::MessageTooLarge => CloseCode::Size,
         CloseReason::Idle | CloseReason::ClientClosed | CloseReason::Superseded => {
             CloseCode::Normal

@@ -8,3 +8,4 @@ pub mod rate;
 pub mod registry;
 pub mod server;
 pub mod tls;
+pub mod vins;

@@ -37,6 +37,8 @@ pub struct Registry {
     vins: DashMap<String, Presence>,
     /// Per connection: cancelled when a newer connection of the same vehicle takes over.
     superseded: DashMap<String, tokio_util::sync::CancellationToken>,
+    /// Per connection: cancelled when the VIN lists stop allowing the vehicle.
+    refused: DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 /// What a close means for the vehicle.
@@ -88,9 +90,29 @@ impl Registry {
         older
     }
 
+    /// Registers the token that closes the connection when its VIN is refused later.
+    pub fn watch_refusal(&self, connection_id: &str, token: tokio_util::sync::CancellationToken) {
+        self.refused.insert(connection_id.to_owned(), token);
+    }
+
+    /// Closes every open connection whose VIN `refuse` says no to; returns how many.
+    pub fn kick(&self, refuse: impl Fn(&str) -> bool) -> usize {
+        let mut n = 0;
+        for e in self.open.iter() {
+            if refuse(&e.vin) {
+                if let Some(t) = self.refused.get(&e.connection_id) {
+                    t.cancel();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Forgets a closed connection.
     pub fn closed(&self, connection_id: &str) -> Closed {
         self.superseded.remove(connection_id);
+        self.refused.remove(connection_id);
         let Some((_, entry)) = self.open.remove(connection_id) else {
             return Closed::StillConnected;
         };

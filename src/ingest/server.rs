@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub handover_grace: Duration,
     /// New connections per source IP per second.
     pub ip_limiter: Arc<super::rate::IpRateLimiter>,
+    /// VIN allow / block lists.
+    pub vins: Arc<super::vins::VinPolicy>,
 }
 
 fn now_ms() -> i64 {
@@ -197,6 +199,19 @@ async fn serve_connection(
             return;
         }
     };
+    if let Some(reason) = settings.vins.refusal(&identity.device_id) {
+        metrics::counter!(m::IDENTITY_REFUSED_TOTAL, "reason" => reason).increment(1);
+        metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "forbidden").increment(1);
+        tracing::info!(%peer, vin = %identity.device_id, reason, "vehicle refused by the VIN lists");
+        let _ = http::respond(
+            &mut tls,
+            403,
+            "Forbidden",
+            &format!("vin refused: {reason}\n"),
+        )
+        .await;
+        return;
+    }
     let Some(key) = head.websocket_key.as_deref() else {
         metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "not_websocket").increment(1);
         let _ = http::respond(
@@ -258,6 +273,14 @@ async fn serve_connection(
         );
     }
 
+    // VIN lists changed later: the connection closes when its VIN is no longer allowed
+    let refused = CancellationToken::new();
+    settings
+        .registry
+        .watch_refusal(&info.connection_id, refused.clone());
+    if settings.vins.refusal(&info.identity.device_id).is_some() {
+        refused.cancel(); // the lists changed during the upgrade
+    }
     // newest wins: older sockets of this vehicle close after the hand-over grace
     let superseded = CancellationToken::new();
     let older = settings.registry.take_over(
@@ -286,6 +309,7 @@ async fn serve_connection(
         settings.connection.clone(),
         shutdown,
         superseded,
+        refused,
         settings.shutdown_grace,
     )
     .await;

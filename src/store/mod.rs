@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS sites (
     feature TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vin_lists (
+    list TEXT NOT NULL,
+    vin TEXT NOT NULL,
+    PRIMARY KEY (list, vin)
+);
 CREATE TABLE IF NOT EXISTS watches (
     watch_id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -153,6 +158,38 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// The VIN lists managed through the admin API.
+    pub fn vin_lists(&self) -> Result<crate::ingest::vins::VinLists, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT list, vin FROM vin_lists")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut lists = crate::ingest::vins::VinLists::default();
+        for row in rows {
+            let (list, vin) = row?;
+            match list.as_str() {
+                "allow" => lists.allow.insert(vin),
+                _ => lists.block.insert(vin),
+            };
+        }
+        Ok(lists)
+    }
+
+    /// Adds a VIN to `list` (`allow` or `block`); false when it was there already.
+    pub fn put_vin(&self, list: &str, vin: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "INSERT OR IGNORE INTO vin_lists (list, vin) VALUES (?1, ?2)",
+            params![list, vin],
+        )? > 0)
+    }
+
+    /// Removes a VIN from `list`; true when it was there.
+    pub fn delete_vin(&self, list: &str, vin: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute(
+            "DELETE FROM vin_lists WHERE list = ?1 AND vin = ?2",
+            params![list, vin],
+        )? > 0)
     }
 
     /// Inserts or replaces a watch.

@@ -1,0 +1,104 @@
+//! VIN allow / block lists: from the config (`fleetgate.vins`) and the admin API (durable),
+//! checked right after the handshake; a change closes the connections it now refuses.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+/// An allow list and a block list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VinLists {
+    /// When not empty, only these VINs may connect.
+    #[serde(default)]
+    pub allow: BTreeSet<String>,
+    /// These VINs may never connect (wins over `allow`).
+    #[serde(default)]
+    pub block: BTreeSet<String>,
+}
+
+impl VinLists {
+    /// Why `vin` is refused, if it is (a metric label).
+    pub fn refusal(&self, vin: &str) -> Option<&'static str> {
+        if self.block.contains(vin) {
+            Some("vin_blocked")
+        } else if !self.allow.is_empty() && !self.allow.contains(vin) {
+            Some("vin_not_allowed")
+        } else {
+            None
+        }
+    }
+
+    fn union(&self, other: &VinLists) -> VinLists {
+        VinLists {
+            allow: self.allow.union(&other.allow).cloned().collect(),
+            block: self.block.union(&other.block).cloned().collect(),
+        }
+    }
+}
+
+/// The effective lists: the config's plus the admin API's, swapped atomically on change.
+pub struct VinPolicy {
+    config: VinLists,
+    admin: ArcSwap<VinLists>,
+    effective: ArcSwap<VinLists>,
+}
+
+impl VinPolicy {
+    /// A policy from the config lists and the stored admin lists.
+    pub fn new(config: VinLists, admin: VinLists) -> Self {
+        let effective = config.union(&admin);
+        Self {
+            config,
+            admin: ArcSwap::from_pointee(admin),
+            effective: ArcSwap::from_pointee(effective),
+        }
+    }
+
+    /// Why `vin` is refused now, if it is.
+    pub fn refusal(&self, vin: &str) -> Option<&'static str> {
+        self.effective.load().refusal(vin)
+    }
+
+    /// The lists the admin API manages.
+    pub fn admin_lists(&self) -> Arc<VinLists> {
+        self.admin.load_full()
+    }
+
+    /// The effective lists (config ∪ admin).
+    pub fn effective(&self) -> Arc<VinLists> {
+        self.effective.load_full()
+    }
+
+    /// Replaces the admin lists (after they were stored).
+    pub fn set_admin(&self, admin: VinLists) {
+        self.effective.store(Arc::new(self.config.union(&admin)));
+        self.admin.store(Arc::new(admin));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_wins_and_an_empty_allow_list_allows_all() {
+        let lists = |allow: &[&str], block: &[&str]| VinLists {
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            block: block.iter().map(|s| s.to_string()).collect(),
+        };
+        let p = VinPolicy::new(lists(&[], &["BAD"]), VinLists::default());
+        assert_eq!(p.refusal("BAD"), Some("vin_blocked"));
+        assert_eq!(p.refusal("ANY"), None);
+        p.set_admin(lists(&["GOOD", "BAD"], &[]));
+        assert_eq!(p.refusal("ANY"), Some("vin_not_allowed"));
+        assert_eq!(p.refusal("GOOD"), None);
+        assert_eq!(
+            p.refusal("BAD"),
+            Some("vin_blocked"),
+            "config block wins over admin allow"
+        );
+    }
+}
