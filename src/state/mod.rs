@@ -11,6 +11,9 @@ use crate::wire::proto::vehicle_data::{
     value::Value as V, DetailedChargeStateValue, Field, Payload,
 };
 
+/// Latest accepted time (9999-12-31T23:59:59Z, unix seconds).
+const MAX_UNIX_S: i64 = 253_402_300_799;
+
 /// A GPS fix.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Position {
@@ -111,10 +114,14 @@ fn charge_state(v: &V) -> Option<ChargeState> {
 impl VehicleUpdate {
     /// Reads the signals of a decoded `V` payload; `envelope_created_at_s` is the fallback time.
     pub fn from_payload(p: &Payload, envelope_created_at_s: u32) -> VehicleUpdate {
+        // Only plausible times (1970..9999) are used; anything else falls back to the
+        // envelope's time, so no later arithmetic on times can overflow.
         let at_ms = p
             .created_at
+            .filter(|t| {
+                (1..=MAX_UNIX_S).contains(&t.seconds) && (0..1_000_000_000).contains(&t.nanos)
+            })
             .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
-            .filter(|ms| *ms > 0)
             .unwrap_or(i64::from(envelope_created_at_s) * 1000);
         let mut u = VehicleUpdate {
             at_ms,
@@ -371,6 +378,18 @@ mod tests {
         assert_eq!(u.charge_state, Some(ChargeState::Charging));
         assert_eq!(u.destination, Some((1.0, 2.0)));
         assert_eq!(u.odometer, None);
+    }
+
+    #[test]
+    fn fuzz_regression_an_absurd_created_at_falls_back_to_the_envelope_time() {
+        // found by the `payload` fuzz target: created_at.seconds near i64::MAX overflowed `* 1000`
+        let input = include_bytes!("../../testdata/fuzz-regression-payload-huge-created-at.bin");
+        let p = <Payload as prost::Message>::decode(&input[1..]).unwrap();
+        assert!(p.created_at.unwrap().seconds > MAX_UNIX_S);
+        let u = VehicleUpdate::from_payload(&p, 1_764_000_000);
+        assert_eq!(u.at_ms, 1_764_000_000_000);
+        let engine = crate::rules::Engine::new(Default::default(), Vec::new());
+        let _ = engine.on_vehicle_data("VIN", &p, 1_764_000_000);
     }
 
     #[test]
