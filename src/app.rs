@@ -311,6 +311,10 @@ pub async fn start(
             inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
             metrics: FrameMetrics::new(),
             engine: Some(engine.clone()),
+            changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
+                let co = &config.fleetgate.changes_only;
+                Arc::new((co.deltas(), (co.max_age_s * 1000) as i64))
+            }),
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
         registry: registry.clone(),

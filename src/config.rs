@@ -176,6 +176,9 @@ pub struct FleetgateConfig {
     /// Vehicle-level connectivity.
     #[serde(default)]
     pub connectivity: ConnectivityConfig,
+    /// Forward only changed values to the sinks (off unless topics are listed).
+    #[serde(default)]
+    pub changes_only: crate::ingest::changes::ChangesOnlyConfig,
     /// VIN allow / block lists (the admin API adds to them, durably).
     #[serde(default)]
     pub vins: crate::ingest::vins::VinLists,
@@ -607,6 +610,28 @@ impl Config {
                 issue(
                     "fleetgate.admin.listen",
                     format!("`{}` is not IP:PORT", admin.listen),
+                );
+            }
+        }
+        let co = &self.fleetgate.changes_only;
+        for topic in &co.topics {
+            if topic != "V" {
+                warnings.push(format!(
+                    "fleetgate.changes_only.topics: `{topic}` has no datums; only V is filtered"
+                ));
+            }
+        }
+        for (name, delta) in &co.min_delta {
+            if crate::wire::proto::vehicle_data::Field::from_str_name(name).is_none() {
+                issue(
+                    &format!("fleetgate.changes_only.min_delta.{name}"),
+                    "not a telemetry field name (e.g. Soc, VehicleSpeed)".into(),
+                );
+            }
+            if !delta.is_finite() || *delta < 0.0 {
+                issue(
+                    &format!("fleetgate.changes_only.min_delta.{name}"),
+                    "must be a number >= 0".into(),
                 );
             }
         }

@@ -60,6 +60,11 @@ pub const KAFKA_DELIVERY_SECONDS: &str = "fleetgate_kafka_delivery_seconds";
 /// Records a sink refused at once, by sink (the frame is not acked).
 pub const SINK_REFUSED_TOTAL: &str = "fleetgate_sink_refused_total";
 
+/// Datums not forwarded because their value did not change (`changes_only`).
+pub const CHANGES_SUPPRESSED_DATUMS_TOTAL: &str = "fleetgate_changes_suppressed_datums_total";
+/// Records not forwarded at all because no datum changed (`changes_only`).
+pub const CHANGES_SUPPRESSED_RECORDS_TOTAL: &str = "fleetgate_changes_suppressed_records_total";
+
 /// Events emitted, by type.
 pub const EVENTS_TOTAL: &str = "fleetgate_events_total";
 /// Seconds the rules took for one `V` frame.
@@ -73,6 +78,8 @@ pub const VEHICLES_KNOWN: &str = "fleetgate_vehicles_known";
 
 /// Every metric name fleetgate exports.
 pub const ALL: &[&str] = &[
+    CHANGES_SUPPRESSED_DATUMS_TOTAL,
+    CHANGES_SUPPRESSED_RECORDS_TOTAL,
     CONNECTIONS_OPEN,
     CONNECTIONS_TOTAL,
     HANDSHAKES_TOTAL,

@@ -19,8 +19,15 @@ fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
                     format!("{prefix}.{k}")
                 };
                 out.push(path.clone());
-                // children of these are user-chosen names (librdkafka keys, topics)
-                if !["kafka", "records", "reliable_ack_sources"].contains(&path.as_str()) {
+                // children of these are user-chosen names (librdkafka keys, topics, field names)
+                if ![
+                    "kafka",
+                    "records",
+                    "reliable_ack_sources",
+                    "fleetgate.changes_only.min_delta",
+                ]
+                .contains(&path.as_str())
+                {
                     key_paths(&path, child, out);
                 }
             }

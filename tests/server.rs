@@ -738,3 +738,76 @@ async fn one_truth_per_vehicle_across_overlapping_sockets() {
     let (_, v) = server.admin("GET", &format!("/v1/vehicles/{VIN}"), None);
     assert_eq!(v["state"]["connected"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_only_forwards_changed_datums_and_acks_everything() {
+    use fleetgate::wire::proto::vehicle_data::{
+        value::Value as V, Datum, Field, Payload, ShiftState, Value as PV,
+    };
+    use prost::Message;
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    // reliable acks on too: a fully suppressed frame has nothing to wait for and is acked at once
+    merge(
+        &mut config,
+        &json!({"reliable_ack_sources": {"V": "logger"},
+        "fleetgate": {"changes_only": {"topics": ["V"], "min_delta": {"Soc": 0.5}, "max_age_s": 300}}}),
+    );
+    let server = Server::start(&config);
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
+    let payload = |t: i64, soc: f64| {
+        Payload {
+            data: vec![
+                Datum {
+                    key: Field::Soc as i32,
+                    value: Some(PV {
+                        value: Some(V::DoubleValue(soc)),
+                    }),
+                },
+                Datum {
+                    key: Field::Gear as i32,
+                    value: Some(PV {
+                        value: Some(V::ShiftStateValue(ShiftState::D as i32)),
+                    }),
+                },
+            ],
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_764_000_000 + t,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let sender = format!("vehicle_device.{VIN}");
+    for (i, (t, soc)) in [(0, 60.0), (1, 60.2), (2, 61.0)].into_iter().enumerate() {
+        let txid = format!("co-{i}");
+        fleetgate::client::send_frame(&mut ws, frame(&txid, "V", &sender, &payload(t, soc)))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer(&mut ws).await,
+            expected_ack(txid.as_bytes(), b"V", b""),
+            "every frame is acked"
+        );
+    }
+    let lines = server.wait_for_records(2, Duration::from_secs(2), |v| v["topic"] == "V");
+    assert_eq!(
+        lines.len(),
+        2,
+        "the unchanged frame is not forwarded: {lines:?}"
+    );
+    assert_eq!(lines[0]["payload"]["data"].as_array().unwrap().len(), 2);
+    let last = lines[1]["payload"]["data"].as_array().unwrap();
+    assert_eq!(last.len(), 1, "only the changed Soc: {last:?}");
+    assert_eq!(last[0]["key"], "Soc");
+    assert_eq!(
+        server.metric("fleetgate_changes_suppressed_datums_total"),
+        3.0
+    );
+    assert_eq!(
+        server.metric("fleetgate_changes_suppressed_records_total"),
+        1.0
+    );
+}

@@ -45,6 +45,8 @@ pub struct ConnectionSettings {
     pub metrics: FrameMetrics,
     /// Vehicle table and rules (None: records only, no events).
     pub engine: Option<Arc<crate::rules::Engine>>,
+    /// Changes-only forwarding of `V`: per-field minimum deltas and the max age (ms).
+    pub changes_only: Option<Arc<(HashMap<i32, f64>, i64)>>,
 }
 
 /// The reference server's rate limit: `message_limit` frames per `interval`.
@@ -139,6 +141,7 @@ struct Conn<S> {
     next_seq: u64,
     completions_tx: mpsc::UnboundedSender<Completion>,
     shutdown: CancellationToken,
+    changes: super::changes::ChangeFilter,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -265,6 +268,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
         metrics.frame_ok(Some(topic), len);
 
+        // Changes-only: drop datums whose value did not change; skip the record when none did.
+        // The rules below still see the whole frame.
+        let mut forward_record = true;
+        let filtered;
+        let mut out_payload: &[u8] = &record.payload;
+        if let (Some(co), Some(p)) = (self.settings.changes_only.clone(), record.decoded.vehicle())
+        {
+            let at_ms = crate::state::VehicleUpdate::from_payload(p, record.frame.created_at).at_ms;
+            let drop = self.changes.suppressed(p, at_ms, &co.0, co.1);
+            if !drop.is_empty() {
+                metrics::counter!(m::CHANGES_SUPPRESSED_DATUMS_TOTAL).increment(drop.len() as u64);
+                if drop.len() == p.data.len() {
+                    forward_record = false;
+                    metrics::counter!(m::CHANGES_SUPPRESSED_RECORDS_TOTAL).increment(1);
+                } else if let Ok(bytes) =
+                    crate::wire::payload::drop_list_entries(&record.payload, &drop)
+                {
+                    filtered = bytes;
+                    out_payload = &filtered;
+                }
+            }
+        }
+
         let sink_record = SinkRecord {
             topic,
             vin: record.vin,
@@ -273,8 +299,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             created_at: record.frame.created_at,
             received_at_ms,
             device_client_version: &self.info.client_version,
-            payload: &record.payload,
+            payload: out_payload,
         };
+        let sinks = if forward_record { sinks } else { &[] };
         let reliable = self.settings.sinks.reliable_sink(topic);
         let seq = self.next_seq;
         let mut slot = None;
@@ -287,8 +314,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
         }
         let mut refused = false;
+        let mut tracked_record = 0u32;
         for sink in sinks {
             let ticket = if reliable == Some(sink.name()) {
+                tracked_record = 1;
                 DeliveryTicket::tracked(self.completions_tx.clone(), seq, slot.take())
             } else {
                 DeliveryTicket::untracked()
@@ -321,7 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if refused && reliable.is_none() {
             return Ok(());
         }
-        if reliable.is_some() {
+        if reliable.is_some() && tracked_record + tracked_events > 0 {
             self.next_seq += 1;
             self.pending.insert(
                 seq,
@@ -329,7 +358,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     txid: Bytes::copy_from_slice(txid),
                     topic: Bytes::copy_from_slice(topic_name),
                     message_id: Bytes::copy_from_slice(message_id),
-                    remaining: 1 + tracked_events,
+                    remaining: tracked_record + tracked_events,
                     failed: false,
                 },
             );
@@ -387,6 +416,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         completions_tx,
         settings,
         shutdown: shutdown.clone(),
+        changes: Default::default(),
     };
     let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);

@@ -212,6 +212,29 @@ fn transform_alert_timestamps(p: &mut vehicle_alerts::VehicleAlerts, rewritten: 
     }
 }
 
+/// Copies `bytes` without the list entries (`data` datums / `alerts`) at the sorted indexes in
+/// `drop`; every other field is kept byte for byte.
+pub fn drop_list_entries(bytes: &[u8], drop: &[usize]) -> Result<Vec<u8>, prost::DecodeError> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut buf = bytes;
+    let mut index = 0usize;
+    while buf.has_remaining() {
+        let start = bytes.len() - buf.remaining();
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+        let field = &bytes[start..bytes.len() - buf.remaining()];
+        if tag == LIST_FIELD && wire_type == WireType::LengthDelimited {
+            let i = index;
+            index += 1;
+            if drop.binary_search(&i).is_ok() {
+                continue;
+            }
+        }
+        out.put_slice(field);
+    }
+    Ok(out)
+}
+
 /// Copies `raw` field by field, replacing the `rewritten` entries of the list field with their
 /// new encoding, dropping any `vin`, and appending the connection's `vin`.
 fn splice(
