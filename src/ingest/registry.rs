@@ -41,6 +41,15 @@ pub struct Registry {
     refused: DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
+/// What registering a connection found.
+#[derive(Debug)]
+pub struct Opened {
+    /// The vehicle just became connected.
+    pub first_socket: bool,
+    /// Take-over tokens of the vehicle's older open sockets.
+    pub older: Vec<tokio_util::sync::CancellationToken>,
+}
+
 /// What a close means for the vehicle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
@@ -54,45 +63,45 @@ pub enum Closed {
 }
 
 impl Registry {
-    /// Records an opened connection; true when the vehicle just became connected (its first
-    /// socket, and not a reconnect within the grace period of its last one).
-    pub fn opened(&self, entry: ConnectionEntry) -> bool {
+    /// Records an opened connection with its control tokens (`superseded`: a newer socket of
+    /// the vehicle took over; `refused`: the VIN lists no longer allow it). Returns whether the
+    /// vehicle just became connected (first socket, not a reconnect within the grace) and the
+    /// take-over tokens of the vehicle's older sockets (newest wins).
+    ///
+    /// The tokens are stored before the entry becomes visible in `open`, so a concurrent
+    /// newer connection that sees this entry always finds its token.
+    pub fn opened(
+        &self,
+        entry: ConnectionEntry,
+        superseded: tokio_util::sync::CancellationToken,
+        refused: tokio_util::sync::CancellationToken,
+    ) -> Opened {
+        let id = entry.connection_id.clone();
         let vin = entry.vin.clone();
         let since = entry.since_ms;
-        self.open.insert(entry.connection_id.clone(), entry);
+        self.superseded.insert(id.clone(), superseded);
+        self.refused.insert(id.clone(), refused);
+        self.open.insert(id.clone(), entry);
+        let older = self
+            .open
+            .iter()
+            .filter(|e| e.vin == vin && e.connection_id != id)
+            .filter_map(|e| self.superseded.get(&e.connection_id).map(|t| t.clone()))
+            .collect();
         let mut p = self.vins.entry(vin).or_default();
         p.sockets += 1;
         p.generation += 1;
-        if p.connected {
+        let first_socket = if p.connected {
             false
         } else {
             p.connected = true;
             p.since_ms = since;
             true
+        };
+        Opened {
+            first_socket,
+            older,
         }
-    }
-
-    /// Registers the connection's take-over token and returns the tokens of the vehicle's
-    /// older connections (newest wins: the caller cancels them after the hand-over grace).
-    pub fn take_over(
-        &self,
-        vin: &str,
-        connection_id: &str,
-        token: tokio_util::sync::CancellationToken,
-    ) -> Vec<tokio_util::sync::CancellationToken> {
-        let older: Vec<_> = self
-            .open
-            .iter()
-            .filter(|e| e.vin == vin && e.connection_id != connection_id)
-            .filter_map(|e| self.superseded.get(&e.connection_id).map(|t| t.clone()))
-            .collect();
-        self.superseded.insert(connection_id.to_owned(), token);
-        older
-    }
-
-    /// Registers the token that closes the connection when its VIN is refused later.
-    pub fn watch_refusal(&self, connection_id: &str, token: tokio_util::sync::CancellationToken) {
-        self.refused.insert(connection_id.to_owned(), token);
     }
 
     /// Closes every open connection whose VIN `refuse` says no to; returns how many.
@@ -177,6 +186,10 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn t() -> tokio_util::sync::CancellationToken {
+        tokio_util::sync::CancellationToken::new()
+    }
+
     fn entry(vin: &str, id: &str) -> ConnectionEntry {
         ConnectionEntry {
             vin: vin.into(),
@@ -190,9 +203,12 @@ mod tests {
     #[test]
     fn hand_over_between_sockets_is_one_connection() {
         let r = Registry::default();
-        assert!(r.opened(entry("V", "a")), "first socket: connected");
         assert!(
-            !r.opened(entry("V", "b")),
+            r.opened(entry("V", "a"), t(), t()).first_socket,
+            "first socket: connected"
+        );
+        assert!(
+            !r.opened(entry("V", "b"), t(), t()).first_socket,
             "cellular while wifi is open: no new transition"
         );
         assert_eq!(r.closed("a"), Closed::StillConnected);
@@ -200,7 +216,7 @@ mod tests {
             panic!()
         };
         // a reconnect within the grace voids the pending disconnect
-        assert!(!r.opened(entry("V", "c")));
+        assert!(!r.opened(entry("V", "c"), t(), t()).first_socket);
         assert_eq!(r.gone("V", generation, 5000), None);
         let Closed::LastSocket { generation } = r.closed("c") else {
             panic!()
@@ -208,7 +224,7 @@ mod tests {
         assert_eq!(r.gone("V", generation, 5000), Some(4000));
         assert!(!r.is_connected("V"));
         assert!(
-            r.opened(entry("V", "d")),
+            r.opened(entry("V", "d"), t(), t()).first_socket,
             "connected again after a real disconnect"
         );
     }

@@ -253,17 +253,25 @@ async fn serve_connection(
             .vehicles
             .set_connected(&info.identity.device_id, true);
     }
-    let first_socket = settings.registry.opened(super::registry::ConnectionEntry {
-        vin: info.identity.device_id.clone(),
-        connection_id: info.connection_id.clone(),
-        since_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-        network_interface: info.network_interface.clone(),
-        client_type: info.identity.client_type,
-    });
-    if first_socket {
+    // control tokens: a newer socket of the vehicle takes over (newest wins, after the
+    // hand-over grace); the VIN lists stop allowing it
+    let superseded = CancellationToken::new();
+    let refused = CancellationToken::new();
+    let opened = settings.registry.opened(
+        super::registry::ConnectionEntry {
+            vin: info.identity.device_id.clone(),
+            connection_id: info.connection_id.clone(),
+            since_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            network_interface: info.network_interface.clone(),
+            client_type: info.identity.client_type,
+        },
+        superseded.clone(),
+        refused.clone(),
+    );
+    if opened.first_socket {
         publish_vehicle_event(
             &settings,
             EventType::VehicleConnected,
@@ -272,24 +280,12 @@ async fn serve_connection(
             crate::event_data!("connection_id" => info.connection_id.as_str(), "network_interface" => info.network_interface.as_str()),
         );
     }
-
-    // VIN lists changed later: the connection closes when its VIN is no longer allowed
-    let refused = CancellationToken::new();
-    settings
-        .registry
-        .watch_refusal(&info.connection_id, refused.clone());
     if settings.vins.refusal(&info.identity.device_id).is_some() {
         refused.cancel(); // the lists changed during the upgrade
     }
-    // newest wins: older sockets of this vehicle close after the hand-over grace
-    let superseded = CancellationToken::new();
-    let older = settings.registry.take_over(
-        &info.identity.device_id,
-        &info.connection_id,
-        superseded.clone(),
-    );
-    if !older.is_empty() {
+    if !opened.older.is_empty() {
         let grace = settings.handover_grace;
+        let older = opened.older;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             for token in older {
