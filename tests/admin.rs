@@ -269,10 +269,7 @@ fn watches_crud_and_validation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_watch_produces_arrival_for_a_vehicle_streaming_over_mtls() {
-    use fleetgate::wire::proto::vehicle_data::{
-        value::Value as V, Datum, Field, LocationValue, Payload, Value as PV,
-    };
-    use prost::Message;
+    use fleetgate::wire::proto::vehicle_data::{value::Value as V, Field, LocationValue};
     let (pki, server) = start();
     assert_eq!(server.admin("PUT", "/v1/sites/cafe", Some(CAFE)).0, 201);
     let watch = json!({"watch_id": "order-7", "vin": VIN, "site_id": "cafe", "expires_at": "2030-01-01T00:00:00Z"});
@@ -292,31 +289,19 @@ async fn an_api_watch_produces_arrival_for_a_vehicle_streaming_over_mtls() {
     )
     .await
     .unwrap();
-    let payload = Payload {
-        data: vec![
-            Datum {
-                key: Field::Location as i32,
-                value: Some(PV {
-                    value: Some(V::LocationValue(LocationValue {
-                        latitude: 30.2675,
-                        longitude: -97.7431,
-                    })),
+    let payload = v_payload(
+        1_764_000_100,
+        vec![
+            datum(
+                Field::Location,
+                V::LocationValue(LocationValue {
+                    latitude: 30.2675,
+                    longitude: -97.7431,
                 }),
-            },
-            Datum {
-                key: Field::Soc as i32,
-                value: Some(PV {
-                    value: Some(V::DoubleValue(55.0)),
-                }),
-            },
+            ),
+            datum(Field::Soc, V::DoubleValue(55.0)),
         ],
-        created_at: Some(prost_types::Timestamp {
-            seconds: 1_764_000_100,
-            nanos: 0,
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec();
+    );
     fleetgate::client::send_frame(
         &mut ws,
         frame("f1", "V", &format!("vehicle_device.{VIN}"), &payload),

@@ -104,10 +104,7 @@ async fn a_full_data_disk_fails_admin_writes_with_507_and_ingest_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_event_ids() {
-    use fleetgate::wire::proto::vehicle_data::{
-        value::Value as V, Datum, Field, LocationValue, Payload, Value as PV,
-    };
-    use prost::Message;
+    use fleetgate::wire::proto::vehicle_data::{value::Value as V, Field, LocationValue};
     let pki = Pki::new();
     let config = base_config(&pki);
     let mut server = Server::start(&config);
@@ -121,37 +118,26 @@ async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_even
     let frame_at = |i: i64| {
         // a drive toward the cafe: frame 30 enters it
         let lat = 30.2672 + 0.0003 * (40 - i).max(0) as f64;
-        let payload = Payload {
-            data: vec![
-                Datum {
-                    key: Field::Location as i32,
-                    value: Some(PV {
-                        value: Some(V::LocationValue(LocationValue {
-                            latitude: lat,
-                            longitude: -97.7431,
-                        })),
+        let payload = v_payload(
+            1_764_000_000 + i * 5,
+            vec![
+                datum(
+                    Field::Location,
+                    V::LocationValue(LocationValue {
+                        latitude: lat,
+                        longitude: -97.7431,
                     }),
-                },
-                Datum {
-                    key: Field::Soc as i32,
-                    value: Some(PV {
-                        value: Some(V::DoubleValue(50.0)),
-                    }),
-                },
+                ),
+                datum(Field::Soc, V::DoubleValue(50.0)),
             ],
-            created_at: Some(prost_types::Timestamp {
-                seconds: 1_764_000_000 + i * 5,
-                nanos: 0,
-            }),
-            ..Default::default()
-        };
+        );
         (
             format!("load-{i}"),
             frame(
                 &format!("load-{i}"),
                 "V",
                 &format!("vehicle_device.{VIN}"),
-                &payload.encode_to_vec(),
+                &payload,
             ),
         )
     };

@@ -230,24 +230,11 @@ async fn a_reliable_ack_means_the_record_is_in_kafka() {
     assert_eq!(server.metric("fleetgate_reliable_acks_pending"), 0.0);
 }
 
-fn v_payload(created: i64, data: Vec<fleetgate::wire::proto::vehicle_data::Datum>) -> Vec<u8> {
-    Payload {
-        data,
-        created_at: Some(prost_types::Timestamp {
-            seconds: created,
-            nanos: 0,
-        }),
-        vin: String::new(),
-        is_resend: false,
-    }
-    .encode_to_vec()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_produces_its_events_on_the_events_topic() {
     use fleetgate::rules::event::{event_id, EventType};
     use fleetgate::wire::proto::vehicle_data::{
-        value::Value as V, Datum, DetailedChargeStateValue, Field, LocationValue, Value,
+        value::Value as V, DetailedChargeStateValue, Field, LocationValue,
     };
     let bootstrap = require_broker();
     let pki = Pki::new();
@@ -273,10 +260,7 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
         .await
         .unwrap();
     let sender = format!("vehicle_device.{VIN}");
-    let d = |key: Field, v: V| Datum {
-        key: key as i32,
-        value: Some(Value { value: Some(v) }),
-    };
+    let d = datum;
     let loc = |lat: f64, lon: f64| {
         V::LocationValue(LocationValue {
             latitude: lat,

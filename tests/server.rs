@@ -741,10 +741,7 @@ async fn one_truth_per_vehicle_across_overlapping_sockets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_only_forwards_changed_datums_and_acks_everything() {
-    use fleetgate::wire::proto::vehicle_data::{
-        value::Value as V, Datum, Field, Payload, ShiftState, Value as PV,
-    };
-    use prost::Message;
+    use fleetgate::wire::proto::vehicle_data::{value::Value as V, Field, ShiftState};
     let pki = Pki::new();
     let mut config = base_config(&pki);
     // reliable acks on too: a fully suppressed frame has nothing to wait for and is acked at once
@@ -757,28 +754,13 @@ async fn changes_only_forwards_changed_datums_and_acks_everything() {
     let cert = pki.pki.vehicle(VIN).unwrap();
     let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
     let payload = |t: i64, soc: f64| {
-        Payload {
-            data: vec![
-                Datum {
-                    key: Field::Soc as i32,
-                    value: Some(PV {
-                        value: Some(V::DoubleValue(soc)),
-                    }),
-                },
-                Datum {
-                    key: Field::Gear as i32,
-                    value: Some(PV {
-                        value: Some(V::ShiftStateValue(ShiftState::D as i32)),
-                    }),
-                },
+        v_payload(
+            1_764_000_000 + t,
+            vec![
+                datum(Field::Soc, V::DoubleValue(soc)),
+                datum(Field::Gear, V::ShiftStateValue(ShiftState::D as i32)),
             ],
-            created_at: Some(prost_types::Timestamp {
-                seconds: 1_764_000_000 + t,
-                nanos: 0,
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec()
+        )
     };
     let sender = format!("vehicle_device.{VIN}");
     for (i, (t, soc)) in [(0, 60.0), (1, 60.2), (2, 61.0)].into_iter().enumerate() {

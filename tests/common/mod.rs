@@ -473,3 +473,30 @@ pub async fn wait_metric(server: &Server, series: &str, at_least: f64) -> f64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One datum of a `V` payload.
+pub fn datum(
+    key: fleetgate::wire::proto::vehicle_data::Field,
+    value: fleetgate::wire::proto::vehicle_data::value::Value,
+) -> fleetgate::wire::proto::vehicle_data::Datum {
+    fleetgate::wire::proto::vehicle_data::Datum {
+        key: key as i32,
+        value: Some(fleetgate::wire::proto::vehicle_data::Value { value: Some(value) }),
+    }
+}
+
+/// An encoded `V` payload created at `created_s` (unix seconds).
+pub fn v_payload(
+    created_s: i64,
+    data: Vec<fleetgate::wire::proto::vehicle_data::Datum>,
+) -> Vec<u8> {
+    prost::Message::encode_to_vec(&fleetgate::wire::proto::vehicle_data::Payload {
+        data,
+        created_at: Some(prost_types::Timestamp {
+            seconds: created_s,
+            nanos: 0,
+        }),
+        vin: String::new(),
+        is_resend: false,
+    })
+}
