@@ -55,6 +55,8 @@ pub struct BoundAddrs {
     pub status: Option<SocketAddr>,
     /// Admin API, when enabled.
     pub admin: Option<SocketAddr>,
+    /// Proxy-terminated mTLS listener, when enabled.
+    pub proxy: Option<SocketAddr>,
 }
 
 /// Options of `serve` that are not in the config file.
@@ -261,11 +263,29 @@ pub async fn start(
         .tls
         .as_ref()
         .ok_or_else(|| ServeError::Config("tls missing".into()))?;
-    let server_tls = tls::server_config(
-        &Config::resolve(&base, &tls_config.ca_file),
-        &Config::resolve(&base, &tls_config.server_cert),
-        &Config::resolve(&base, &tls_config.server_key),
-    )?;
+    let server_cert = Config::resolve(&base, &tls_config.server_cert);
+    let server_key = Config::resolve(&base, &tls_config.server_key);
+    let verifier = tls::client_verifier(&Config::resolve(&base, &tls_config.ca_file))?;
+    let server_tls = tls::server_config(Some(verifier.clone()), &server_cert, &server_key)?;
+    let proxy_settings = match &config.fleetgate.proxy_mtls {
+        None => None,
+        Some(proxy) => {
+            let trusted = proxy.trusted().map_err(ServeError::Config)?;
+            let acceptor = if proxy.tls {
+                Some(TlsAcceptor::from(tls::server_config(
+                    None,
+                    &server_cert,
+                    &server_key,
+                )?))
+            } else {
+                None
+            };
+            Some(Arc::new(server::ProxyListener {
+                auth: crate::ingest::proxy::ProxyAuth::new(proxy.header, trusted, verifier),
+                tls: acceptor,
+            }))
+        }
+    };
     metrics::install();
     let sinks = build_sinks(config, &base, options.event_tap.clone())?;
     let (engine, store) = build_engine(config, &base)?;
@@ -333,6 +353,21 @@ pub async fn start(
         addr: vehicle_addr.to_string(),
         source,
     })?;
+
+    let mut proxy = None;
+    if let (Some(proxy_config), Some(proxy_settings)) =
+        (&config.fleetgate.proxy_mtls, proxy_settings)
+    {
+        let addr: SocketAddr = proxy_config.listen.parse().map_err(|_| {
+            ServeError::Config(format!(
+                "fleetgate.proxy_mtls.listen `{}` is not IP:PORT",
+                proxy_config.listen
+            ))
+        })?;
+        let l = bind("proxy_mtls", addr).await?;
+        proxy = Some((l, proxy_settings));
+    }
+    let proxy_addr = proxy.as_ref().and_then(|(l, _)| l.local_addr().ok());
 
     let mut metrics_addr = None;
     if let Some(port) = config
@@ -408,9 +443,10 @@ pub async fn start(
         metrics: metrics_addr,
         status: status_addr,
         admin: admin_addr,
+        proxy: proxy_addr,
     };
     tracing::info!(
-        "listening vehicles={} metrics={} status={} admin={}",
+        "listening vehicles={} metrics={} status={} admin={} proxy={}",
         addrs.vehicles,
         addrs
             .metrics
@@ -423,12 +459,16 @@ pub async fn start(
         addrs
             .admin
             .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
+        addrs
+            .proxy
+            .map(|a| a.to_string())
             .unwrap_or_else(|| "off".into())
     );
 
     let flush_budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
     let run = async move {
-        let still_open = server::run(listener, settings, shutdown).await;
+        let still_open = server::run(listener, proxy, settings, shutdown).await;
         tracing::info!("flushing sinks");
         let left = tokio::task::spawn_blocking(move || sinks.flush_all(flush_budget))
             .await

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -111,13 +112,18 @@ pub async fn connect(
 }
 
 /// Sends one binary frame.
-pub async fn send_frame(ws: &mut VehicleSocket, frame: Vec<u8>) -> Result<(), ClientError> {
+pub async fn send_frame<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    frame: Vec<u8>,
+) -> Result<(), ClientError> {
     ws.send(Message::Binary(frame.into())).await?;
     Ok(())
 }
 
 /// Waits for the next binary message from the server (skipping pings); `None` when closed.
-pub async fn next_binary(ws: &mut VehicleSocket) -> Option<Result<Vec<u8>, ClientError>> {
+pub async fn next_binary<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<Result<Vec<u8>, ClientError>> {
     while let Some(msg) = ws.next().await {
         match msg {
             Ok(Message::Binary(b)) => return Some(Ok(b.to_vec())),

@@ -179,6 +179,10 @@ pub struct FleetgateConfig {
     /// Forward only changed values to the sinks (off unless topics are listed).
     #[serde(default)]
     pub changes_only: crate::ingest::changes::ChangesOnlyConfig,
+    /// mTLS terminated at a trusted proxy: a second listener that takes the client
+    /// certificate from a header (off unless set).
+    #[serde(default)]
+    pub proxy_mtls: Option<crate::ingest::proxy::ProxyMtlsConfig>,
     /// VIN allow / block lists (the admin API adds to them, durably).
     #[serde(default)]
     pub vins: crate::ingest::vins::VinLists,
@@ -611,6 +615,17 @@ impl Config {
                     "fleetgate.admin.listen",
                     format!("`{}` is not IP:PORT", admin.listen),
                 );
+            }
+        }
+        if let Some(proxy) = &self.fleetgate.proxy_mtls {
+            if proxy.listen.parse::<SocketAddr>().is_err() {
+                issue(
+                    "fleetgate.proxy_mtls.listen",
+                    format!("`{}` is not IP:PORT", proxy.listen),
+                );
+            }
+            if let Err(problem) = proxy.trusted() {
+                issue("fleetgate.proxy_mtls.trusted_proxies", problem);
             }
         }
         let co = &self.fleetgate.changes_only;

@@ -15,6 +15,10 @@ pub const CONNECTIONS_TOTAL: &str = "fleetgate_connections_total";
 pub const HANDSHAKES_TOTAL: &str = "fleetgate_handshakes_total";
 /// Verified certificates refused by the identity rules, by reason.
 pub const IDENTITY_REFUSED_TOTAL: &str = "fleetgate_identity_refused_total";
+/// Proxy listener: forwarded client certificates by result: `ok`, `untrusted_proxy` (a
+/// certificate header from an address outside `trusted_proxies`), `no_client_cert`,
+/// `malformed_header`, or a chain verification reason (`expired`, `untrusted_issuer`, …).
+pub const PROXY_CLIENT_CERTS_TOTAL: &str = "fleetgate_proxy_client_certs_total";
 /// HTTP requests after TLS by outcome: `upgrade`, `status`, `bad_request`, `timeout`, `forbidden`.
 pub const HTTP_REQUESTS_TOTAL: &str = "fleetgate_http_requests_total";
 /// Frames by topic and result (`ok`, `too_big`, `malformed`, `unknown_message_type`,
@@ -84,6 +88,7 @@ pub const ALL: &[&str] = &[
     CONNECTIONS_TOTAL,
     HANDSHAKES_TOTAL,
     IDENTITY_REFUSED_TOTAL,
+    PROXY_CLIENT_CERTS_TOTAL,
     HTTP_REQUESTS_TOTAL,
     FRAMES_TOTAL,
     FRAME_BYTES_TOTAL,

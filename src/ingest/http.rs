@@ -4,9 +4,32 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest request head accepted.
+/// Largest request head accepted from a vehicle.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
-const MAX_HEADERS: usize = 32;
+/// Largest request head accepted from a trusted proxy (certificate chains in headers).
+pub const MAX_PROXIED_HEAD_BYTES: usize = 32 * 1024;
+const MAX_HEADERS: usize = 48;
+
+/// Client-certificate headers a TLS-terminating proxy may add (only believed on the proxy
+/// listener, from trusted addresses; see `ingest::proxy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardedCert {
+    /// RFC 9440 `Client-Cert`.
+    pub client_cert: Option<String>,
+    /// RFC 9440 `Client-Cert-Chain`.
+    pub client_cert_chain: Option<String>,
+    /// AWS ALB `X-Amzn-Mtls-Clientcert`.
+    pub amzn_mtls_clientcert: Option<String>,
+}
+
+impl ForwardedCert {
+    /// True when any certificate header is present.
+    pub fn any(&self) -> bool {
+        self.client_cert.is_some()
+            || self.client_cert_chain.is_some()
+            || self.amzn_mtls_clientcert.is_some()
+    }
+}
 
 /// What the connection asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +48,8 @@ pub struct RequestHead {
     pub txid: String,
     /// Bytes read past the head (a client that did not wait for the 101).
     pub leftover: Vec<u8>,
+    /// Client-certificate headers (only believed from trusted proxies).
+    pub forwarded: ForwardedCert,
 }
 
 /// Why no usable request arrived.
@@ -33,8 +58,8 @@ pub enum HeadError {
     /// The connection closed or failed.
     #[error("connection ended before a complete request: {0}")]
     Io(#[from] std::io::Error),
-    /// More than [`MAX_HEAD_BYTES`] without the end of the head.
-    #[error("request head exceeds {MAX_HEAD_BYTES} bytes")]
+    /// More than the limit without the end of the head.
+    #[error("request head too large")]
     TooLarge,
     /// Not HTTP/1.1.
     #[error("not a valid HTTP/1.1 request: {0}")]
@@ -53,8 +78,11 @@ fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
-/// Reads and parses the request head.
-pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHead, HeadError> {
+/// Reads and parses the request head (at most `max_bytes`).
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_bytes: usize,
+) -> Result<RequestHead, HeadError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -84,9 +112,16 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<RequestHe
                         .to_owned(),
                     txid: header(req.headers, "x-txid").unwrap_or("").to_owned(),
                     leftover: buf[len..].to_vec(),
+                    forwarded: ForwardedCert {
+                        client_cert: header(req.headers, "client-cert").map(str::to_owned),
+                        client_cert_chain: header(req.headers, "client-cert-chain")
+                            .map(str::to_owned),
+                        amzn_mtls_clientcert: header(req.headers, "x-amzn-mtls-clientcert")
+                            .map(str::to_owned),
+                    },
                 });
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => continue,
+            Ok(httparse::Status::Partial) if buf.len() < max_bytes => continue,
             Ok(httparse::Status::Partial) => return Err(HeadError::TooLarge),
             Err(e) => return Err(HeadError::Invalid(e.to_string())),
         }
@@ -130,7 +165,7 @@ mod tests {
     #[tokio::test]
     async fn parses_an_upgrade_with_tesla_headers() {
         let req = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nVersion: 2024.44.25\r\nX-Network-Interface: wifi\r\nX-TXID: 6d1f0a4e-3c1b-4a8e-9f00-0123456789ab\r\n\r\nEXTRA";
-        let head = read_head(&mut &req[..]).await.unwrap();
+        let head = read_head(&mut &req[..], MAX_HEAD_BYTES).await.unwrap();
         assert_eq!(
             head.websocket_key.as_deref(),
             Some("dGhlIHNhbXBsZSBub25jZQ==")
@@ -142,17 +177,20 @@ mod tests {
 
     #[tokio::test]
     async fn status_is_not_an_upgrade_and_garbage_is_invalid() {
-        let head = read_head(&mut &b"GET /status?x=1 HTTP/1.1\r\n\r\n"[..])
-            .await
-            .unwrap();
+        let head = read_head(
+            &mut &b"GET /status?x=1 HTTP/1.1\r\n\r\n"[..],
+            MAX_HEAD_BYTES,
+        )
+        .await
+        .unwrap();
         assert_eq!((head.path.as_str(), head.websocket_key), ("/status", None));
         assert!(matches!(
-            read_head(&mut &b"\x16\x03\x01garbage\r\n\r\n"[..]).await,
+            read_head(&mut &b"\x16\x03\x01garbage\r\n\r\n"[..], MAX_HEAD_BYTES).await,
             Err(HeadError::Invalid(_))
         ));
         let huge = vec![b'a'; MAX_HEAD_BYTES + 10];
         assert!(matches!(
-            read_head(&mut &huge[..]).await,
+            read_head(&mut &huge[..], MAX_HEAD_BYTES).await,
             Err(HeadError::TooLarge | HeadError::Invalid(_))
         ));
     }

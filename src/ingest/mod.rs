@@ -5,6 +5,7 @@ pub mod changes;
 pub mod connection;
 pub mod http;
 pub mod identity;
+pub mod proxy;
 pub mod rate;
 pub mod registry;
 pub mod server;

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection::{self, ConnectionInfo, ConnectionSettings};
-use super::http::{self, HeadError};
+use super::http::{self, HeadError, MAX_HEAD_BYTES, MAX_PROXIED_HEAD_BYTES};
 use super::identity::{identity_from_der, Identity};
+use super::proxy::ProxyAuth;
 use super::registry::Closed;
 use super::tls::handshake_failure_reason;
 use crate::metrics as m;
@@ -124,40 +125,139 @@ pub fn connection_id(header: &str) -> String {
         .to_string()
 }
 
+/// How a listener learns who the client is.
+#[derive(Clone)]
+pub enum ListenerKind {
+    /// The vehicle listener: mTLS, identity from the handshake's verified certificate.
+    Direct,
+    /// The proxy listener: identity from a trusted proxy's certificate header.
+    Proxy(Arc<ProxyListener>),
+}
+
+/// The proxy-facing listener (`fleetgate.proxy_mtls`).
+pub struct ProxyListener {
+    /// Who may forward certificates, in which header form, verified against which roots.
+    pub auth: ProxyAuth,
+    /// Server-only TLS, when configured (else plain HTTP).
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// A client identity, or why there is none (metric label, message).
+type IdentityResult = Result<Identity, (&'static str, String)>;
+
+/// TLS handshake within the time limit; failures are counted and logged.
+async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "ok").increment(1);
+            Some(tls)
+        }
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => reason).increment(1);
+            tracing::debug!(%peer, reason, error = %e, "tls handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "timeout").increment(1);
+            tracing::debug!(%peer, "tls handshake timed out");
+            None
+        }
+    }
+}
+
 /// Serves one accepted TCP connection to its end.
 async fn serve_connection(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
     settings: Arc<ServerSettings>,
+    kind: ListenerKind,
     shutdown: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(settings.handshake_timeout, settings.tls.accept(tcp)).await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let reason = handshake_failure_reason(&e);
-            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => reason).increment(1);
-            tracing::debug!(%peer, reason, error = %e, "tls handshake failed");
-            return;
+    match kind {
+        ListenerKind::Direct => {
+            let Some(tls) =
+                tls_handshake(&settings.tls, tcp, peer, settings.handshake_timeout).await
+            else {
+                return;
+            };
+            let identity: IdentityResult = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|leaf| identity_from_der(leaf))
+                .unwrap_or(Err(super::identity::IdentityError::NoCertificate))
+                .map_err(|e| (e.reason(), e.to_string()));
+            serve_request(tls, peer, settings, shutdown, MAX_HEAD_BYTES, |_| identity).await;
         }
-        Err(_) => {
-            metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "timeout").increment(1);
-            tracing::debug!(%peer, "tls handshake timed out");
-            return;
+        ListenerKind::Proxy(proxy) => {
+            let identify = |head: &http::RequestHead| -> IdentityResult {
+                let result = proxy.auth.identity(peer.ip(), &head.forwarded);
+                let label: &'static str = match &result {
+                    Ok(_) => "ok",
+                    Err((reason, _)) => reason,
+                };
+                metrics::counter!(m::PROXY_CLIENT_CERTS_TOTAL, "result" => label).increment(1);
+                result
+            };
+            match &proxy.tls {
+                Some(acceptor) => {
+                    let Some(tls) =
+                        tls_handshake(acceptor, tcp, peer, settings.handshake_timeout).await
+                    else {
+                        return;
+                    };
+                    serve_request(
+                        tls,
+                        peer,
+                        settings,
+                        shutdown,
+                        MAX_PROXIED_HEAD_BYTES,
+                        identify,
+                    )
+                    .await;
+                }
+                None => {
+                    serve_request(
+                        tcp,
+                        peer,
+                        settings,
+                        shutdown,
+                        MAX_PROXIED_HEAD_BYTES,
+                        identify,
+                    )
+                    .await;
+                }
+            }
         }
-    };
-    metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "ok").increment(1);
-    let identity = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|leaf| identity_from_der(leaf))
-        .unwrap_or(Err(super::identity::IdentityError::NoCertificate));
+    }
+}
 
-    let mut tls = tls;
-    let head = match tokio::time::timeout(settings.upgrade_timeout, http::read_head(&mut tls)).await
+/// After the transport: one HTTP request (`/status` or the upgrade), identity and VIN checks,
+/// then the frame loop and the connectivity bookkeeping around it.
+async fn serve_request<S, F>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    settings: Arc<ServerSettings>,
+    shutdown: CancellationToken,
+    max_head_bytes: usize,
+    identify: F,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: FnOnce(&http::RequestHead) -> IdentityResult,
+{
+    let head = match tokio::time::timeout(
+        settings.upgrade_timeout,
+        http::read_head(&mut stream, max_head_bytes),
+    )
+    .await
     {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
@@ -168,7 +268,7 @@ async fn serve_connection(
             };
             metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
             if !matches!(e, HeadError::Io(_)) {
-                let _ = http::respond(&mut tls, 400, "Bad Request", "bad request\n").await;
+                let _ = http::respond(&mut stream, 400, "Bad Request", "bad request\n").await;
             }
             return;
         }
@@ -180,20 +280,20 @@ async fn serve_connection(
 
     if head.method == "GET" && head.path == "/status" {
         metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "status").increment(1);
-        let _ = http::respond(&mut tls, 200, "OK", "mtls ok").await;
+        let _ = http::respond(&mut stream, 200, "OK", "mtls ok").await;
         return;
     }
-    let identity: Arc<Identity> = match identity {
+    let identity: Arc<Identity> = match identify(&head) {
         Ok(identity) => Arc::new(identity),
-        Err(e) => {
-            metrics::counter!(m::IDENTITY_REFUSED_TOTAL, "reason" => e.reason()).increment(1);
+        Err((reason, message)) => {
+            metrics::counter!(m::IDENTITY_REFUSED_TOTAL, "reason" => reason).increment(1);
             metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "forbidden").increment(1);
-            tracing::info!(%peer, reason = e.reason(), error = %e, "client certificate refused by the identity rules");
+            tracing::info!(%peer, reason, error = %message, "client certificate refused");
             let _ = http::respond(
-                &mut tls,
+                &mut stream,
                 403,
                 "Forbidden",
-                &format!("identity refused: {}\n", e.reason()),
+                &format!("identity refused: {reason}\n"),
             )
             .await;
             return;
@@ -204,7 +304,7 @@ async fn serve_connection(
         metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "forbidden").increment(1);
         tracing::info!(%peer, vin = %identity.device_id, reason, "vehicle refused by the VIN lists");
         let _ = http::respond(
-            &mut tls,
+            &mut stream,
             403,
             "Forbidden",
             &format!("vin refused: {reason}\n"),
@@ -215,7 +315,7 @@ async fn serve_connection(
     let Some(key) = head.websocket_key.as_deref() else {
         metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "not_websocket").increment(1);
         let _ = http::respond(
-            &mut tls,
+            &mut stream,
             400,
             "Bad Request",
             "expected a websocket upgrade or GET /status\n",
@@ -223,7 +323,7 @@ async fn serve_connection(
         .await;
         return;
     };
-    if http::accept_upgrade(&mut tls, key).await.is_err() {
+    if http::accept_upgrade(&mut stream, key).await.is_err() {
         return;
     }
     metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "upgrade").increment(1);
@@ -235,7 +335,7 @@ async fn serve_connection(
         network_interface: head.network_interface,
     };
     let ws = WebSocketStream::from_partially_read(
-        tls,
+        stream,
         head.leftover,
         Role::Server,
         Some(settings.websocket),
@@ -351,26 +451,44 @@ async fn serve_connection(
 /// connections to drain. Returns how many connections were still open at the end.
 pub async fn run(
     listener: TcpListener,
+    proxy: Option<(TcpListener, Arc<ProxyListener>)>,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) -> usize {
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let tracker = TaskTracker::new();
+    let (proxy_listener, proxy) = match proxy {
+        Some((l, p)) => (Some(l), Some(p)),
+        None => (None, None),
+    };
+    let accept_proxied = async |l: &Option<TcpListener>| match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    };
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (accepted, kind) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, ListenerKind::Direct),
+            accepted = accept_proxied(&proxy_listener) => {
+                (accepted, ListenerKind::Proxy(proxy.clone().expect("proxy listener has settings")))
+            }
         };
-        if !settings.ip_limiter.allow(peer.ip()) {
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // A proxy carries many vehicles from one address: it is not rate limited per IP.
+        let from_trusted_proxy = match &kind {
+            ListenerKind::Proxy(p) => p.auth.trusts(peer.ip()),
+            ListenerKind::Direct => false,
+        };
+        if !from_trusted_proxy && !settings.ip_limiter.allow(peer.ip()) {
             metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "ip_rate_limited").increment(1);
             drop(tcp);
             continue;
@@ -384,10 +502,11 @@ pub async fn run(
         let settings = settings.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            serve_connection(tcp, peer, settings, shutdown).await;
+            serve_connection(tcp, peer, settings, kind, shutdown).await;
             drop(permit);
         });
     }
+    drop(proxy_listener);
     drop(listener);
     tracker.close();
     tracing::info!(

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -55,29 +56,36 @@ pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(key, path, e))
 }
 
-/// The server TLS configuration: mTLS with client certificates chaining to `ca_file`.
-pub fn server_config(
-    ca_file: &Path,
-    server_cert: &Path,
-    server_key: &Path,
-) -> Result<Arc<ServerConfig>, TlsSetupError> {
+/// The verifier of client certificate chains against `ca_file` (the handshake's, and the
+/// proxy listener's for forwarded certificates).
+pub fn client_verifier(ca_file: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs("tls.ca_file", ca_file)? {
         roots
             .add(cert)
             .map_err(|e| file_err("tls.ca_file", ca_file, e))?;
     }
-    let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+    WebPkiClientVerifier::builder(Arc::new(roots))
         .build()
-        .map_err(|e| file_err("tls.ca_file", ca_file, e))?;
+        .map_err(|e| file_err("tls.ca_file", ca_file, e))
+}
+
+/// The server TLS configuration: mTLS with client certificates checked by `verifier`, or
+/// server-only TLS when `verifier` is `None` (the proxy listener's optional TLS).
+pub fn server_config(
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
+    server_cert: &Path,
+    server_key: &Path,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let chain = load_certs("tls.server_cert", server_cert)?;
     let key = load_key("tls.server_key", server_key)?;
-    let mut config = ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            TlsSetupError::Rustls(format!("server_cert / server_key do not match: {e}"))
-        })?;
+    let builder = match verifier {
+        Some(verifier) => ServerConfig::builder().with_client_cert_verifier(verifier),
+        None => ServerConfig::builder().with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsSetupError::Rustls(format!("server_cert / server_key do not match: {e}"))
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resumption tickets are cheap to serve and halve reconnect storms' CPU.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
@@ -97,6 +105,11 @@ pub fn handshake_failure_reason(err: &std::io::Error) -> &'static str {
             _ => "io",
         };
     };
+    certificate_error_reason(tls)
+}
+
+/// Short metric label for a TLS or certificate verification error.
+pub fn certificate_error_reason(tls: &rustls::Error) -> &'static str {
     match tls {
         rustls::Error::NoCertificatesPresented => "no_client_cert",
         rustls::Error::InvalidCertificate(c) => match c {

@@ -59,6 +59,7 @@ pub struct Server {
     pub metrics: Option<String>,
     pub status: Option<String>,
     pub admin: Option<String>,
+    pub proxy: Option<String>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     _config_dir: tempfile::TempDir,
@@ -158,6 +159,7 @@ impl Server {
                     metrics: field(line, "metrics"),
                     status: field(line, "status"),
                     admin: field(line, "admin"),
+                    proxy: field(line, "proxy"),
                     child,
                     stdout,
                     stderr,
@@ -289,7 +291,9 @@ pub async fn connect(
 }
 
 /// Next binary answer within 5 s (panics on timeout or close).
-pub async fn answer(ws: &mut VehicleSocket) -> Vec<u8> {
+pub async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Vec<u8> {
     tokio::time::timeout(Duration::from_secs(5), client::next_binary(ws))
         .await
         .expect("no answer within 5 s")
