@@ -38,6 +38,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $fg "admin" (dict "listen" (printf "0.0.0.0:%v" .Values.admin.port)) -}}
 {{- $_ := set $fg "data_dir" "/var/lib/fleetgate" -}}
 {{- if .Values.sitesGeoJson }}{{- $_ := set $fg "sites_file" "/etc/fleetgate/config/sites.geojson" -}}{{- end -}}
+{{- if and .Values.proxyMtls.enabled (empty .Values.proxyMtls.trustedProxies) }}{{- fail "proxyMtls.enabled needs proxyMtls.trustedProxies: the load balancer's address ranges (CIDR)" -}}{{- end -}}
+{{- if .Values.proxyMtls.enabled }}{{- $_ := set $fg "proxy_mtls" (dict "listen" (printf "0.0.0.0:%v" .Values.proxyMtls.port) "header" .Values.proxyMtls.header "trusted_proxies" .Values.proxyMtls.trustedProxies "tls" .Values.proxyMtls.tls) -}}{{- end -}}
 {{- $_ := set $cfg "fleetgate" $fg -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
