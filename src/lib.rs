@@ -7,12 +7,13 @@
 //! - [`config`]: Tesla's config keys plus the `fleetgate` section, validated.
 //! - [`metrics`]: every exported metric, in one place.
 //! - [`app`]: `serve` wiring and ordered shutdown; [`certs`]: dev PKI; [`client`]: vehicle side.
-//! - [`commands`]: subcommands that are more than one call.
+//! - [`commands`]: subcommands that are more than one call; [`bench`]: the load bench.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
+pub mod bench;
 pub mod certs;
 pub mod client;
 pub mod commands;

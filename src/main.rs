@@ -65,11 +65,190 @@ enum Command {
         #[arg(long)]
         route: Option<PathBuf>,
     },
+    /// The load bench: many mTLS vehicles against a server, with latencies and /proc figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Certificates for development and tests.
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Load a running server: connect N vehicles, stream frames, report.
+    Load {
+        /// Vehicle listener (IP:PORT).
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        /// TLS server name of the server certificate.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Dev PKI folder (`certs dev --out DIR`) whose CA the server trusts; vehicle
+        /// certificates are made and cached there.
+        #[arg(long)]
+        pki: PathBuf,
+        /// Number of vehicles.
+        #[arg(long, default_value_t = 1000)]
+        vehicles: usize,
+        /// New connections per second (0 = as fast as --concurrency allows).
+        #[arg(long, default_value_t = 0.0)]
+        ramp: f64,
+        /// Handshakes in flight.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Frames per second per vehicle (0 = hold the connections idle).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds of warm-up before measuring.
+        #[arg(long, default_value_t = 5)]
+        warmup: u64,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Loopback source addresses 127.0.0.1..N (past the ephemeral-port limit).
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// Server pid: sample its RSS and CPU from /proc.
+        #[arg(long)]
+        server_pid: Option<i32>,
+        /// Then drop every connection and reconnect all at once.
+        #[arg(long)]
+        storm: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Run a scenario against a fresh bare ack server and a fresh fleetgate, side by side.
+    Scenario {
+        /// Which scenario.
+        #[arg(value_enum)]
+        scenario: fleetgate::bench::scenario::Scenario,
+        /// Vehicles (default: 19,500 for idle-max, steady, storm; 2,000 saturate; 10,000 kafka).
+        #[arg(long)]
+        vehicles: Option<usize>,
+        /// Measured seconds of streaming phases.
+        #[arg(long)]
+        window: Option<u64>,
+        /// Only this server.
+        #[arg(long, value_enum)]
+        only: Option<fleetgate::bench::scenario::ServerKind>,
+        /// Work folder (PKI, sites, configs).
+        #[arg(long, default_value = "target/bench")]
+        work_dir: PathBuf,
+        /// Kafka bootstrap servers (kafka-reliable).
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// Loopback source addresses.
+        #[arg(long, default_value_t = 8)]
+        sources: u8,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The bare comparison server: mTLS websocket, envelope check, ack; nothing else.
+    BareServer {
+        /// Dev PKI folder (ca.pem, server.pem, server.key).
+        #[arg(long)]
+        pki: PathBuf,
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:4443")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> Result<(), String> {
+    if let Some(path) = path {
+        let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!("bench: report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench(command: BenchCommand) -> ExitCode {
+    fleetgate::bench::procstat::raise_nofile_limit();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetgate bench: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            BenchCommand::Load {
+                target,
+                server_name,
+                pki,
+                vehicles,
+                ramp,
+                concurrency,
+                rate,
+                warmup,
+                duration,
+                sources,
+                server_pid,
+                storm,
+                json,
+            } => {
+                let report = fleetgate::bench::run_load(fleetgate::bench::LoadOptions {
+                    target,
+                    server_name,
+                    pki,
+                    vehicles,
+                    ramp_per_s: ramp,
+                    concurrency,
+                    rate_hz: rate,
+                    warmup_s: warmup,
+                    duration_s: duration,
+                    sources,
+                    server_pid,
+                    storm,
+                })
+                .await?;
+                print!("{}", fleetgate::bench::load_table(&report));
+                write_json(&json, &report)
+            }
+            BenchCommand::Scenario {
+                scenario,
+                vehicles,
+                window,
+                only,
+                work_dir,
+                kafka,
+                sources,
+                json,
+            } => {
+                let report =
+                    fleetgate::bench::scenario::run(fleetgate::bench::scenario::ScenarioOptions {
+                        scenario,
+                        vehicles,
+                        window_s: window,
+                        work_dir,
+                        only,
+                        kafka,
+                        sources,
+                    })
+                    .await?;
+                print!("{}", fleetgate::bench::scenario::table(&report));
+                write_json(&json, &report)
+            }
+            BenchCommand::BareServer { pki, listen } => {
+                fleetgate::bench::bare::run(&pki, listen).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetgate bench: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -193,6 +372,7 @@ fn main() -> ExitCode {
                     no_negative,
                 },
         } => certs_dev(out, vehicles, server_names, no_negative),
+        Command::Bench { command } => bench(command),
         Command::Demo { json, pace_ms } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
