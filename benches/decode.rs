@@ -61,7 +61,7 @@ fn v_frame(legacy: bool) -> Vec<u8> {
                 V::StringValue("Supercharger Austin, TX".into()),
             ),
         ],
-        created_at: Some(prost_types::Timestamp {
+        created_at: Some(fleetgate::wire::Timestamp {
             seconds: 1_764_000_000,
             nanos: 0,
         }),

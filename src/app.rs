@@ -329,7 +329,7 @@ pub async fn start(
             write_timeout: Duration::from_secs(limits.write_timeout_s),
             max_pending_acks: limits.max_pending_acks_per_connection,
             inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
-            metrics: FrameMetrics::new(),
+            metrics: Arc::new(FrameMetrics::new()),
             engine: Some(engine.clone()),
             changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
                 let co = &config.fleetgate.changes_only;

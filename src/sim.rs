@@ -169,7 +169,7 @@ impl SimVehicle {
         }
         Payload {
             data,
-            created_at: Some(prost_types::Timestamp {
+            created_at: Some(crate::wire::Timestamp {
                 seconds: self.clock_s,
                 nanos: 0,
             }),

@@ -111,7 +111,7 @@ impl Drive {
         let created = T0 + at;
         let payload = Payload {
             data,
-            created_at: Some(prost_types::Timestamp {
+            created_at: Some(fleetgate::wire::Timestamp {
                 seconds: created,
                 nanos: 0,
             }),

@@ -42,7 +42,7 @@ pub struct ConnectionSettings {
     /// before publishing (and so stops reading) when none is free.
     pub inflight_slots: Arc<tokio::sync::Semaphore>,
     /// Per-frame metric handles.
-    pub metrics: FrameMetrics,
+    pub metrics: std::sync::Arc<FrameMetrics>,
     /// Vehicle table and rules (None: records only, no events).
     pub engine: Option<Arc<crate::rules::Engine>>,
     /// Changes-only forwarding of `V`: per-field minimum deltas and the max age (ms).
@@ -328,8 +328,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
                 tracing::warn!(vin = %identity.device_id, sink = sink.name(), error = %e, "sink refused a record; frame not acked (the vehicle resends)");
             }
-            metrics::histogram!(m::SINK_PUBLISH_SECONDS, "sink" => sink.name())
-                .record(t.elapsed().as_secs_f64());
+            metrics.sink_published(sink.name(), t.elapsed().as_secs_f64());
         }
         // The rules see every V frame; the events follow the record to the event sinks.
         let mut tracked_events = 0;
@@ -422,15 +421,21 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval(conn.settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
+    // Registered once, not per frame: a fresh `cancelled()` future each loop costs a lock on
+    // the token's waiter list to register and another to deregister.
+    let shutdown_signal = shutdown.cancelled();
+    let superseded_signal = superseded.cancelled();
+    let refused_signal = refused.cancelled();
+    tokio::pin!(shutdown_signal, superseded_signal, refused_signal);
 
     let reason = loop {
         let can_read = conn.pending.len() < conn.settings.max_pending_acks;
         let result = tokio::select! {
             biased;
             Some(c) = completions_rx.recv() => conn.on_completion(c).await,
-            _ = shutdown.cancelled() => break CloseReason::Shutdown,
-            _ = superseded.cancelled() => break CloseReason::Superseded,
-            _ = refused.cancelled() => break CloseReason::VinRefused,
+            _ = &mut shutdown_signal => break CloseReason::Shutdown,
+            _ = &mut superseded_signal => break CloseReason::Superseded,
+            _ = &mut refused_signal => break CloseReason::VinRefused,
             msg = conn.ws.next(), if can_read => {
                 last_rx = Instant::now();
                 match msg {

@@ -95,7 +95,7 @@ fn publish_connectivity(sinks: &SinkRouter, info: &ConnectionInfo, status: Conne
         vin: info.identity.device_id.clone(),
         connection_id: info.connection_id.clone(),
         status: status as i32,
-        created_at: Some(prost_types::Timestamp { seconds, nanos }),
+        created_at: Some(crate::wire::Timestamp { seconds, nanos }),
         network_interface: info.network_interface.clone(),
     };
     let payload = record.encode_to_vec();

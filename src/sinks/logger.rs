@@ -62,14 +62,42 @@ impl<'a> LoggerLine<'a> {
     }
 }
 
+/// The fields of a [`LoggerLine`] before the payload.
+#[derive(Serialize)]
+struct LineHead<'a> {
+    topic: &'static str,
+    txid: std::borrow::Cow<'a, str>,
+    vin: &'a str,
+    device_type: std::borrow::Cow<'a, str>,
+    created_at: u32,
+}
+
+/// The JSON of [`LoggerLine::new`] (same fields, same order) and a newline, rendered straight
+/// into one buffer: the payload's JSON is appended, not validated and copied again.
+pub fn render_line(record: &SinkRecord<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = Vec::with_capacity(160 + record.payload.len() * 4);
+    serde_json::to_writer(
+        &mut line,
+        &LineHead {
+            topic: record.topic.as_str(),
+            txid: String::from_utf8_lossy(record.txid),
+            vin: record.vin,
+            device_type: String::from_utf8_lossy(record.device_type),
+            created_at: record.created_at,
+        },
+    )?;
+    line.pop(); // the closing brace
+    line.extend_from_slice(b",\"payload\":");
+    crate::wire::json::write_payload_json(record.topic, record.payload, &mut line)?;
+    line.extend_from_slice(b"}\n");
+    Ok(line)
+}
+
 impl LoggerSink {
-    /// Writes `line` and a newline, then completes `ticket` (a failed write is a refusal).
+    /// Writes `line` (ending in a newline), then completes `ticket` (a failed write is a refusal).
     fn write_line(&self, line: &[u8], ticket: DeliveryTicket) -> Result<(), PublishError> {
         let written = match self.out.lock() {
-            Ok(mut out) => out
-                .write_all(line)
-                .and_then(|_| out.write_all(b"\n"))
-                .and_then(|_| out.flush()),
+            Ok(mut out) => out.write_all(line).and_then(|_| out.flush()),
             Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
         };
         match written {
@@ -91,7 +119,7 @@ impl Sink for LoggerSink {
     }
 
     fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
-        let line = serde_json::to_vec(&LoggerLine::new(record)).map_err(|e| {
+        let line = render_line(record).map_err(|e| {
             tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
             PublishError::Encode(e.to_string())
         })?;
@@ -104,7 +132,10 @@ impl Sink for LoggerSink {
         json: &[u8],
         ticket: DeliveryTicket,
     ) -> Result<(), PublishError> {
-        self.write_line(json, ticket)
+        let mut line = Vec::with_capacity(json.len() + 1);
+        line.extend_from_slice(json);
+        line.push(b'\n');
+        self.write_line(&line, ticket)
     }
 
     fn flush(&self, _timeout: Duration) -> usize {
@@ -112,5 +143,38 @@ impl Sink for LoggerSink {
             let _ = out.flush();
         }
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Topic;
+
+    #[test]
+    fn the_rendered_line_is_the_logger_line_plus_a_newline() {
+        let payload = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata/frames/v_typed_drive.bin"),
+        )
+        .unwrap();
+        let frame = crate::wire::read_frame(&payload).unwrap();
+        let record = frame.into_record("5YJ3E1EA7KF000001", 0).unwrap();
+        let sink_record = SinkRecord {
+            topic: Topic::Vehicle,
+            vin: "5YJ3E1EA7KF000001",
+            txid: b"tx-\"1\"",
+            device_type: b"vehicle_device",
+            created_at: 1_764_000_000,
+            received_at_ms: 0,
+            device_client_version: "",
+            payload: &record.payload,
+        };
+        let mut expected = serde_json::to_vec(&LoggerLine::new(&sink_record)).unwrap();
+        expected.push(b'\n');
+        assert_eq!(
+            String::from_utf8(render_line(&sink_record).unwrap()).unwrap(),
+            String::from_utf8(expected).unwrap()
+        );
     }
 }

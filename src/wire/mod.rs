@@ -9,9 +9,11 @@ pub mod frame;
 pub mod json;
 pub mod payload;
 pub mod proto;
+pub mod timestamp;
 pub mod topic;
 
 pub use envelope::{read_envelope, EnvelopeView, EnvelopeWriter, StreamView};
 pub use frame::{decode_standalone, read_frame, Frame, FrameError, Record, MAX_FRAME_BYTES};
 pub use payload::Decoded;
+pub use timestamp::Timestamp;
 pub use topic::Topic;

@@ -190,7 +190,7 @@ fn transform_scientific_notation(p: &mut vehicle_data::Payload, rewritten: &mut 
     }
 }
 
-fn millis_to_timestamp(ts: &mut Option<prost_types::Timestamp>) -> bool {
+fn millis_to_timestamp(ts: &mut Option<crate::wire::Timestamp>) -> bool {
     match ts {
         Some(t) if t.seconds >= ALERT_MILLIS_THRESHOLD_S => {
             let ms = t.seconds;
@@ -350,14 +350,14 @@ mod tests {
 
     #[test]
     fn alert_millis_become_seconds() {
-        let mut ts = Some(prost_types::Timestamp {
+        let mut ts = Some(crate::wire::Timestamp {
             seconds: 1_764_000_000_123,
             nanos: 0,
         });
         assert!(millis_to_timestamp(&mut ts));
         assert_eq!(
             ts,
-            Some(prost_types::Timestamp {
+            Some(crate::wire::Timestamp {
                 seconds: 1_764_000_000,
                 nanos: 123_000_000
             })

@@ -9,14 +9,23 @@ use prost_reflect::DescriptorPool;
 /// `telemetry.vehicle_data`: the `V` topic (Payload of Datum{Field, Value}).
 pub mod vehicle_data {
     include!(concat!(env!("OUT_DIR"), "/telemetry.vehicle_data.rs"));
+    include!(concat!(env!("OUT_DIR"), "/telemetry.vehicle_data.serde.rs"));
 }
 /// `telemetry.vehicle_alerts`: the `alerts` topic.
 pub mod vehicle_alerts {
     include!(concat!(env!("OUT_DIR"), "/telemetry.vehicle_alerts.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/telemetry.vehicle_alerts.serde.rs"
+    ));
 }
 /// `telemetry.vehicle_error`: the `errors` topic.
 pub mod vehicle_error {
     include!(concat!(env!("OUT_DIR"), "/telemetry.vehicle_error.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/telemetry.vehicle_error.serde.rs"
+    ));
 }
 /// `telemetry.vehicle_connectivity`: server-made connect/disconnect records.
 pub mod vehicle_connectivity {
@@ -24,10 +33,18 @@ pub mod vehicle_connectivity {
         env!("OUT_DIR"),
         "/telemetry.vehicle_connectivity.rs"
     ));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/telemetry.vehicle_connectivity.serde.rs"
+    ));
 }
 /// `telemetry.vehicle_metrics`: vehicle metrics (schema only; no topic is routed to it).
 pub mod vehicle_metrics {
     include!(concat!(env!("OUT_DIR"), "/telemetry.vehicle_metrics.rs"));
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/telemetry.vehicle_metrics.serde.rs"
+    ));
 }
 
 /// The encoded `FileDescriptorSet` of every schema in `proto/` (with google/protobuf imports).

@@ -496,7 +496,7 @@ pub fn v_payload(
 ) -> Vec<u8> {
     prost::Message::encode_to_vec(&fleetgate::wire::proto::vehicle_data::Payload {
         data,
-        created_at: Some(prost_types::Timestamp {
+        created_at: Some(fleetgate::wire::Timestamp {
             seconds: created_s,
             nanos: 0,
         }),
