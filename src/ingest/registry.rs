@@ -21,7 +21,8 @@ pub struct ConnectionEntry {
 /// A vehicle's presence across its sockets (wifi and cellular can overlap).
 #[derive(Debug, Default)]
 struct Presence {
-    sockets: usize,
+    /// Open sockets: connection id and its take-over token, oldest first.
+    sockets: Vec<(String, tokio_util::sync::CancellationToken)>,
     /// Bumped on every open, so a pending "gone?" check of an older close is void.
     generation: u64,
     /// The vehicle counts as connected (set on the first socket, cleared after the grace).
@@ -30,15 +31,19 @@ struct Presence {
     since_ms: i64,
 }
 
-/// Every open connection, by connection id, and each vehicle's presence.
+/// An open connection and the token that closes it when the VIN lists refuse it.
+struct Open {
+    entry: ConnectionEntry,
+    refused: tokio_util::sync::CancellationToken,
+}
+
+/// Every open connection, by connection id, and each vehicle's presence. Opening and closing
+/// cost O(sockets of that vehicle), never a scan of all connections; no guard of one map is
+/// held while another is touched.
 #[derive(Default)]
 pub struct Registry {
-    open: DashMap<String, ConnectionEntry>,
+    open: DashMap<String, Open>,
     vins: DashMap<String, Presence>,
-    /// Per connection: cancelled when a newer connection of the same vehicle takes over.
-    superseded: DashMap<String, tokio_util::sync::CancellationToken>,
-    /// Per connection: cancelled when the VIN lists stop allowing the vehicle.
-    refused: DashMap<String, tokio_util::sync::CancellationToken>,
 }
 
 /// What registering a connection found.
@@ -67,9 +72,6 @@ impl Registry {
     /// the vehicle took over; `refused`: the VIN lists no longer allow it). Returns whether the
     /// vehicle just became connected (first socket, not a reconnect within the grace) and the
     /// take-over tokens of the vehicle's older sockets (newest wins).
-    ///
-    /// The tokens are stored before the entry becomes visible in `open`, so a concurrent
-    /// newer connection that sees this entry always finds its token.
     pub fn opened(
         &self,
         entry: ConnectionEntry,
@@ -79,17 +81,10 @@ impl Registry {
         let id = entry.connection_id.clone();
         let vin = entry.vin.clone();
         let since = entry.since_ms;
-        self.superseded.insert(id.clone(), superseded);
-        self.refused.insert(id.clone(), refused);
-        self.open.insert(id.clone(), entry);
-        let older = self
-            .open
-            .iter()
-            .filter(|e| e.vin == vin && e.connection_id != id)
-            .filter_map(|e| self.superseded.get(&e.connection_id).map(|t| t.clone()))
-            .collect();
+        self.open.insert(id.clone(), Open { entry, refused });
         let mut p = self.vins.entry(vin).or_default();
-        p.sockets += 1;
+        let older = p.sockets.iter().map(|(_, t)| t.clone()).collect();
+        p.sockets.push((id, superseded));
         p.generation += 1;
         let first_socket = if p.connected {
             false
@@ -106,30 +101,28 @@ impl Registry {
 
     /// Closes every open connection whose VIN `refuse` says no to; returns how many.
     pub fn kick(&self, refuse: impl Fn(&str) -> bool) -> usize {
-        let mut n = 0;
-        for e in self.open.iter() {
-            if refuse(&e.vin) {
-                if let Some(t) = self.refused.get(&e.connection_id) {
-                    t.cancel();
-                    n += 1;
-                }
-            }
+        let tokens: Vec<_> = self
+            .open
+            .iter()
+            .filter(|o| refuse(&o.entry.vin))
+            .map(|o| o.refused.clone())
+            .collect();
+        for t in &tokens {
+            t.cancel();
         }
-        n
+        tokens.len()
     }
 
     /// Forgets a closed connection.
     pub fn closed(&self, connection_id: &str) -> Closed {
-        self.superseded.remove(connection_id);
-        self.refused.remove(connection_id);
-        let Some((_, entry)) = self.open.remove(connection_id) else {
+        let Some((_, open)) = self.open.remove(connection_id) else {
             return Closed::StillConnected;
         };
-        let Some(mut p) = self.vins.get_mut(&entry.vin) else {
+        let Some(mut p) = self.vins.get_mut(&open.entry.vin) else {
             return Closed::StillConnected;
         };
-        p.sockets = p.sockets.saturating_sub(1);
-        if p.sockets == 0 {
+        p.sockets.retain(|(id, _)| id != connection_id);
+        if p.sockets.is_empty() {
             Closed::LastSocket {
                 generation: p.generation,
             }
@@ -142,7 +135,7 @@ impl Registry {
     /// still without a socket and nothing reopened since `generation`; it is then disconnected.
     pub fn gone(&self, vin: &str, generation: u64, now_ms: i64) -> Option<i64> {
         let mut p = self.vins.get_mut(vin)?;
-        if p.sockets == 0 && p.generation == generation && p.connected {
+        if p.sockets.is_empty() && p.generation == generation && p.connected {
             p.connected = false;
             Some(now_ms - p.since_ms)
         } else {
@@ -157,7 +150,7 @@ impl Registry {
 
     /// Open connections, oldest first.
     pub fn list(&self) -> Vec<ConnectionEntry> {
-        let mut v: Vec<ConnectionEntry> = self.open.iter().map(|e| e.value().clone()).collect();
+        let mut v: Vec<ConnectionEntry> = self.open.iter().map(|o| o.entry.clone()).collect();
         v.sort_by(|a, b| {
             a.since_ms
                 .cmp(&b.since_ms)
@@ -166,9 +159,16 @@ impl Registry {
         v
     }
 
-    /// Open connections of one vehicle.
+    /// Open connections of one vehicle, oldest first.
     pub fn of_vin(&self, vin: &str) -> Vec<ConnectionEntry> {
-        self.list().into_iter().filter(|e| e.vin == vin).collect()
+        let ids: Vec<String> = self
+            .vins
+            .get(vin)
+            .map(|p| p.sockets.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default();
+        ids.iter()
+            .filter_map(|id| self.open.get(id).map(|o| o.entry.clone()))
+            .collect()
     }
 
     /// Number of open connections.
@@ -227,5 +227,24 @@ mod tests {
             r.opened(entry("V", "d"), t(), t()).first_socket,
             "connected again after a real disconnect"
         );
+    }
+
+    #[test]
+    fn a_newer_socket_gets_the_older_ones_tokens_and_kick_closes_by_vin() {
+        let r = Registry::default();
+        let (a_super, a_refused) = (t(), t());
+        assert!(r
+            .opened(entry("V", "a"), a_super.clone(), a_refused.clone())
+            .older
+            .is_empty());
+        let older = r.opened(entry("V", "b"), t(), t()).older;
+        assert_eq!(older.len(), 1);
+        older[0].cancel();
+        assert!(a_super.is_cancelled(), "the older socket's take-over token");
+        r.opened(entry("W", "c"), t(), t());
+        assert_eq!(r.of_vin("V").len(), 2);
+        assert_eq!(r.kick(|vin| vin == "V"), 2);
+        assert!(a_refused.is_cancelled());
+        assert_eq!(r.len(), 3);
     }
 }

@@ -257,7 +257,7 @@ impl RTreeObject for Entry {
 #[derive(Default)]
 pub struct SiteIndex {
     sites: Vec<Arc<Site>>,
-    by_id: HashMap<String, u32>,
+    by_id: HashMap<String, u32, foldhash::fast::RandomState>,
     tree: RTree<Entry>,
     margin_m: f64,
 }
@@ -267,7 +267,8 @@ impl SiteIndex {
     pub fn build(sites: Vec<Site>, margin_m: f64) -> SiteIndex {
         let sites: Vec<Arc<Site>> = sites.into_iter().map(Arc::new).collect();
         let mut entries = Vec::with_capacity(sites.len());
-        let mut by_id = HashMap::with_capacity(sites.len());
+        let mut by_id =
+            HashMap::with_capacity_and_hasher(sites.len(), foldhash::fast::RandomState::default());
         for (i, site) in sites.iter().enumerate() {
             by_id.insert(site.id.clone(), i as u32);
             for bbox in site.boxes(margin_m) {
