@@ -123,7 +123,17 @@ pub fn build_sinks(
                             path.display()
                         ))
                     })?;
-                Arc::new(LoggerSink::to_writer(Box::new(std::io::LineWriter::new(f))))
+                let sink = Arc::new(LoggerSink::buffered_file(f));
+                let flushed = Arc::downgrade(&sink);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(100));
+                    while let Some(sink) = flushed.upgrade() {
+                        sink.flush(Duration::ZERO);
+                        drop(sink);
+                        tick.tick().await;
+                    }
+                });
+                sink
             }
             None => Arc::new(LoggerSink::stdout()),
         };

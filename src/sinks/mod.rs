@@ -8,7 +8,6 @@
 pub mod kafka;
 pub mod logger;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,8 +145,9 @@ pub trait Sink: Send + Sync {
 /// Sinks per topic, and which sink confirms reliable acks.
 #[derive(Clone, Default)]
 pub struct SinkRouter {
-    routes: HashMap<Topic, Vec<Arc<dyn Sink>>>,
-    reliable: HashMap<Topic, &'static str>,
+    /// By `Topic as usize` (looked up on every frame: an array, not a hash map).
+    routes: [Vec<Arc<dyn Sink>>; 4],
+    reliable: [Option<&'static str>; 4],
     events: Vec<Arc<dyn Sink>>,
     all: Vec<Arc<dyn Sink>>,
 }
@@ -177,7 +177,7 @@ impl SinkRouter {
                     sinks.push(sink.clone());
                 }
             }
-            router.routes.insert(topic, sinks);
+            router.routes[topic as usize] = sinks;
         }
         for (topic_name, name) in reliable_ack_sources {
             let Some(topic) = Topic::from_wire(topic_name.as_bytes()) else {
@@ -192,7 +192,7 @@ impl SinkRouter {
                         "reliable_ack_sources.{topic_name}: `{name}` is not a sink of that topic"
                     )
                 })?;
-            router.reliable.insert(topic, sink.name());
+            router.reliable[topic as usize] = Some(sink.name());
         }
         Ok(router)
     }
@@ -260,12 +260,12 @@ impl SinkRouter {
 
     /// The sinks of a topic.
     pub fn sinks(&self, topic: Topic) -> &[Arc<dyn Sink>] {
-        self.routes.get(&topic).map(Vec::as_slice).unwrap_or(&[])
+        &self.routes[topic as usize]
     }
 
     /// The sink whose delivery a topic's ack waits for, if the topic is reliable.
     pub fn reliable_sink(&self, topic: Topic) -> Option<&'static str> {
-        self.reliable.get(&topic).copied()
+        self.reliable[topic as usize]
     }
 
     /// Every sink in use.
