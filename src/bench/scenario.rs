@@ -2,11 +2,9 @@
 //! processes of this binary, on loopback), drives the same load at both, samples each server's
 //! CPU and memory from `/proc`, and compares the results with the goals.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -131,56 +129,50 @@ impl Drop for ServerProcess {
 
 impl ServerProcess {
     /// Starts `exe args…` and waits for the line announcing its vehicle listener.
-    fn start(what: &str, mut command: Command) -> Result<ServerProcess, String> {
+    /// Starts `command` with its log in `log` (a file, as in production: a pipe the bench
+    /// must drain would slow the server down whenever the bench falls behind) and waits for
+    /// the line announcing its vehicle listener.
+    fn start(what: &str, mut command: Command, log: &Path) -> Result<ServerProcess, String> {
+        let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut child = command
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(file)
             .spawn()
             .map_err(|e| format!("cannot start {what}: {e}"))?;
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // keep draining the server's log so it never blocks on a full pipe
-            let mut announced = false;
-            let mut early = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !announced && early.len() < 20 {
-                    early.push(line.clone());
-                }
-                if !announced {
-                    let addr = line
-                        .split_once("listening vehicles=")
-                        .map(|(_, rest)| rest)
-                        .or_else(|| {
-                            line.split_once("bare-ack-server listening ")
-                                .map(|(_, r)| r)
-                        })
-                        .and_then(|rest| rest.split_whitespace().next())
-                        .and_then(|a| a.parse::<SocketAddr>().ok());
-                    if let Some(addr) = addr {
-                        announced = true;
-                        let _ = tx.send(Ok(addr));
-                    }
-                }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let addr = text.lines().find_map(|line| {
+                line.split_once("listening vehicles=")
+                    .map(|(_, rest)| rest)
+                    .or_else(|| {
+                        line.split_once("bare-ack-server listening ")
+                            .map(|(_, r)| r)
+                    })
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            });
+            if let Some(addr) = addr {
+                let pid = child.id() as i32;
+                return Ok(ServerProcess { child, addr, pid });
             }
-            if !announced {
+            if let Ok(Some(status)) = child.try_wait() {
                 // the process ended before listening: its own words say why
-                let _ = tx.send(Err(early.join("\n")));
+                let early: Vec<&str> = text.lines().take(20).collect();
+                return Err(format!(
+                    "{what} exited ({status}) before listening:\n{}",
+                    early.join("\n")
+                ));
             }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Ok(addr)) => addr,
-            Ok(Err(line)) => {
+            if std::time::Instant::now() > deadline {
                 let _ = child.kill();
-                return Err(format!("{what} failed to start:\n{line}"));
+                return Err(format!(
+                    "{what} did not announce its listener within 60 s (log: {})",
+                    log.display()
+                ));
             }
-            Err(_) => {
-                let _ = child.kill();
-                return Err(format!("{what} did not announce its listener within 60 s"));
-            }
-        };
-        let pid = child.id() as i32;
-        Ok(ServerProcess { child, addr, pid })
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -290,8 +282,11 @@ fn start_server(
             command.arg("serve").arg("--config").arg(&path);
         }
     }
-    eprintln!("bench: starting {kind:?} server");
-    ServerProcess::start(&format!("{kind:?} server"), command)
+    let log = opts
+        .work_dir
+        .join(format!("{}-server.log", format!("{kind:?}").to_lowercase()));
+    eprintln!("bench: starting {kind:?} server (log: {})", log.display());
+    ServerProcess::start(&format!("{kind:?} server"), command, &log)
 }
 
 /// Waits (at most 30 s) until the process's RSS stops moving, then samples it.
