@@ -319,6 +319,36 @@ async fn connect_vehicle(
     }
 }
 
+/// One finished connect attempt: the vehicle keeps its socket, or the failure is counted.
+/// Returns the time of a success.
+fn record_attempt(
+    stats: &mut ConnectStats,
+    latency: &mut Histogram<u64>,
+    vehicles: &mut [Vehicle],
+    (i, result, took): (
+        usize,
+        Result<VehicleSocket, (&'static str, String)>,
+        Duration,
+    ),
+) -> Option<Instant> {
+    match result {
+        Ok(ws) => {
+            vehicles[i].socket = Some(ws);
+            stats.established += 1;
+            let _ = latency.record(took.as_micros().max(1) as u64);
+            Some(Instant::now())
+        }
+        Err((reason, detail)) => {
+            *stats.failed.entry(reason.to_owned()).or_default() += 1;
+            stats
+                .failure_examples
+                .entry(reason.to_owned())
+                .or_insert(detail);
+            None
+        }
+    }
+}
+
 impl Fleet {
     /// Loads (or makes and caches) a certificate per vehicle and builds their TLS configs.
     pub fn prepare(options: FleetOptions) -> Result<Fleet, String> {
@@ -400,32 +430,6 @@ impl Fleet {
             .filter(|&i| self.vehicles[i].socket.is_none())
             .collect();
         stats.attempted = todo.len();
-        let handle = |stats: &mut ConnectStats,
-                      latency: &mut Histogram<u64>,
-                      last_success: &mut Instant,
-                      vehicles: &mut Vec<Vehicle>,
-                      done: (
-            usize,
-            Result<VehicleSocket, (&'static str, String)>,
-            Duration,
-        )| {
-            let (i, result, took) = done;
-            match result {
-                Ok(ws) => {
-                    vehicles[i].socket = Some(ws);
-                    stats.established += 1;
-                    let _ = latency.record(took.as_micros().max(1) as u64);
-                    *last_success = Instant::now();
-                }
-                Err((reason, detail)) => {
-                    *stats.failed.entry(reason.to_owned()).or_default() += 1;
-                    stats
-                        .failure_examples
-                        .entry(reason.to_owned())
-                        .or_insert(detail);
-                }
-            }
-        };
         for (n, &i) in todo.iter().enumerate() {
             if ramp_per_s > 0.0 {
                 let at = started + Duration::from_secs_f64(n as f64 / ramp_per_s);
@@ -435,13 +439,9 @@ impl Fleet {
             // collect finished attempts as we go so sockets are not held in the join set
             while let Some(done) = tasks.try_join_next() {
                 if let Ok(done) = done {
-                    handle(
-                        &mut stats,
-                        &mut latency,
-                        &mut last_success,
-                        &mut self.vehicles,
-                        done,
-                    );
+                    last_success =
+                        record_attempt(&mut stats, &mut latency, &mut self.vehicles, done)
+                            .unwrap_or(last_success);
                 }
             }
             let v = &self.vehicles[i];
@@ -474,13 +474,8 @@ impl Fleet {
         }
         while let Some(done) = tasks.join_next().await {
             if let Ok(done) = done {
-                handle(
-                    &mut stats,
-                    &mut latency,
-                    &mut last_success,
-                    &mut self.vehicles,
-                    done,
-                );
+                last_success = record_attempt(&mut stats, &mut latency, &mut self.vehicles, done)
+                    .unwrap_or(last_success);
             }
         }
         stats.seconds = last_success.duration_since(started).as_secs_f64();
