@@ -39,23 +39,38 @@ pub fn client_config_from_pem(
     key_pem: &str,
 ) -> Result<Arc<ClientConfig>, ClientError> {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
+    use rustls_pki_types::CertificateDer;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots
-            .add(cert.map_err(|e| setup(&e))?)
-            .map_err(|e| setup(&e))?;
+            .add(cert.map_err(|e| ClientError::Setup(e.to_string()))?)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
     }
+    Ok(Arc::new(client_config_with_roots(
+        Arc::new(roots),
+        chain_pem,
+        key_pem,
+    )?))
+}
+
+/// A TLS client config presenting `chain_pem` / `key_pem` and trusting `roots` (shared by
+/// many vehicles, as the bench's fleet does).
+pub fn client_config_with_roots(
+    roots: Arc<RootCertStore>,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let setup = |e: &dyn std::fmt::Display| ClientError::Setup(e.to_string());
     let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| setup(&e))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| setup(&e))?;
-    let config = ClientConfig::builder()
+    ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| setup(&e))?;
-    Ok(Arc::new(config))
+        .map_err(|e| setup(&e))
 }
 
 /// A TLS client config from PEM files.

@@ -15,8 +15,6 @@ use hdrhistogram::Histogram;
 use prost::Message as _;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use tokio::net::TcpSocket;
 use tokio::task::JoinSet;
@@ -228,23 +226,6 @@ pub struct Fleet {
     vehicles: Vec<Vehicle>,
 }
 
-fn load_client_config(
-    roots: &Arc<RootCertStore>,
-    chain_pem: &str,
-    key_pem: &str,
-) -> Result<Arc<ClientConfig>, String> {
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let mut config = ClientConfig::builder()
-        .with_root_certificates(roots.clone())
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 fn classify_io(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind as K;
     if e.get_ref()
@@ -369,7 +350,14 @@ impl Fleet {
         let (south, west, north, east) = options.area;
         for (i, vin) in vins.iter().enumerate() {
             let pair = crate::commands::sim::vehicle_cert(&options.pki, &mut pki, vin)?;
-            let config = load_client_config(&roots, &pair.chain_pem, &pair.key_pem)?;
+            let mut config = crate::client::client_config_with_roots(
+                roots.clone(),
+                &pair.chain_pem,
+                &pair.key_pem,
+            )
+            .map_err(|e| format!("vehicle {vin}: {e}"))?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let config = Arc::new(config);
             // spread vehicles over the area deterministically (golden-ratio sequence)
             let fx = (i as f64 * 0.618_033_988_75).fract();
             let fy = (i as f64 * 0.754_877_666_2).fract();

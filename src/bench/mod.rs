@@ -69,7 +69,7 @@ pub async fn run_load(opts: LoadOptions) -> Result<LoadReport, String> {
         pki: opts.pki.clone(),
         vehicles: opts.vehicles,
         sources: opts.sources,
-        area: (37.0, -122.6, 38.0, -121.6),
+        area: scenario::AREA,
     })?;
     let connect = fleet.connect_all(opts.ramp_per_s, opts.concurrency).await;
     fleet.hold(Duration::from_secs(2)).await;

@@ -32,6 +32,13 @@ pub fn sample(pid: Option<i32>) -> Result<ProcSample, String> {
     })
 }
 
+/// This process's open-file soft limit.
+pub fn nofile_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(0)
+}
+
 /// Raises this process's open-file soft limit to the hard limit; returns the new limit.
 pub fn raise_nofile_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)

@@ -185,8 +185,8 @@ fn default_vehicles(s: Scenario) -> usize {
     }
 }
 
-/// The area bench vehicles and sites share (about 110 × 88 km).
-const AREA: (f64, f64, f64, f64) = (37.0, -122.6, 38.0, -121.6);
+/// The area bench vehicles and sites share (about 110 × 88 km): south, west, north, east.
+pub const AREA: (f64, f64, f64, f64) = (37.0, -122.6, 38.0, -121.6);
 
 /// Writes `n` sites spread over [`AREA`] (every tenth a charger) unless the file exists.
 fn ensure_sites(path: &Path, n: usize) -> Result<(), String> {
@@ -556,7 +556,7 @@ fn machine_facts() -> String {
         .unwrap_or(0);
     format!(
         "{cores} cores ({cpu}), {mem} GiB RAM, open-file limit {}",
-        procstat::raise_nofile_limit()
+        procstat::nofile_limit()
     )
 }
 
