@@ -458,21 +458,16 @@ pub async fn run(
     let settings = Arc::new(settings);
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let tracker = TaskTracker::new();
-    let (proxy_listener, proxy) = match proxy {
-        Some((l, p)) => (Some(l), Some(p)),
-        None => (None, None),
-    };
-    let accept_proxied = async |l: &Option<TcpListener>| match l {
-        Some(l) => l.accept().await,
+    // without a proxy listener this branch never completes
+    let accept_proxied = async |p: &Option<(TcpListener, Arc<ProxyListener>)>| match p {
+        Some((l, settings)) => (l.accept().await, ListenerKind::Proxy(settings.clone())),
         None => std::future::pending().await,
     };
     loop {
         let (accepted, kind) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => (accepted, ListenerKind::Direct),
-            accepted = accept_proxied(&proxy_listener) => {
-                (accepted, ListenerKind::Proxy(proxy.clone().expect("proxy listener has settings")))
-            }
+            accepted = accept_proxied(&proxy) => accepted,
         };
         let (tcp, peer) = match accepted {
             Ok(pair) => pair,
@@ -506,7 +501,7 @@ pub async fn run(
             drop(permit);
         });
     }
-    drop(proxy_listener);
+    drop(proxy);
     drop(listener);
     tracker.close();
     tracing::info!(

@@ -110,16 +110,20 @@ pub fn render_line(record: &SinkRecord<'_>) -> Result<Vec<u8>, serde_json::Error
 }
 
 impl LoggerSink {
-    /// Writes `line` (ending in a newline), then completes `ticket` (a failed write is a refusal).
-    fn write_line(&self, line: &[u8], ticket: DeliveryTicket) -> Result<(), PublishError> {
+    /// Writes the `parts` of one line (the last ends in a newline), then completes `ticket`
+    /// (a failed write is a refusal).
+    fn write_line(&self, parts: &[&[u8]], ticket: DeliveryTicket) -> Result<(), PublishError> {
         let written = match self.out.lock() {
-            Ok(mut out) => out.write_all(line).and_then(|_| {
-                if self.flush_each_line {
-                    out.flush()
-                } else {
-                    Ok(())
-                }
-            }),
+            Ok(mut out) => parts
+                .iter()
+                .try_for_each(|p| out.write_all(p))
+                .and_then(|_| {
+                    if self.flush_each_line {
+                        out.flush()
+                    } else {
+                        Ok(())
+                    }
+                }),
             Err(_) => Err(std::io::Error::other("logger output lock poisoned")),
         };
         match written {
@@ -145,7 +149,7 @@ impl Sink for LoggerSink {
             tracing::error!(error = %e, topic = %record.topic, vin = record.vin, "logger sink cannot render record");
             PublishError::Encode(e.to_string())
         })?;
-        self.write_line(&line, ticket)
+        self.write_line(&[&line], ticket)
     }
 
     fn publish_event(
@@ -154,10 +158,7 @@ impl Sink for LoggerSink {
         json: &[u8],
         ticket: DeliveryTicket,
     ) -> Result<(), PublishError> {
-        let mut line = Vec::with_capacity(json.len() + 1);
-        line.extend_from_slice(json);
-        line.push(b'\n');
-        self.write_line(&line, ticket)
+        self.write_line(&[json, b"\n"], ticket)
     }
 
     fn flush(&self, _timeout: Duration) -> usize {
