@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
@@ -109,25 +108,6 @@ async fn acked<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, v
         .await
         .unwrap();
     assert_eq!(answer(ws).await, expected_ack(b"tx-1", b"V", b""));
-}
-
-async fn connected_vins(server: &Server, expect: usize) -> Vec<String> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let (_, v) = server.admin("GET", "/v1/connections", None);
-        let vins: Vec<String> = v["connections"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|c| c["vin"].as_str().unwrap_or("").to_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if vins.len() >= expect || std::time::Instant::now() > deadline {
-            return vins;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -504,3 +504,24 @@ pub fn v_payload(
         is_resend: false,
     })
 }
+
+/// VINs of the open connections (admin API), polled until at least `expect` are listed or 3 s
+/// pass: the client sees the 101 a moment before the server registers the connection.
+pub async fn connected_vins(server: &Server, expect: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, v) = server.admin("GET", "/v1/connections", None);
+        let vins: Vec<String> = v["connections"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["vin"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if vins.len() >= expect || Instant::now() > deadline {
+            return vins;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
