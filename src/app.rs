@@ -253,6 +253,42 @@ pub async fn run_sweeper(
     }
 }
 
+/// Re-reads the `data_connectors.file` VIN file when it changes (polled every 2 s, as Tesla's
+/// connector watches it); connections the new list refuses are closed. A file that stops
+/// parsing keeps the last good list and is logged.
+async fn watch_vin_file(
+    path: std::path::PathBuf,
+    vins: Arc<crate::ingest::vins::VinPolicy>,
+    registry: Arc<crate::ingest::registry::Registry>,
+    shutdown: CancellationToken,
+) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match crate::ingest::vins::read_allowed_file(&path) {
+            Ok(allowed) => {
+                let count = allowed.len();
+                vins.set_file_allowed(allowed);
+                let closed = registry.kick(|vin| vins.refusal(vin).is_some());
+                tracing::info!(file = %path.display(), vins = count, closed, "data_connectors.file: allowed VINs reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "data_connectors.file: the file no longer parses; keeping the last good list")
+            }
+        }
+    }
+}
+
 /// Starts every listener; returns their addresses and a future that runs the server until
 /// `shutdown` fires and then shuts down in order.
 pub async fn start(
@@ -275,7 +311,9 @@ pub async fn start(
         .ok_or_else(|| ServeError::Config("tls missing".into()))?;
     let server_cert = Config::resolve(&base, &tls_config.server_cert);
     let server_key = Config::resolve(&base, &tls_config.server_key);
-    let verifier = tls::client_verifier(&Config::resolve(&base, &tls_config.ca_file))?;
+    let roots = config.client_roots(&base);
+    tracing::info!(roots = %roots.describe(), "vehicle certificates are verified against");
+    let verifier = tls::client_verifier(&roots)?;
     let server_tls = tls::server_config(Some(verifier.clone()), &server_cert, &server_key)?;
     let proxy_settings = match &config.fleetgate.proxy_mtls {
         None => None,
@@ -307,6 +345,23 @@ pub async fn start(
         config.fleetgate.vins.clone(),
         stored_vins,
     ));
+    if let Some(path) = config
+        .data_connectors
+        .as_ref()
+        .and_then(|dc| dc.file.as_ref())
+        .and_then(|f| f.vin_allowed_path())
+    {
+        let path = Config::resolve(&base, path);
+        let allowed = crate::ingest::vins::read_allowed_file(&path).map_err(ServeError::Config)?;
+        tracing::info!(file = %path.display(), vins = allowed.len(), "data_connectors.file: allowed VINs loaded");
+        vins.set_file_allowed(allowed);
+        tokio::spawn(watch_vin_file(
+            path,
+            vins.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
+    }
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(run_sweeper(
         engine.clone(),

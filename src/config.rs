@@ -16,17 +16,6 @@ pub const SINK_NAMES: &[&str] = &["logger", "kafka"];
 /// Sink names of the reference server that fleetgate does not implement.
 const REFERENCE_ONLY_SINKS: &[&str] = &["kinesis", "pubsub", "zmq", "mqtt", "redis", "nats"];
 
-/// Reference keys fleetgate parses but does not act on; a warning says so at start-up.
-const IGNORED_REFERENCE_KEYS: &[&str] = &[
-    "kinesis",
-    "pubsub",
-    "zmq",
-    "mqtt",
-    "airbrake",
-    "reliable_ack",
-    "reliable_ack_workers",
-];
-
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 pub struct Config {
@@ -75,12 +64,92 @@ pub struct Config {
     /// VINs whose signals get per-VIN metrics (Tesla key, at most 20).
     #[serde(default)]
     pub vins_signal_tracking_enabled: Vec<String>,
+    /// Tesla's data connectors (`file` with the `vin_allowed` capability is implemented).
+    #[serde(default)]
+    pub data_connectors: Option<DataConnectorsConfig>,
+    /// Tesla keys of features fleetgate does not have (sinks it does not implement, the old
+    /// `reliable_ack` switch, error reporting): parsed so a Tesla config starts, warned about.
+    #[serde(default)]
+    pub kinesis: Option<Value>,
+    /// Tesla key (Google Pub/Sub sink): not implemented, warned about.
+    #[serde(default)]
+    pub pubsub: Option<Value>,
+    /// Tesla key (ZeroMQ sink): not implemented, warned about.
+    #[serde(default)]
+    pub zmq: Option<Value>,
+    /// Tesla key (MQTT sink): not implemented, warned about.
+    #[serde(default)]
+    pub mqtt: Option<Value>,
+    /// Tesla key (NATS sink): not implemented, warned about.
+    #[serde(default)]
+    pub nats: Option<Value>,
+    /// Tesla key (Airbrake error reporting): not implemented, warned about.
+    #[serde(default)]
+    pub airbrake: Option<Value>,
+    /// Tesla's older switch for reliable acks; `reliable_ack_sources` replaces it.
+    #[serde(default)]
+    pub reliable_ack: Option<Value>,
+    /// Tesla's ack worker count: fleetgate needs none, warned about.
+    #[serde(default)]
+    pub reliable_ack_workers: Option<Value>,
     /// fleetgate's own settings.
     #[serde(default)]
     pub fleetgate: FleetgateConfig,
-    /// Every key fleetgate does not know (warned about at start-up).
-    #[serde(flatten)]
-    pub unknown: BTreeMap<String, Value>,
+    /// Full paths of the keys no part of fleetgate reads (`tls.ca_flie`), found while parsing.
+    #[serde(skip)]
+    pub unknown_keys: Vec<String>,
+}
+
+/// `data_connectors` (Tesla key): external sources of per-VIN facts.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct DataConnectorsConfig {
+    /// A JSON file `{"vins_allowed": [...]}`, re-read when it changes.
+    #[serde(default)]
+    pub file: Option<FileConnectorConfig>,
+    /// Tesla's Redis connector: not implemented, warned about.
+    #[serde(default)]
+    pub redis: Option<Value>,
+    /// Tesla's HTTP connector: not implemented, warned about.
+    #[serde(default)]
+    pub http: Option<Value>,
+    /// Tesla's gRPC connector: not implemented, warned about.
+    #[serde(default)]
+    pub grpc: Option<Value>,
+}
+
+/// `data_connectors.file`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct FileConnectorConfig {
+    /// What the connector is used for; `vin_allowed` is the one capability.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Path of the JSON file (relative to the config file).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The same path in its nested form (`vin_allowed.path`).
+    #[serde(default)]
+    pub vin_allowed: Option<FileVinAllowedConfig>,
+}
+
+/// `data_connectors.file.vin_allowed`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct FileVinAllowedConfig {
+    /// Path of the JSON file.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl FileConnectorConfig {
+    /// The file of allowed VINs, when the `vin_allowed` capability is on.
+    pub fn vin_allowed_path(&self) -> Option<&str> {
+        if !self.capabilities.iter().any(|c| c == "vin_allowed") {
+            return None;
+        }
+        self.vin_allowed
+            .as_ref()
+            .and_then(|v| v.path.as_deref())
+            .or(self.path.as_deref())
+    }
 }
 
 /// `tls` (Tesla key).
@@ -143,9 +212,12 @@ pub struct MonitoringConfig {
     /// Reference profiler host (parsed, not served by fleetgate).
     #[serde(default)]
     pub profiler_host: Option<String>,
-    /// Reference keys fleetgate does not use (statsd, profiling_path, …).
-    #[serde(flatten)]
-    pub other: BTreeMap<String, Value>,
+    /// Reference profile output path (parsed, not used).
+    #[serde(default)]
+    pub profiling_path: Option<String>,
+    /// Reference statsd settings (parsed, not used: metrics are Prometheus only).
+    #[serde(default)]
+    pub statsd: Option<Value>,
 }
 
 /// The `"fleetgate"` section: settings Tesla's server does not have.
@@ -426,14 +498,23 @@ pub struct LoadedConfig {
 }
 
 impl Config {
-    /// Parses JSON text (no validation).
+    /// Parses JSON text (no validation). Every key no field reads is recorded with its full
+    /// path in [`Config::unknown_keys`].
     pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+        let parse_err = |source: serde_json::Error| ConfigError::Parse {
             path: path.to_owned(),
             line: source.line(),
             column: source.column(),
             source,
-        })
+        };
+        let mut unknown = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut config: Config =
+            serde_ignored::deserialize(&mut de, |p| unknown.push(key_path(&p)))
+                .map_err(parse_err)?;
+        de.end().map_err(parse_err)?;
+        config.unknown_keys = unknown;
+        Ok(config)
     }
 
     /// Reads, parses and validates a config file.
@@ -468,6 +549,17 @@ impl Config {
         }
     }
 
+    /// Where vehicle certificates must chain to: `tls.ca_file`, else Tesla's embedded bundle
+    /// (the engineering one with `use_default_eng_ca`), as Tesla's server does.
+    pub fn client_roots(&self, base: &Path) -> crate::ingest::tesla_ca::ClientRoots {
+        use crate::ingest::tesla_ca::ClientRoots;
+        match self.tls.as_ref().map(|t| t.ca_file.as_str()) {
+            Some(ca) if !ca.is_empty() => ClientRoots::File(Config::resolve(base, ca)),
+            _ if self.use_default_eng_ca => ClientRoots::EmbeddedEng,
+            _ => ClientRoots::EmbeddedProd,
+        }
+    }
+
     /// Checks every value; returns (fatal issues, warnings).
     pub fn validate(&self, base: &Path) -> (Vec<ConfigIssue>, Vec<String>) {
         let mut issues = Vec::new();
@@ -479,20 +571,72 @@ impl Config {
             })
         };
 
-        for key in self.unknown.keys() {
-            if IGNORED_REFERENCE_KEYS.contains(&key.as_str()) {
+        for key in &self.unknown_keys {
+            warnings.push(unknown_key_warning(key));
+        }
+        for (key, set, what) in [
+            ("kinesis", self.kinesis.is_some(), "the Kinesis sink"),
+            ("pubsub", self.pubsub.is_some(), "the Google Pub/Sub sink"),
+            ("zmq", self.zmq.is_some(), "the ZeroMQ sink"),
+            ("mqtt", self.mqtt.is_some(), "the MQTT sink"),
+            ("nats", self.nats.is_some(), "the NATS sink"),
+            (
+                "airbrake",
+                self.airbrake.is_some(),
+                "Airbrake error reporting",
+            ),
+        ] {
+            if set {
                 warnings.push(format!(
-                    "config key `{key}` belongs to Tesla's server and is not used by fleetgate"
+                    "config key `{key}` configures {what} of Tesla's server, which fleetgate does not implement: the section is ignored"
                 ));
-            } else {
-                warnings.push(format!("unknown config key `{key}` is ignored (typo?)"));
+            }
+        }
+        if self.reliable_ack.is_some() {
+            warnings.push("config key `reliable_ack` is Tesla's older switch and is ignored: list topics in `reliable_ack_sources` (e.g. {\"V\": \"kafka\"})".to_owned());
+        }
+        if self.reliable_ack_workers.is_some() {
+            warnings.push("config key `reliable_ack_workers` is ignored: fleetgate acks from each connection's own task".to_owned());
+        }
+        if let Some(dc) = &self.data_connectors {
+            for (key, set) in [
+                ("redis", dc.redis.is_some()),
+                ("http", dc.http.is_some()),
+                ("grpc", dc.grpc.is_some()),
+            ] {
+                if set {
+                    warnings.push(format!("config key `data_connectors.{key}` is not implemented by fleetgate and is ignored: use `data_connectors.file`, `fleetgate.vins` or the admin API's /v1/vins"));
+                }
+            }
+            if let Some(file) = &dc.file {
+                for cap in &file.capabilities {
+                    if cap != "vin_allowed" {
+                        warnings.push(format!("data_connectors.file.capabilities: `{cap}` is not a capability fleetgate knows (vin_allowed is)"));
+                    }
+                }
+                match file.vin_allowed_path() {
+                    Some(p) => {
+                        let path = Config::resolve(base, p);
+                        if let Err(e) = crate::ingest::vins::read_allowed_file(&path) {
+                            issue("data_connectors.file.path", e);
+                        }
+                    }
+                    None if file.capabilities.iter().any(|c| c == "vin_allowed") => issue(
+                        "data_connectors.file.path",
+                        "missing: set it to a JSON file {\"vins_allowed\": [\"VIN\", ...]}".into(),
+                    ),
+                    None => {}
+                }
             }
         }
         if let Some(m) = &self.monitoring {
-            for key in m.other.keys() {
-                warnings.push(format!(
-                    "config key `monitoring.{key}` is not used by fleetgate (metrics are Prometheus only)"
-                ));
+            if m.statsd.is_some() {
+                warnings.push("config key `monitoring.statsd` is not used by fleetgate (metrics are Prometheus only)".to_owned());
+            }
+            if m.profiling_path.is_some() {
+                warnings.push(
+                    "config key `monitoring.profiling_path` is not used by fleetgate".to_owned(),
+                );
             }
             if m.profiler_port.is_some() {
                 warnings.push(
@@ -510,20 +654,20 @@ impl Config {
                 for (key, value, what) in [
                     ("tls.server_cert", &tls.server_cert, "the server certificate (PEM)"),
                     ("tls.server_key", &tls.server_key, "the server private key (PEM)"),
-                    ("tls.ca_file", &tls.ca_file, "the CA bundle vehicle certificates chain to (Tesla publishes it; for dev, `fleetgate certs dev`)"),
                 ] {
                     if value.is_empty() {
-                        let hint = if key == "tls.ca_file" && self.use_default_eng_ca {
-                            " (use_default_eng_ca: fleetgate does not embed Tesla's CAs; point ca_file at the bundle instead)"
-                        } else {
-                            ""
-                        };
-                        issue(key, format!("missing: set it to {what}{hint}"));
+                        issue(key, format!("missing: set it to {what}"));
                     } else {
                         let path = Config::resolve(base, value);
                         if !path.is_file() {
                             issue(key, format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file)", path.display()));
                         }
+                    }
+                }
+                if !tls.ca_file.is_empty() {
+                    let path = Config::resolve(base, &tls.ca_file);
+                    if !path.is_file() {
+                        issue("tls.ca_file", format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file), or remove the key to trust Tesla's embedded vehicle CAs", path.display()));
                     }
                 }
             }
@@ -787,6 +931,62 @@ impl Config {
     }
 }
 
+/// A key path as the config file spells it: `tls.ca_file`, `records.V[0]`.
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// The keys fleetgate reads in the section at `parent` (a Tesla section), for "did you mean".
+fn known_keys(parent: &str) -> &'static [&'static str] {
+    use serde_aux::serde_introspection::serde_introspect;
+    match parent {
+        "" => serde_introspect::<Config>(),
+        "tls" => serde_introspect::<TlsConfig>(),
+        "rate_limit" => serde_introspect::<RateLimitConfig>(),
+        "monitoring" => serde_introspect::<MonitoringConfig>(),
+        "data_connectors" => serde_introspect::<DataConnectorsConfig>(),
+        "data_connectors.file" => serde_introspect::<FileConnectorConfig>(),
+        "data_connectors.file.vin_allowed" => serde_introspect::<FileVinAllowedConfig>(),
+        _ => &[],
+    }
+}
+
+/// The warning for a key nothing reads: its full path and the closest known key, if any.
+fn unknown_key_warning(path: &str) -> String {
+    let (parent, key) = path.rsplit_once('.').unwrap_or(("", path));
+    let closest = known_keys(parent)
+        .iter()
+        .map(|k| (strsim::jaro_winkler(key, k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, k)) => {
+            let suggestion = if parent.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{parent}.{k}")
+            };
+            format!("unknown config key `{path}` is ignored: did you mean `{suggestion}`?")
+        }
+        None => format!("unknown config key `{path}` is ignored"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -816,15 +1016,85 @@ mod tests {
         assert_eq!(c.rate_limit.as_ref().unwrap().message_limit, 1000);
         assert_eq!(c.sinks_for("V"), ["kafka"]);
         let (issues, warnings) = c.validate(Path::new("/"));
-        // the cert files do not exist here and ca_file is missing: named, with fixes
-        assert!(issues.iter().any(|i| i.key == "tls.ca_file"));
+        // the cert files do not exist here: named, with fixes; no ca_file = Tesla's CAs
+        assert!(!issues.iter().any(|i| i.key == "tls.ca_file"), "{issues:?}");
+        assert_eq!(
+            c.client_roots(Path::new("/")),
+            crate::ingest::tesla_ca::ClientRoots::EmbeddedProd
+        );
         assert!(issues
             .iter()
             .any(|i| i.key == "tls.server_cert" && i.problem.contains("does not exist")));
-        assert!(warnings.iter().any(|w| w.contains("kinesis")));
+        assert!(warnings.iter().any(|w| w.contains("`kinesis`")));
         assert!(warnings
             .iter()
             .any(|w| w.contains("monitoring.profiling_path")));
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_at_every_depth_with_a_suggestion() {
+        let c = parse(
+            r#"{"tls": {"ca_flie": "ca.pem", "server_cert": "s.pem"},
+                "rate_limit": {"enabeld": true},
+                "monitoring": {"prometheus_metric_port": 9273},
+                "recrods": {},
+                "data_connectors": {"file": {"capabilities": ["vin_allowed"], "paht": "x"}},
+                "zzz_unrelated": 1}"#,
+        );
+        assert_eq!(
+            c.unknown_keys,
+            [
+                "tls.ca_flie",
+                "rate_limit.enabeld",
+                "monitoring.prometheus_metric_port",
+                "recrods",
+                "data_connectors.file.paht",
+                "zzz_unrelated"
+            ]
+        );
+        let (_, warnings) = c.validate(Path::new("/"));
+        for expected in [
+            "unknown config key `tls.ca_flie` is ignored: did you mean `tls.ca_file`?",
+            "unknown config key `rate_limit.enabeld` is ignored: did you mean `rate_limit.enabled`?",
+            "unknown config key `monitoring.prometheus_metric_port` is ignored: did you mean `monitoring.prometheus_metrics_port`?",
+            "unknown config key `recrods` is ignored: did you mean `records`?",
+            "unknown config key `data_connectors.file.paht` is ignored: did you mean `data_connectors.file.path`?",
+            "unknown config key `zzz_unrelated` is ignored",
+        ] {
+            assert!(warnings.iter().any(|w| w == expected), "{expected}\n{warnings:#?}");
+        }
+    }
+
+    #[test]
+    fn teslas_current_keys_are_recognised_not_called_typos() {
+        let c = parse(
+            r#"{"data_connectors": {"redis": {"capabilities": ["vin_allowed"]}},
+                "mqtt": {"broker": "x"}, "nats": {}, "airbrake": {}, "reliable_ack": true,
+                "reliable_ack_workers": 4, "use_default_eng_ca": true, "tls": {}}"#,
+        );
+        assert!(c.unknown_keys.is_empty(), "{:?}", c.unknown_keys);
+        let (_, warnings) = c.validate(Path::new("/"));
+        assert!(!warnings
+            .iter()
+            .any(|w| w.contains("typo") || w.contains("unknown config key")));
+        for key in [
+            "data_connectors.redis",
+            "`mqtt`",
+            "`nats`",
+            "`airbrake`",
+            "`reliable_ack`",
+            "`reliable_ack_workers`",
+        ] {
+            assert!(
+                warnings.iter().any(|w| w.contains(key)),
+                "{key}: {warnings:#?}"
+            );
+        }
+        assert_eq!(
+            c.client_roots(Path::new("/")),
+            crate::ingest::tesla_ca::ClientRoots::EmbeddedEng
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub const PROXY_CLIENT_CERTS_TOTAL: &str = "fleetgate_proxy_client_certs_total";
 /// HTTP requests after TLS by outcome: `upgrade`, `status`, `bad_request`, `timeout`, `forbidden`.
 pub const HTTP_REQUESTS_TOTAL: &str = "fleetgate_http_requests_total";
 /// Frames by topic and result (`ok`, `too_big`, `malformed`, `unknown_message_type`,
-/// `unknown_topic`, `bad_payload`, `unauthorized_sender`, `rate_limited`, `not_routed`).
+/// `unknown_topic`, `bad_payload`, `rate_limited`, `not_routed`).
 pub const FRAMES_TOTAL: &str = "fleetgate_frames_total";
 /// Bytes of frames received, by topic.
 pub const FRAME_BYTES_TOTAL: &str = "fleetgate_frame_bytes_total";
@@ -30,6 +30,9 @@ pub const FRAME_BYTES_TOTAL: &str = "fleetgate_frame_bytes_total";
 pub const ACKS_TOTAL: &str = "fleetgate_acks_total";
 /// Error replies (`incorrect message format`) sent to vehicles.
 pub const ERROR_REPLIES_TOTAL: &str = "fleetgate_error_replies_total";
+/// Frames whose `sender_id` differs from the certificate's identity; they are dispatched under
+/// the certificate's VIN, never the claimed one.
+pub const SENDER_MISMATCH_TOTAL: &str = "fleetgate_sender_mismatch_total";
 /// Frames over the rate limit, by topic (dropped only when `rate_limit.enabled`).
 pub const RATE_LIMITED_TOTAL: &str = "fleetgate_rate_limited_total";
 /// Seconds to decode and transform one frame (one frame in 8 per connection is timed).
@@ -232,6 +235,8 @@ pub struct FrameMetrics {
     pub acks: Counter,
     /// Error replies sent.
     pub error_replies: Counter,
+    /// Frames whose sender id differs from the certificate's identity.
+    pub sender_mismatch: Counter,
     /// Decode time.
     pub decode_seconds: Histogram,
     /// Open connections.
@@ -261,6 +266,7 @@ impl FrameMetrics {
             bytes,
             acks: metrics::counter!(ACKS_TOTAL),
             error_replies: metrics::counter!(ERROR_REPLIES_TOTAL),
+            sender_mismatch: metrics::counter!(SENDER_MISMATCH_TOTAL),
             decode_seconds: metrics::histogram!(DECODE_SECONDS),
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             reliable_pending: metrics::gauge!(RELIABLE_ACKS_PENDING),

@@ -285,7 +285,10 @@ async fn an_api_watch_produces_arrival_for_a_vehicle_streaming_over_mtls() {
         &server,
         &pki.ca_pem(),
         &cert,
-        &[("X-Network-Interface", "wifi")],
+        &[
+            ("X-Network-Interface", "wifi"),
+            ("X-TXID", "6d1f0a4e-3c1b-4a8e-9f00-0123456789ab"),
+        ],
     )
     .await
     .unwrap();
@@ -326,6 +329,15 @@ async fn an_api_watch_produces_arrival_for_a_vehicle_streaming_over_mtls() {
     assert_eq!(v["state"]["connected"], true);
     assert_eq!(v["sites_inside"], json!(["cafe"]));
     assert_eq!(v["connections"][0]["network_interface"], "wifi");
+    // the client's X-TXID is kept beside the server's own connection id
+    assert_eq!(
+        v["connections"][0]["client_txid"],
+        "6d1f0a4e-3c1b-4a8e-9f00-0123456789ab"
+    );
+    assert_ne!(
+        v["connections"][0]["connection_id"],
+        v["connections"][0]["client_txid"]
+    );
     let (s, v) = server.admin(
         "GET",
         "/v1/vehicles?near=30.2672,-97.7431&radius_m=500",

@@ -191,14 +191,14 @@ async fn refusals_get_the_reference_answers_and_the_connection_stays_open() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spoofed_sender_id_is_acked_but_never_dispatched() {
+async fn a_mismatched_sender_id_is_dispatched_under_the_certificates_vin() {
     let pki = Pki::new();
     let server = Server::start(&base_config(&pki));
     let other = pki.pki.vehicle("5YJ3E1EA7KF999999").unwrap();
     let mut ws = connect(&server, &pki.ca_pem(), &other, VEHICLE_HEADERS)
         .await
         .unwrap();
-    // the shared vector claims vehicle_device.5YJ3E1EA7KF000001
+    // the shared vector claims vehicle_device.5YJ3E1EA7KF000001 and carries vin ...000001
     let bin = vector("v_typed_drive");
     let env = read_envelope(&bin).unwrap();
     let expected = expected_ack(env.txid, env.topic, env.message_id);
@@ -214,12 +214,26 @@ async fn a_spoofed_sender_id_is_acked_but_never_dispatched() {
     // and the bare device id is accepted as sender id too
     client_send(&mut ws, frame("tx-bare", "V", "5YJ3E1EA7KF999999", b"")).await;
     assert_eq!(answer(&mut ws).await, expected_ack(b"tx-bare", b"V", b""));
-    let v = server.wait_for_records(2, Duration::from_secs(2), |v| v["topic"] == "V");
-    assert_eq!(v.len(), 2, "only the vehicle's own frames are dispatched");
-    assert!(v.iter().all(|r| r["vin"] == "5YJ3E1EA7KF999999"));
+    let v = server.wait_for_records(3, Duration::from_secs(2), |v| v["topic"] == "V");
     assert_eq!(
-        server.metric("fleetgate_frames_total{topic=\"V\",result=\"unauthorized_sender\"}"),
-        1.0
+        v.len(),
+        3,
+        "every frame is dispatched, the mismatched one too"
+    );
+    // never under the claimed identity: the certificate's VIN, the data kept
+    assert!(v.iter().all(|r| r["vin"] == "5YJ3E1EA7KF999999"), "{v:?}");
+    let mismatched = v
+        .iter()
+        .find(|r| r["txid"] != "tx-own" && r["txid"] != "tx-bare")
+        .unwrap();
+    assert!(
+        !mismatched["payload"]["data"].as_array().unwrap().is_empty(),
+        "the mismatched frame's data is dispatched: {mismatched}"
+    );
+    assert_eq!(server.metric("fleetgate_sender_mismatch_total"), 1.0);
+    assert_eq!(
+        server.metric("fleetgate_frames_total{topic=\"V\",result=\"ok\"}"),
+        3.0
     );
 }
 
@@ -348,10 +362,10 @@ async fn status_endpoints_and_connectivity_records() {
         server.wait_for_records(1, Duration::from_secs(3), |v| v["topic"] == "connectivity");
     assert_eq!(connected.len(), 1);
     assert_eq!(connected[0]["payload"]["status"], "CONNECTED");
-    assert_eq!(
-        connected[0]["payload"]["connectionId"],
-        "6d1f0a4e-3c1b-4a8e-9f00-0123456789ab"
-    );
+    // the id is the server's own, never the client's X-TXID header
+    let first_id = connected[0]["payload"]["connectionId"].as_str().unwrap();
+    assert!(uuid::Uuid::parse_str(first_id).is_ok(), "{first_id}");
+    assert_ne!(first_id, "6d1f0a4e-3c1b-4a8e-9f00-0123456789ab");
     assert_eq!(connected[0]["payload"]["networkInterface"], "wifi");
     assert_eq!(connected[0]["vin"], VIN);
     ws.close(None).await.ok();
@@ -364,14 +378,24 @@ async fn status_endpoints_and_connectivity_records() {
         both[0]["payload"]["connectionId"]
     );
 
-    // an invalid X-TXID is not used as the connection id
-    let _ws2 = connect(&server, &pki.ca_pem(), &cert, &[("X-TXID", "not-a-uuid")])
+    // two sockets of one vehicle sending the same X-TXID header get different ids
+    let _ws2 = connect(&server, &pki.ca_pem(), &cert, VEHICLE_HEADERS)
         .await
         .unwrap();
-    let third =
-        server.wait_for_records(3, Duration::from_secs(3), |v| v["topic"] == "connectivity");
-    let id = third[2]["payload"]["connectionId"].as_str().unwrap();
-    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+    let _ws3 = connect(&server, &pki.ca_pem(), &cert, VEHICLE_HEADERS)
+        .await
+        .unwrap();
+    let all = server.wait_for_records(4, Duration::from_secs(3), |v| v["topic"] == "connectivity");
+    let ids: std::collections::HashSet<&str> = all
+        .iter()
+        .filter(|r| r["payload"]["status"] == "CONNECTED")
+        .map(|r| r["payload"]["connectionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "every socket has its own connection id: {all:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

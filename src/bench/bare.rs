@@ -19,7 +19,10 @@ use crate::wire::{read_envelope, EnvelopeWriter};
 /// Runs the bare ack server on `listen` with the dev PKI in `pki` until the process ends.
 /// Prints `bare-ack-server listening ADDR` on stderr once bound.
 pub async fn run(pki: &Path, listen: SocketAddr) -> Result<(), String> {
-    let verifier = tls::client_verifier(&pki.join(files::CA)).map_err(|e| e.to_string())?;
+    let verifier = tls::client_verifier(&crate::ingest::tesla_ca::ClientRoots::File(
+        pki.join(files::CA),
+    ))
+    .map_err(|e| e.to_string())?;
     let config = tls::server_config(
         Some(verifier),
         &pki.join(files::SERVER),

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
-use super::rate::TokenBucket;
+use super::rate::{LogEvery, TokenBucket};
 use crate::metrics::{self as m, FrameMetrics};
 use crate::sinks::{Completion, DeliveryTicket, SinkRecord, SinkRouter};
 use crate::wire::{read_envelope, read_frame, EnvelopeWriter, FrameError, Topic, MAX_FRAME_BYTES};
@@ -64,8 +64,11 @@ pub struct RateLimit {
 pub struct ConnectionInfo {
     /// The vehicle's identity.
     pub identity: Arc<Identity>,
-    /// Connection id (X-TXID when a valid UUID, else a fresh UUID v4).
+    /// Connection id: a fresh UUID v4 per socket, made by the server (never taken from the
+    /// client, so two sockets can never share one).
     pub connection_id: String,
+    /// The client's `X-TXID` header as sent (empty when absent); kept for correlation only.
+    pub client_txid: String,
     /// `Version` header.
     pub client_version: String,
     /// `X-Network-Interface` header.
@@ -144,6 +147,8 @@ struct Conn<S> {
     changes: super::changes::ChangeFilter,
     /// Frames handled, for sampling the time histograms.
     frames_seen: u64,
+    /// Rate limit of the sender-mismatch debug line.
+    sender_mismatch_logged: LogEvery,
 }
 
 /// One frame in this many per connection is timed for the decode / sink / rules histograms
@@ -237,16 +242,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if frame.sender_id != identity.sender_id.as_bytes()
             && frame.sender_id != identity.device_id.as_bytes()
         {
-            metrics.frame_refused(frame.topic, "unauthorized_sender", len);
-            tracing::warn!(
-                vin = %identity.device_id,
-                sender_id = %String::from_utf8_lossy(frame.sender_id),
-                expected = %identity.sender_id,
-                "frame sender id does not match the certificate; acked, not dispatched"
-            );
-            return self
-                .ack(frame.txid, frame.topic_name, frame.message_id)
-                .await;
+            // Spoofing protection as the reference server does it: the frame is attributed to
+            // the certificate's identity (below, `into_record` takes the VIN from it), never
+            // to the claimed sender, and dispatched, so the vehicle's data is not lost.
+            metrics.sender_mismatch.increment(1);
+            if self.sender_mismatch_logged.allow(Instant::now()) {
+                tracing::debug!(
+                    vin = %identity.device_id,
+                    sender_id = %String::from_utf8_lossy(frame.sender_id),
+                    expected = %identity.sender_id,
+                    "frame sender id does not match the certificate; dispatched under the certificate's identity"
+                );
+            }
         }
 
         let (txid, topic_name, message_id) = (frame.txid, frame.topic_name, frame.message_id);
@@ -432,6 +439,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         shutdown: shutdown.clone(),
         changes: Default::default(),
         frames_seen: 0,
+        sender_mismatch_logged: LogEvery::new(Duration::from_secs(60)),
     };
     let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);

@@ -9,5 +9,6 @@ pub mod proxy;
 pub mod rate;
 pub mod registry;
 pub mod server;
+pub mod tesla_ca;
 pub mod tls;
 pub mod vins;

@@ -73,6 +73,31 @@ impl IpRateLimiter {
     }
 }
 
+/// Lets a repeated log line through at most once per `every` (noisy peers never flood).
+#[derive(Debug, Clone, Copy)]
+pub struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+}
+
+impl LogEvery {
+    /// A limiter passing one line per `every`.
+    pub const fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// True when a line may be logged now.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => false,
+            _ => {
+                self.last = Some(now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +110,15 @@ mod tests {
         assert!(b.take(2.0, Duration::from_secs(1), t0));
         assert!(!b.take(2.0, Duration::from_secs(1), t0));
         assert!(b.take(2.0, Duration::from_secs(1), t0 + Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn log_every_passes_one_line_per_period() {
+        let t0 = Instant::now();
+        let mut l = LogEvery::new(Duration::from_secs(60));
+        assert!(l.allow(t0));
+        assert!(!l.allow(t0 + Duration::from_secs(59)));
+        assert!(l.allow(t0 + Duration::from_secs(60)));
     }
 
     #[test]

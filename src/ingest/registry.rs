@@ -16,6 +16,9 @@ pub struct ConnectionEntry {
     pub network_interface: String,
     /// Client type from the certificate.
     pub client_type: &'static str,
+    /// The client's `X-TXID` header, when it sent one (not an id: sockets may share it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_txid: Option<String>,
 }
 
 /// A vehicle's presence across its sockets (wifi and cellular can overlap).
@@ -197,6 +200,7 @@ mod tests {
             since_ms: 1000,
             network_interface: "wifi".into(),
             client_type: "vehicle_device",
+            client_txid: None,
         }
     }
 

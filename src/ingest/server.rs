@@ -117,12 +117,11 @@ fn publish_connectivity(sinks: &SinkRouter, info: &ConnectionInfo, status: Conne
     }
 }
 
-/// Connection id: the `X-TXID` header when it is a valid UUID, else a fresh UUID v4.
-pub fn connection_id(header: &str) -> String {
-    uuid::Uuid::parse_str(header)
-        .unwrap_or_else(|_| uuid::Uuid::new_v4())
-        .hyphenated()
-        .to_string()
+/// A new connection id: a UUID v4 made by the server, unique per socket. The client's
+/// `X-TXID` header is kept beside it (`ConnectionInfo::client_txid`), never used as the id:
+/// two sockets of one vehicle may send the same header.
+pub fn new_connection_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
 /// How a listener learns who the client is.
@@ -329,7 +328,8 @@ async fn serve_request<S, F>(
     metrics::counter!(m::HTTP_REQUESTS_TOTAL, "outcome" => "upgrade").increment(1);
 
     let info = ConnectionInfo {
-        connection_id: connection_id(&head.txid),
+        connection_id: new_connection_id(),
+        client_txid: head.txid,
         identity,
         client_version: head.version,
         network_interface: head.network_interface,
@@ -367,6 +367,7 @@ async fn serve_request<S, F>(
                 .unwrap_or(0),
             network_interface: info.network_interface.clone(),
             client_type: info.identity.client_type,
+            client_txid: (!info.client_txid.is_empty()).then(|| info.client_txid.clone()),
         },
         superseded.clone(),
         refused.clone(),
@@ -399,6 +400,7 @@ async fn serve_request<S, F>(
     let identity = info.identity.clone();
     let client_version = info.client_version.clone();
     let network_interface = info.network_interface.clone();
+    let client_txid = info.client_txid.clone();
     let reason = connection::run(
         ws,
         info,
@@ -415,6 +417,7 @@ async fn serve_request<S, F>(
     let info = ConnectionInfo {
         identity,
         connection_id,
+        client_txid,
         client_version,
         network_interface,
     };

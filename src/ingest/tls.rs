@@ -1,5 +1,5 @@
 //! TLS for the vehicle listener: server certificate, client certificates required and verified
-//! against `tls.ca_file`, and the mapping of handshake failures to metric reasons.
+//! against `tls.ca_file` (or Tesla's embedded CA bundles when it is unset), and the mapping of handshake failures to metric reasons.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::tesla_ca::ClientRoots;
 
 /// Why the TLS configuration could not be built (names the config key to fix).
 #[derive(Debug, thiserror::Error)]
@@ -56,18 +58,32 @@ pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>
     PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(key, path, e))
 }
 
-/// The verifier of client certificate chains against `ca_file` (the handshake's, and the
+/// The verifier of client certificate chains against `roots` (the handshake's, and the
 /// proxy listener's for forwarded certificates).
-pub fn client_verifier(ca_file: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs("tls.ca_file", ca_file)? {
-        roots
+pub fn client_verifier(roots: &ClientRoots) -> Result<Arc<dyn ClientCertVerifier>, TlsSetupError> {
+    let (certs, path) = match roots {
+        ClientRoots::File(path) => (load_certs("tls.ca_file", path)?, path.as_path()),
+        ClientRoots::EmbeddedProd | ClientRoots::EmbeddedEng => {
+            let pem = if *roots == ClientRoots::EmbeddedEng {
+                super::tesla_ca::ENG_CA_PEM
+            } else {
+                super::tesla_ca::PROD_CA_PEM
+            };
+            let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| TlsSetupError::Rustls(format!("embedded Tesla CA bundle: {e}")))?;
+            (certs, Path::new("<embedded>"))
+        }
+    };
+    let mut store = RootCertStore::empty();
+    for cert in certs {
+        store
             .add(cert)
-            .map_err(|e| file_err("tls.ca_file", ca_file, e))?;
+            .map_err(|e| file_err("tls.ca_file", path, e))?;
     }
-    WebPkiClientVerifier::builder(Arc::new(roots))
+    WebPkiClientVerifier::builder(Arc::new(store))
         .build()
-        .map_err(|e| file_err("tls.ca_file", ca_file, e))
+        .map_err(|e| file_err("tls.ca_file", path, e))
 }
 
 /// The server TLS configuration: mTLS with client certificates checked by `verifier`, or

@@ -1,4 +1,5 @@
-//! VIN allow / block lists: from the config (`fleetgate.vins`) and the admin API (durable),
+//! VIN allow / block lists: from the config (`fleetgate.vins`), Tesla's `data_connectors.file`
+//! (`vins_allowed`, re-read when the file changes) and the admin API (durable),
 //! checked right after the handshake; a change closes the connections it now refuses.
 
 use std::collections::BTreeSet;
@@ -39,9 +40,29 @@ impl VinLists {
     }
 }
 
-/// The effective lists: the config's plus the admin API's, swapped atomically on change.
+/// Reads a Tesla `data_connectors.file` VIN file: `{"vins_allowed": ["VIN", ...]}`.
+pub fn read_allowed_file(path: &std::path::Path) -> Result<BTreeSet<String>, String> {
+    #[derive(Deserialize)]
+    struct AllowedFile {
+        vins_allowed: BTreeSet<String>,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str::<AllowedFile>(&text)
+        .map(|f| f.vins_allowed)
+        .map_err(|e| {
+            format!(
+                "{} is not {{\"vins_allowed\": [\"VIN\", ...]}}: {e}",
+                path.display()
+            )
+        })
+}
+
+/// The effective lists: the config's, the data-connector file's and the admin API's, swapped
+/// atomically on change.
 pub struct VinPolicy {
     config: VinLists,
+    file: ArcSwap<VinLists>,
     admin: ArcSwap<VinLists>,
     effective: ArcSwap<VinLists>,
 }
@@ -52,9 +73,27 @@ impl VinPolicy {
         let effective = config.union(&admin);
         Self {
             config,
+            file: ArcSwap::from_pointee(VinLists::default()),
             admin: ArcSwap::from_pointee(admin),
             effective: ArcSwap::from_pointee(effective),
         }
+    }
+
+    fn recompute(&self) {
+        let lists = self
+            .config
+            .union(&self.file.load())
+            .union(&self.admin.load());
+        self.effective.store(Arc::new(lists));
+    }
+
+    /// Replaces the allow list read from the `data_connectors.file` connector.
+    pub fn set_file_allowed(&self, allow: BTreeSet<String>) {
+        self.file.store(Arc::new(VinLists {
+            allow,
+            block: BTreeSet::new(),
+        }));
+        self.recompute();
     }
 
     /// Why `vin` is refused now, if it is.
@@ -74,8 +113,8 @@ impl VinPolicy {
 
     /// Replaces the admin lists (after they were stored).
     pub fn set_admin(&self, admin: VinLists) {
-        self.effective.store(Arc::new(self.config.union(&admin)));
         self.admin.store(Arc::new(admin));
+        self.recompute();
     }
 }
 
