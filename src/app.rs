@@ -336,6 +336,11 @@ pub async fn start(
     };
     metrics::install();
     let sinks = build_sinks(config, &base, options.event_tap.clone())?;
+    let sink_names: Vec<&str> = sinks.all().iter().map(|s| s.name()).collect();
+    metrics::register_zeros(&metrics::Registered {
+        sinks: sink_names.clone(),
+        proxy: proxy_settings.is_some(),
+    });
     let (engine, store) = build_engine(config, &base)?;
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     let stored_vins = store
@@ -394,7 +399,7 @@ pub async fn start(
             write_timeout: Duration::from_secs(limits.write_timeout_s),
             max_pending_acks: limits.max_pending_acks_per_connection,
             inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
-            metrics: Arc::new(FrameMetrics::new()),
+            metrics: Arc::new(FrameMetrics::new(&sink_names)),
             engine: Some(engine.clone()),
             changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
                 let co = &config.fleetgate.changes_only;
@@ -408,6 +413,7 @@ pub async fn start(
         ip_limiter: Arc::new(crate::ingest::rate::IpRateLimiter::new(
             limits.handshakes_per_ip_per_s,
         )),
+        handshake_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes_in_flight)),
         vins: vins.clone(),
     };
 
@@ -510,29 +516,26 @@ pub async fn start(
         admin: admin_addr,
         proxy: proxy_addr,
     };
+    let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+    // addresses as fields: JSON logs carry them as keys, text logs as `vehicles=…`
     tracing::info!(
-        "listening vehicles={} metrics={} status={} admin={} proxy={}",
-        addrs.vehicles,
-        addrs
-            .metrics
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into()),
-        addrs
-            .status
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into()),
-        addrs
-            .admin
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into()),
-        addrs
-            .proxy
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "off".into())
+        vehicles = %addrs.vehicles,
+        metrics = %shown(addrs.metrics),
+        status = %shown(addrs.status),
+        admin = %shown(addrs.admin),
+        proxy = %shown(addrs.proxy),
+        "listening"
     );
 
     let flush_budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
     let run = async move {
+        let draining = listener_up.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            // not ready from the first moment of a shutdown: the Service stops sending vehicles
+            draining.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
         let still_open = server::run(listener, proxy, settings, shutdown).await;
         tracing::info!("flushing sinks");
         let left = tokio::task::spawn_blocking(move || sinks.flush_all(flush_budget))

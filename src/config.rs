@@ -375,10 +375,16 @@ pub struct LimitsConfig {
     /// Messages over 1,000,000 bytes and up to this size get an error reply instead.
     #[serde(default = "LimitsConfig::default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// New connections accepted per source IP per second (0 = unlimited); more are closed at
-    /// accept and counted.
-    #[serde(default = "LimitsConfig::default_handshakes_per_ip")]
+    /// New connections accepted per source IP per second (0 = unlimited, the default: vehicles
+    /// share carrier-NAT addresses and a load balancer may show one address); more are closed
+    /// at accept and counted.
+    #[serde(default)]
     pub handshakes_per_ip_per_s: f64,
+    /// TLS handshakes run at once, over all sources; further accepted connections wait for a
+    /// slot (bounded by `handshake_timeout_s`), so a reconnect storm is paced by CPU instead
+    /// of refused.
+    #[serde(default = "LimitsConfig::default_max_handshakes_in_flight")]
+    pub max_handshakes_in_flight: usize,
     /// Websocket read buffer per connection (bytes): the main per-connection memory cost.
     #[serde(default = "LimitsConfig::default_ws_read_buffer_bytes")]
     pub ws_read_buffer_bytes: usize,
@@ -409,8 +415,8 @@ impl LimitsConfig {
     fn default_max_pending_acks_total() -> usize {
         100_000
     }
-    fn default_handshakes_per_ip() -> f64 {
-        50.0
+    fn default_max_handshakes_in_flight() -> usize {
+        256
     }
     fn default_max_message_bytes() -> usize {
         2 * 1024 * 1024
@@ -433,7 +439,8 @@ impl Default for LimitsConfig {
             max_pending_acks_total: Self::default_max_pending_acks_total(),
             max_message_bytes: Self::default_max_message_bytes(),
             ws_read_buffer_bytes: Self::default_ws_read_buffer_bytes(),
-            handshakes_per_ip_per_s: Self::default_handshakes_per_ip(),
+            handshakes_per_ip_per_s: 0.0,
+            max_handshakes_in_flight: Self::default_max_handshakes_in_flight(),
         }
     }
 }
@@ -857,6 +864,18 @@ impl Config {
             if v == 0 {
                 issue(key, "must be at least 1 second".into());
             }
+        }
+        if l.max_handshakes_in_flight == 0 {
+            issue(
+                "fleetgate.limits.max_handshakes_in_flight",
+                "must be at least 1".into(),
+            );
+        }
+        if !l.handshakes_per_ip_per_s.is_finite() || l.handshakes_per_ip_per_s < 0.0 {
+            issue(
+                "fleetgate.limits.handshakes_per_ip_per_s",
+                "must be a number >= 0 (0 = unlimited)".into(),
+            );
         }
         if l.max_pending_acks_total == 0 {
             issue(

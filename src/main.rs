@@ -300,8 +300,8 @@ fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
         {
             Ok(started) => started,
             Err(e) => {
+                // once, through the log (stderr; JSON when json_log_enable)
                 tracing::error!("cannot start: {e}");
-                eprintln!("fleetgate serve: {e}");
                 return ExitCode::from(2);
             }
         };

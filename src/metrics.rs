@@ -13,6 +13,11 @@ pub const CONNECTIONS_OPEN: &str = "fleetgate_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "fleetgate_connections_total";
 /// TLS handshakes by result: `ok` or a failure reason (`expired`, `untrusted_issuer`, …).
 pub const HANDSHAKES_TOTAL: &str = "fleetgate_handshakes_total";
+/// TLS handshakes running now (bounded by `limits.max_handshakes_in_flight`).
+pub const HANDSHAKES_IN_FLIGHT: &str = "fleetgate_handshakes_in_flight";
+/// Handshake admission by result: `immediate` (a slot was free), `waited` (queued for a slot),
+/// `timeout` (no slot within the handshake timeout; the connection was closed).
+pub const HANDSHAKE_ADMISSION_TOTAL: &str = "fleetgate_handshake_admission_total";
 /// Verified certificates refused by the identity rules, by reason.
 pub const IDENTITY_REFUSED_TOTAL: &str = "fleetgate_identity_refused_total";
 /// Proxy listener: forwarded client certificates by result: `ok`, `untrusted_proxy` (a
@@ -83,42 +88,190 @@ pub const WATCHES: &str = "fleetgate_watches";
 /// Vehicles in the vehicle table.
 pub const VEHICLES_KNOWN: &str = "fleetgate_vehicles_known";
 
-/// Every metric name fleetgate exports.
-pub const ALL: &[&str] = &[
-    CHANGES_SUPPRESSED_DATUMS_TOTAL,
-    CHANGES_SUPPRESSED_RECORDS_TOTAL,
-    CONNECTIONS_OPEN,
-    CONNECTIONS_TOTAL,
-    HANDSHAKES_TOTAL,
-    IDENTITY_REFUSED_TOTAL,
-    PROXY_CLIENT_CERTS_TOTAL,
-    HTTP_REQUESTS_TOTAL,
-    FRAMES_TOTAL,
-    FRAME_BYTES_TOTAL,
-    ACKS_TOTAL,
-    ERROR_REPLIES_TOTAL,
-    RATE_LIMITED_TOTAL,
-    DECODE_SECONDS,
-    SINK_PUBLISH_SECONDS,
-    SINK_RECORDS_TOTAL,
-    WS_CLOSED_TOTAL,
-    RELIABLE_ACKS_PENDING,
-    RELIABLE_ACK_FAILED_TOTAL,
-    KAFKA_CONNECTED,
-    KAFKA_QUEUE_MESSAGES,
-    KAFKA_QUEUE_BYTES,
-    KAFKA_DELIVERED_TOTAL,
-    KAFKA_DELIVERY_ERRORS_TOTAL,
-    KAFKA_PRODUCE_ERRORS_TOTAL,
-    KAFKA_CLIENT_ERRORS_TOTAL,
-    KAFKA_DELIVERY_SECONDS,
-    SINK_REFUSED_TOTAL,
-    EVENTS_TOTAL,
-    RULES_SECONDS,
-    SITES,
-    WATCHES,
-    VEHICLES_KNOWN,
+/// What kind of series a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution of observations.
+    Histogram,
+}
+
+/// One metric family: its name, kind and HELP text.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// The exported name.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// The HELP line (what it counts, its labels, and where it is sampled).
+    pub help: &'static str,
+}
+
+const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    Family { name, kind, help }
+}
+
+/// Every metric family fleetgate exports (process metrics aside), with its HELP text.
+pub const FAMILIES: &[Family] = &[
+    family(CONNECTIONS_OPEN, Kind::Gauge, "Open vehicle websocket connections"),
+    family(CONNECTIONS_TOTAL, Kind::Counter, "TCP connections at accept by result (accepted, over_capacity, ip_rate_limited)"),
+    family(HANDSHAKES_TOTAL, Kind::Counter, "TLS handshakes by result: ok or the failure reason"),
+    family(HANDSHAKES_IN_FLIGHT, Kind::Gauge, "TLS handshakes running now (bounded by limits.max_handshakes_in_flight)"),
+    family(HANDSHAKE_ADMISSION_TOTAL, Kind::Counter, "Handshake admission by result: immediate, waited (queued for a slot), timeout (closed)"),
+    family(IDENTITY_REFUSED_TOTAL, Kind::Counter, "Verified client certificates refused by the identity rules or the VIN lists, by reason"),
+    family(PROXY_CLIENT_CERTS_TOTAL, Kind::Counter, "Proxy listener: forwarded client certificates by result"),
+    family(HTTP_REQUESTS_TOTAL, Kind::Counter, "HTTP requests on the vehicle listener by outcome"),
+    family(FRAMES_TOTAL, Kind::Counter, "Frames by topic and result (ok or why it was not dispatched)"),
+    family(FRAME_BYTES_TOTAL, Kind::Counter, "Bytes of frames received by topic"),
+    family(ACKS_TOTAL, Kind::Counter, "Acks sent to vehicles"),
+    family(ERROR_REPLIES_TOTAL, Kind::Counter, "Error replies (incorrect message format) sent to vehicles"),
+    family(SENDER_MISMATCH_TOTAL, Kind::Counter, "Frames whose sender_id differs from the certificate; dispatched under the certificate's VIN"),
+    family(RATE_LIMITED_TOTAL, Kind::Counter, "Frames over the per-connection rate limit by topic (dropped only when rate_limit.enabled)"),
+    family(DECODE_SECONDS, Kind::Histogram, "Seconds to decode and transform a frame (sampled: one frame in 8 per connection)"),
+    family(SINK_PUBLISH_SECONDS, Kind::Histogram, "Seconds to hand a record to a sink, by sink (sampled: one frame in 8 per connection)"),
+    family(SINK_RECORDS_TOTAL, Kind::Counter, "Records handed to sinks by sink, topic and result"),
+    family(WS_CLOSED_TOTAL, Kind::Counter, "Closed vehicle connections by reason"),
+    family(RELIABLE_ACKS_PENDING, Kind::Gauge, "Frames waiting for a delivery report before their ack"),
+    family(RELIABLE_ACK_FAILED_TOTAL, Kind::Counter, "Frames never acked because their reliable delivery failed (the vehicle resends)"),
+    family(KAFKA_CONNECTED, Kind::Gauge, "1 when a Kafka broker of the cluster is reachable, else 0"),
+    family(KAFKA_QUEUE_MESSAGES, Kind::Gauge, "Records queued in the Kafka producer"),
+    family(KAFKA_QUEUE_BYTES, Kind::Gauge, "Bytes queued in the Kafka producer"),
+    family(KAFKA_DELIVERED_TOTAL, Kind::Counter, "Records Kafka confirmed, by topic"),
+    family(KAFKA_DELIVERY_ERRORS_TOTAL, Kind::Counter, "Records Kafka failed to deliver after its retries, by topic"),
+    family(KAFKA_PRODUCE_ERRORS_TOTAL, Kind::Counter, "Records the Kafka producer refused at once, by reason"),
+    family(KAFKA_CLIENT_ERRORS_TOTAL, Kind::Counter, "Errors reported by the Kafka client (connection loss, authentication, ...)"),
+    family(KAFKA_DELIVERY_SECONDS, Kind::Histogram, "Seconds from produce to Kafka's delivery report (every record)"),
+    family(SINK_REFUSED_TOTAL, Kind::Counter, "Records a sink refused at once, by sink (the frame is not acked)"),
+    family(CHANGES_SUPPRESSED_DATUMS_TOTAL, Kind::Counter, "Datums not forwarded because their value did not change (changes_only)"),
+    family(CHANGES_SUPPRESSED_RECORDS_TOTAL, Kind::Counter, "Records not forwarded because no datum changed (changes_only)"),
+    family(EVENTS_TOTAL, Kind::Counter, "Events emitted, by type"),
+    family(RULES_SECONDS, Kind::Histogram, "Seconds the rules took for one V frame (sampled: one frame in 8 per connection)"),
+    family(SITES, Kind::Gauge, "Sites indexed"),
+    family(WATCHES, Kind::Gauge, "Live watches"),
+    family(VEHICLES_KNOWN, Kind::Gauge, "Vehicles in the vehicle table"),
 ];
+
+/// What this process runs, so that only series that can move are registered at zero.
+#[derive(Debug, Clone, Default)]
+pub struct Registered<'a> {
+    /// Sink names in use.
+    pub sinks: Vec<&'a str>,
+    /// The proxy listener is configured.
+    pub proxy: bool,
+}
+
+/// Registers at zero every counter whose label set is known up front, so dashboards show 0
+/// rather than "No data" before the first occurrence.
+pub fn register_zeros(what: &Registered<'_>) {
+    let zero = |c: Counter| c.increment(0);
+    for result in ["accepted", "over_capacity", "ip_rate_limited"] {
+        zero(metrics::counter!(CONNECTIONS_TOTAL, "result" => result));
+    }
+    for result in [
+        "ok",
+        "timeout",
+        "eof",
+        "reset",
+        "no_client_cert",
+        "expired",
+        "not_yet_valid",
+        "untrusted_issuer",
+        "bad_certificate",
+        "not_tls",
+    ] {
+        zero(metrics::counter!(HANDSHAKES_TOTAL, "result" => result));
+    }
+    for result in ["immediate", "waited", "timeout"] {
+        zero(metrics::counter!(HANDSHAKE_ADMISSION_TOTAL, "result" => result));
+    }
+    for reason in [
+        "no_client_cert",
+        "unparsable_cert",
+        "no_common_name",
+        "issuer_not_allowed",
+        "excluded_oid",
+        "no_client_type_oid",
+        "vin_blocked",
+        "vin_not_allowed",
+    ] {
+        zero(metrics::counter!(IDENTITY_REFUSED_TOTAL, "reason" => reason));
+    }
+    for outcome in [
+        "upgrade",
+        "status",
+        "bad_request",
+        "timeout",
+        "forbidden",
+        "closed",
+        "too_large",
+        "not_websocket",
+    ] {
+        zero(metrics::counter!(HTTP_REQUESTS_TOTAL, "outcome" => outcome));
+    }
+    for topic in TOPIC_LABELS {
+        for result in [
+            "ok",
+            "too_big",
+            "malformed",
+            "unknown_message_type",
+            "unknown_topic",
+            "bad_payload",
+            "rate_limited",
+            "not_routed",
+        ] {
+            zero(metrics::counter!(FRAMES_TOTAL, "topic" => topic, "result" => result));
+        }
+        zero(metrics::counter!(RATE_LIMITED_TOTAL, "topic" => topic));
+    }
+    for reason in crate::ingest::connection::CloseReason::ALL {
+        zero(metrics::counter!(WS_CLOSED_TOTAL, "reason" => reason.label()));
+    }
+    for kind in crate::rules::event::EventType::ALL {
+        zero(metrics::counter!(EVENTS_TOTAL, "type" => kind.as_str()));
+    }
+    for c in [
+        ACKS_TOTAL,
+        ERROR_REPLIES_TOTAL,
+        SENDER_MISMATCH_TOTAL,
+        RELIABLE_ACK_FAILED_TOTAL,
+        CHANGES_SUPPRESSED_DATUMS_TOTAL,
+        CHANGES_SUPPRESSED_RECORDS_TOTAL,
+    ] {
+        zero(metrics::counter!(c));
+    }
+    for sink in &what.sinks {
+        let sink = sink.to_string();
+        zero(metrics::counter!(SINK_REFUSED_TOTAL, "sink" => sink.clone()));
+        for topic in crate::wire::Topic::ALL {
+            for result in ["ok", "error"] {
+                zero(
+                    metrics::counter!(SINK_RECORDS_TOTAL, "sink" => sink.clone(), "topic" => topic.as_str(), "result" => result),
+                );
+            }
+        }
+    }
+    if what.sinks.contains(&"kafka") {
+        for reason in ["queue_full", "too_large", "other"] {
+            zero(metrics::counter!(KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason));
+        }
+        zero(metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL));
+    }
+    if what.proxy {
+        for result in [
+            "ok",
+            "untrusted_proxy",
+            "no_client_cert",
+            "malformed_header",
+            "expired",
+            "untrusted_issuer",
+        ] {
+            zero(metrics::counter!(PROXY_CLIENT_CERTS_TOTAL, "result" => result));
+        }
+    }
+}
 
 /// Counts one emitted event.
 pub fn count_event(kind: &'static str) {
@@ -160,56 +313,27 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS_OPEN, "Open vehicle websocket connections");
-    describe_counter!(CONNECTIONS_TOTAL, "TCP connections at accept, by result");
-    describe_counter!(
-        HANDSHAKES_TOTAL,
-        "TLS handshakes by result or failure reason"
-    );
-    describe_counter!(
-        IDENTITY_REFUSED_TOTAL,
-        "Verified client certificates refused by the identity rules"
-    );
-    describe_counter!(
-        HTTP_REQUESTS_TOTAL,
-        "HTTP requests on the vehicle listener by outcome"
-    );
-    describe_counter!(FRAMES_TOTAL, "Frames by topic and result");
-    describe_counter!(FRAME_BYTES_TOTAL, "Bytes of frames received by topic");
-    describe_counter!(ACKS_TOTAL, "Acks sent to vehicles");
-    describe_counter!(ERROR_REPLIES_TOTAL, "Error replies sent to vehicles");
-    describe_counter!(
-        RATE_LIMITED_TOTAL,
-        "Frames over the per-connection rate limit"
-    );
-    describe_histogram!(
-        DECODE_SECONDS,
-        metrics::Unit::Seconds,
-        "Decode and transform time per frame"
-    );
-    describe_histogram!(
-        SINK_PUBLISH_SECONDS,
-        metrics::Unit::Seconds,
-        "Time to hand a record to a sink"
-    );
-    describe_counter!(
-        SINK_RECORDS_TOTAL,
-        "Records handed to sinks by sink, topic and result"
-    );
-    describe_counter!(WS_CLOSED_TOTAL, "Closed vehicle connections by reason");
-    describe_gauge!(
-        RELIABLE_ACKS_PENDING,
-        "Frames waiting for a delivery report before their ack"
-    );
-    describe_counter!(
-        RELIABLE_ACK_FAILED_TOTAL,
-        "Frames whose reliable delivery failed (not acked)"
-    );
+    for f in FAMILIES {
+        match f.kind {
+            Kind::Counter => describe_counter!(f.name, f.help),
+            Kind::Gauge => describe_gauge!(f.name, f.help),
+            Kind::Histogram => describe_histogram!(f.name, metrics::Unit::Seconds, f.help),
+        }
+    }
+    process_collector().describe();
+}
+
+/// CPU, memory, open files and threads of this process (`process_*`), collected per scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 /// Renders the current metrics in the Prometheus text format.
 pub fn render() -> String {
-    install().render()
+    let handle = install();
+    process_collector().collect();
+    handle.render()
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped.
@@ -245,8 +369,9 @@ pub struct FrameMetrics {
     pub reliable_pending: Gauge,
     /// Rule evaluation time.
     pub rules_seconds: Histogram,
-    /// `fleetgate_sink_publish_seconds` of the built-in sinks, by [`SINK_LABELS`] index.
-    sink_publish: [Histogram; 2],
+    /// `fleetgate_sink_publish_seconds` of the built-in sinks in use, by [`SINK_LABELS`] index
+    /// (a sink that is not configured has no series).
+    sink_publish: [Option<Histogram>; 2],
 }
 
 /// Sinks whose publish-time histogram handle is registered up front.
@@ -256,8 +381,8 @@ pub const SINK_LABELS: [&str; 2] = ["logger", "kafka"];
 pub const TOPIC_LABELS: [&str; 5] = ["V", "alerts", "errors", "connectivity", "other"];
 
 impl FrameMetrics {
-    /// Registers the handles (call after [`install`]).
-    pub fn new() -> Self {
+    /// Registers the handles (call after [`install`]); `sinks` are the sink names in use.
+    pub fn new(sinks: &[&str]) -> Self {
         let ok =
             TOPIC_LABELS.map(|t| metrics::counter!(FRAMES_TOTAL, "topic" => t, "result" => "ok"));
         let bytes = TOPIC_LABELS.map(|t| metrics::counter!(FRAME_BYTES_TOTAL, "topic" => t));
@@ -271,15 +396,22 @@ impl FrameMetrics {
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             reliable_pending: metrics::gauge!(RELIABLE_ACKS_PENDING),
             rules_seconds: metrics::histogram!(RULES_SECONDS),
-            sink_publish: SINK_LABELS
-                .map(|s| metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => s)),
+            sink_publish: SINK_LABELS.map(|s| {
+                sinks
+                    .contains(&s)
+                    .then(|| metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => s))
+            }),
         }
     }
 
     /// Records how long a sink's `publish` took (a registry lookup only for other sinks).
     pub fn sink_published(&self, sink: &'static str, seconds: f64) {
-        match SINK_LABELS.iter().position(|s| *s == sink) {
-            Some(i) => self.sink_publish[i].record(seconds),
+        match SINK_LABELS
+            .iter()
+            .position(|s| *s == sink)
+            .and_then(|i| self.sink_publish[i].as_ref())
+        {
+            Some(h) => h.record(seconds),
             None => metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => sink).record(seconds),
         }
     }
@@ -312,11 +444,5 @@ impl FrameMetrics {
         let t = TOPIC_LABELS[Self::topic_index(topic)];
         metrics::counter!(FRAMES_TOTAL, "topic" => t, "result" => result).increment(1);
         self.bytes[Self::topic_index(topic)].increment(len as u64);
-    }
-}
-
-impl Default for FrameMetrics {
-    fn default() -> Self {
-        Self::new()
     }
 }

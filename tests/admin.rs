@@ -18,6 +18,25 @@ fn start() -> (Pki, Server) {
 }
 
 #[test]
+fn malformed_json_bodies_are_400_and_well_formed_invalid_ones_422() {
+    let (_pki, server) = start();
+    for (method, path) in [
+        ("PUT", "/v1/sites/cafe"),
+        ("POST", "/v1/sites/import"),
+        ("POST", "/v1/watches"),
+    ] {
+        for body in ["{not json", "{\"a\":", "[1,2", "{} trailing", "\u{0}"] {
+            let (status, v) = server.admin(method, path, Some(body));
+            assert_eq!(status, 400, "{method} {path} {body:?}: {v}");
+            assert_eq!(v["error"], "bad_json", "{method} {path} {body:?}: {v}");
+        }
+        // well-formed JSON of the wrong shape stays 422
+        let (status, v) = server.admin(method, path, Some("[]"));
+        assert_eq!(status, 422, "{method} {path} []: {v}");
+    }
+}
+
+#[test]
 fn every_v1_route_needs_the_token_and_the_document_lists_every_route() {
     let (_pki, server) = start();
     let addr = server.admin.clone().unwrap();

@@ -51,11 +51,12 @@ fn demo_json_prints_cloudevents() {
         .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
+    // stdout is JSON lines only (a consumer pipes it into jq); the summary is on stderr
     let events: Vec<serde_json::Value> = stdout
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line: {l:?}: {e}")))
         .collect();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("summary"));
     assert!(events.len() >= 10);
     assert!(events
         .iter()

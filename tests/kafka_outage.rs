@@ -55,7 +55,7 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
     config["records"] = json!({"V": ["kafka"], "alerts": ["kafka"]});
     config["reliable_ack_sources"] = json!({"V": "kafka"});
     config["kafka"] = json!({"bootstrap.servers": bootstrap, "reconnect.backoff.max.ms": 1000});
-    config["fleetgate"] = json!({"limits": {"max_pending_acks_per_connection": 5}});
+    config["fleetgate"]["limits"] = json!({"max_pending_acks_per_connection": 5});
     let server = Server::start(&config);
     let cert = pki.pki.vehicle(VIN).unwrap();
     let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
@@ -98,6 +98,28 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
         "in-flight bound per connection"
     );
     assert_eq!(server.metric("fleetgate_kafka_connected"), 0.0);
+    // still ready (vehicles keep connecting and are back-pressured); the broker's health is
+    // its own endpoint
+    let (ready, body) = server.admin("GET", "/readyz", None);
+    assert_eq!(ready, 200, "{body}");
+    assert_eq!(body["sinks"][0]["ready"], false, "{body}");
+    let (status, sinks) = server.admin("GET", "/healthz/sinks", None);
+    assert_eq!(status, 503, "{sinks}");
+    assert!(
+        sinks["sinks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kafka"),
+        "{sinks}"
+    );
+    let _second = connect(
+        &server,
+        &pki.ca_pem(),
+        &pki.pki.vehicle("5YJ3E1EA7KF000002").unwrap(),
+        &[],
+    )
+    .await
+    .expect("a vehicle connects while the broker is down");
     let read_so_far = server.metric("fleetgate_frames_total{topic=\"V\",result=\"ok\"}");
     assert!(
         read_so_far <= 6.0,

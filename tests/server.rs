@@ -817,3 +817,44 @@ async fn changes_only_forwards_changed_datums_and_acks_everything() {
         1.0
     );
 }
+
+#[test]
+fn every_metric_family_has_help_and_known_counters_start_at_zero() {
+    let pki = Pki::new();
+    let server = Server::start(&base_config(&pki));
+    let text = server.metrics_text();
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(typed.len() > 20, "{text}");
+    for name in &typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no HELP line"
+        );
+    }
+    // dashboards show 0, not "No data", before the first occurrence
+    for series in [
+        "fleetgate_frames_total{topic=\"V\",result=\"bad_payload\"}",
+        "fleetgate_connections_total{result=\"over_capacity\"}",
+        "fleetgate_ws_closed_total{reason=\"idle\"}",
+        "fleetgate_events_total{type=\"fleetgate.arrival.arrived\"}",
+        "fleetgate_sender_mismatch_total",
+        "fleetgate_handshake_admission_total{result=\"waited\"}",
+    ] {
+        assert_eq!(metric_value(&text, series), 0.0, "{series}");
+        assert!(text.contains(series), "{series} is not registered:\n{text}");
+    }
+    // process metrics
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    assert!(text.contains("process_open_fds"), "{text}");
+    // no Kafka sink configured: no Kafka series
+    assert!(!text.contains("sink=\"kafka\""), "{text}");
+    assert!(
+        !text.contains("fleetgate_kafka_produce_errors_total{"),
+        "{text}"
+    );
+}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -95,16 +95,59 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let error = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
-            _ => "bad_json",
-        };
-        ApiError::new(status, error, r.body_text())
+/// A JSON request body: malformed JSON is `400 bad_json`; well-formed JSON that does not fit
+/// the type is `422 invalid_body` (axum's own `Json` reports whichever error it meets first,
+/// so `{"unknown_key":` would be a 422).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                let v = v.trim();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                let status = r.status();
+                let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "body_too_large"
+                } else {
+                    "bad_request"
+                };
+                ApiError::new(status, error, r.body_text())
+            })?;
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the body is not valid JSON: {e}"),
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de)
+            .map(JsonBody)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the body does not fit: {e}"),
+                )
+            })
     }
 }
 
@@ -195,6 +238,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/healthz/sinks", get(sinks_health))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .merge(v1)
         .fallback(|| async {
@@ -208,26 +252,51 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Each sink's readiness as JSON, and whether all of them can deliver now.
+fn sink_health(state: &AdminState) -> (bool, Value) {
+    let mut all_ready = true;
+    let sinks: Vec<Value> = state
+        .sinks
+        .all()
+        .iter()
+        .map(|sink| match sink.readiness() {
+            Readiness::Ready => json!({"sink": sink.name(), "ready": true}),
+            Readiness::NotReady(why) => {
+                all_ready = false;
+                json!({"sink": sink.name(), "ready": false, "detail": why})
+            }
+        })
+        .collect();
+    (all_ready, Value::Array(sinks))
+}
+
+/// Ready = able to accept vehicles (the listener is bound and not draining). Sinks do not
+/// gate it: with Kafka down, vehicles must still connect and be back-pressured (reliable acks
+/// wait), not be turned away by every pod leaving the Service. Their state is reported here for
+/// information and gates `/healthz/sinks`.
 async fn readyz(State(state): State<AdminState>) -> Response {
-    let mut reasons = Vec::new();
-    if !state.listener_up.load(Ordering::Relaxed) {
-        reasons.push("vehicle listener is not bound".to_owned());
-    }
-    for sink in state.sinks.all() {
-        if let Readiness::NotReady(why) = sink.readiness() {
-            reasons.push(why);
-        }
-    }
-    if reasons.is_empty() {
-        Json(json!({"ready": true})).into_response()
+    let (_, sinks) = sink_health(&state);
+    if state.listener_up.load(Ordering::Relaxed) {
+        Json(json!({"ready": true, "sinks": sinks})).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            reasons.join("; "),
+            "the vehicle listener is not bound or the server is shutting down",
         )
         .into_response()
     }
+}
+
+/// Sink (broker) health: 200 when every sink can deliver now, 503 with each sink's reason.
+async fn sinks_health(State(state): State<AdminState>) -> Response {
+    let (all_ready, sinks) = sink_health(&state);
+    let status = if all_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"ready": all_ready, "sinks": sinks}))).into_response()
 }
 
 // ---------- sites ----------
@@ -354,9 +423,8 @@ async fn get_site(
 async fn put_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-    body: Result<Json<SiteBody>, JsonRejection>,
+    JsonBody(body): JsonBody<SiteBody>,
 ) -> ApiResult<Response> {
-    let Json(body) = body?;
     let site = site_from_body(&id, body, state.engine.config.default_radius_m)?;
     let existed = state.engine.sites.load().get(&id).is_some();
     let store = state.store.clone();
@@ -397,6 +465,14 @@ async fn import_sites(
         };
         ApiError::new(status, error, r.body_text())
     })?;
+    // malformed JSON is a bad request (400); well-formed but invalid GeoJSON is 422 below
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not valid JSON: {e}"),
+        ));
+    }
     let sites =
         sites_from_geojson(&text, state.engine.config.default_radius_m).map_err(|errors| {
             let list: Vec<Value> = errors
@@ -451,9 +527,8 @@ async fn export_sites(State(state): State<AdminState>) -> Response {
 
 async fn create_watch(
     State(state): State<AdminState>,
-    body: Result<Json<WatchSpec>, JsonRejection>,
+    JsonBody(spec): JsonBody<WatchSpec>,
 ) -> ApiResult<(StatusCode, Json<Watch>)> {
-    let Json(spec) = body?;
     let watch = spec.clone().into_watch().map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

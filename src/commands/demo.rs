@@ -439,29 +439,36 @@ pub async fn run(json_output: bool, pace: Duration) -> Result<(), String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    println!();
-    println!("  summary");
-    println!("  {:<36} {:>8}", "vehicles", 3);
-    println!(
-        "  {:<36} {:>8}",
-        "frames sent",
-        totals.frames.load(Ordering::Relaxed)
+    // with --json, stdout carries only JSON lines (the events); the summary goes to stderr
+    let summary = render_summary(
+        totals.frames.load(Ordering::Relaxed),
+        totals.acks.load(Ordering::Relaxed),
+        &counts,
     );
-    println!(
-        "  {:<36} {:>8}",
-        "acks received",
-        totals.acks.load(Ordering::Relaxed)
-    );
-    for (kind, n) in &counts {
-        println!("  {:<36} {:>8}", kind, n);
+    if json_output {
+        eprint!("{summary}");
+    } else {
+        print!("{summary}");
     }
-    println!(
-        "  {:<36} {:>8}",
-        "events total",
-        counts.values().sum::<u64>()
-    );
     if !failures.is_empty() {
         return Err(format!("vehicle errors: {}", failures.join("; ")));
     }
     Ok(())
+}
+
+/// The closing summary table.
+fn render_summary(frames: u64, acks: u64, counts: &BTreeMap<&'static str, u64>) -> String {
+    use std::fmt::Write;
+    let mut out = String::from("\n  summary\n");
+    let mut row = |label: &str, n: u64| {
+        let _ = writeln!(out, "  {label:<36} {n:>8}");
+    };
+    row("vehicles", 3);
+    row("frames sent", frames);
+    row("acks received", acks);
+    for (kind, n) in counts {
+        row(kind, *n);
+    }
+    row("events total", counts.values().sum::<u64>());
+    out
 }

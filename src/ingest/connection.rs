@@ -110,6 +110,19 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason (metric series registered at zero).
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientClosed,
+        CloseReason::ProtocolError,
+        CloseReason::TextMessage,
+        CloseReason::Idle,
+        CloseReason::WriteTimeout,
+        CloseReason::Shutdown,
+        CloseReason::Superseded,
+        CloseReason::VinRefused,
+        CloseReason::MessageTooLarge,
+    ];
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {

@@ -51,6 +51,9 @@ pub struct ServerSettings {
     pub handover_grace: Duration,
     /// New connections per source IP per second.
     pub ip_limiter: Arc<super::rate::IpRateLimiter>,
+    /// TLS handshakes allowed at once (accept-time admission: CPU, not a refusal, paces a
+    /// reconnect storm).
+    pub handshake_slots: Arc<Semaphore>,
     /// VIN allow / block lists.
     pub vins: Arc<super::vins::VinPolicy>,
 }
@@ -150,8 +153,32 @@ async fn tls_handshake(
     tcp: TcpStream,
     peer: std::net::SocketAddr,
     limit: Duration,
+    slots: &Semaphore,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+    // Admission: a bounded number of handshakes use the CPU at once; the others wait here,
+    // up to the handshake timeout, instead of being refused.
+    let _slot = match slots.try_acquire() {
+        Ok(slot) => {
+            metrics::counter!(m::HANDSHAKE_ADMISSION_TOTAL, "result" => "immediate").increment(1);
+            slot
+        }
+        Err(_) => match tokio::time::timeout(limit, slots.acquire()).await {
+            Ok(Ok(slot)) => {
+                metrics::counter!(m::HANDSHAKE_ADMISSION_TOTAL, "result" => "waited").increment(1);
+                slot
+            }
+            _ => {
+                metrics::counter!(m::HANDSHAKE_ADMISSION_TOTAL, "result" => "timeout").increment(1);
+                tracing::debug!(%peer, "no handshake slot within the handshake timeout");
+                return None;
+            }
+        },
+    };
+    let in_flight = metrics::gauge!(m::HANDSHAKES_IN_FLIGHT);
+    in_flight.increment(1.0);
+    let result = tokio::time::timeout(limit, acceptor.accept(tcp)).await;
+    in_flight.decrement(1.0);
+    match result {
         Ok(Ok(tls)) => {
             metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "ok").increment(1);
             Some(tls)
@@ -181,8 +208,14 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     match kind {
         ListenerKind::Direct => {
-            let Some(tls) =
-                tls_handshake(&settings.tls, tcp, peer, settings.handshake_timeout).await
+            let Some(tls) = tls_handshake(
+                &settings.tls,
+                tcp,
+                peer,
+                settings.handshake_timeout,
+                &settings.handshake_slots,
+            )
+            .await
             else {
                 return;
             };
@@ -208,8 +241,14 @@ async fn serve_connection(
             };
             match &proxy.tls {
                 Some(acceptor) => {
-                    let Some(tls) =
-                        tls_handshake(acceptor, tcp, peer, settings.handshake_timeout).await
+                    let Some(tls) = tls_handshake(
+                        acceptor,
+                        tcp,
+                        peer,
+                        settings.handshake_timeout,
+                        &settings.handshake_slots,
+                    )
+                    .await
                     else {
                         return;
                     };

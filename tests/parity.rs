@@ -1,0 +1,179 @@
+//! Drop-in parity with Tesla's server as a new user meets it: Tesla's own config shape starts
+//! unchanged (embedded vehicle CAs, its current keys recognised, typos named with a fix), a
+//! reconnect storm from one address (carrier NAT, a load balancer) is paced rather than
+//! refused, and the `data_connectors.file` allow list works and is re-read.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// A config as Tesla documents it: no `tls.ca_file`, its current keys, and three typos.
+fn tesla_config(pki: &Pki) -> serde_json::Value {
+    json!({
+        "host": "127.0.0.1",
+        "port": 0,
+        "status_port": 0,
+        "log_level": "info",
+        "json_log_enable": false,
+        "namespace": "tesla_telemetry",
+        "reliable_ack": false,
+        "monitoring": {"prometheus_metrics_port": 0, "prometheus_metrics_host": "127.0.0.1",
+                       "prometheus_metric_port": 9273, "profiler_port": 4269},
+        "rate_limit": {"enabled": false, "message_interval_time": 30, "message_limit": 1000,
+                       "enabeld": true},
+        "records": {"alerts": ["logger"], "errors": ["logger"], "V": ["logger"]},
+        "data_connectors": {"redis": {"capabilities": ["vin_allowed"],
+                            "vin_allowed": {"prefix": "vin_allowed:", "allow_on_failure": true}}},
+        "tls": {"server_cert": pki.path("server.pem"), "server_key": pki.path("server.key"),
+                "ca_flie": "ca.pem"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn teslas_example_config_starts_unchanged_and_trusts_teslas_cas() {
+    let pki = Pki::new();
+    let server = Server::start(&tesla_config(&pki));
+    let stderr = server.stderr_text();
+    for expected in [
+        "unknown config key `tls.ca_flie` is ignored: did you mean `tls.ca_file`?",
+        "unknown config key `rate_limit.enabeld` is ignored: did you mean `rate_limit.enabled`?",
+        "unknown config key `monitoring.prometheus_metric_port` is ignored: did you mean `monitoring.prometheus_metrics_port`?",
+        "data_connectors.redis",
+        "`reliable_ack`",
+        "the embedded Tesla production CA bundle",
+    ] {
+        assert_eq!(
+            stderr.matches(expected).count(),
+            1,
+            "`{expected}` must be logged exactly once:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("typo"), "{stderr}");
+    // vehicles are verified against Tesla's CAs: a dev-PKI vehicle does not chain to them
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    assert!(connect(&server, &pki.ca_pem(), &cert, &[]).await.is_err());
+    assert_eq!(
+        wait_metric(
+            &server,
+            "fleetgate_handshakes_total{result=\"untrusted_issuer\"}",
+            1.0
+        )
+        .await,
+        1.0
+    );
+}
+
+#[test]
+fn a_start_up_error_is_printed_once() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    let mut config = tesla_config(&pki);
+    config["tls"]["server_key"] = json!(pki.path("ca.pem")); // a certificate, not a key
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("tls.server_key").count(),
+        1,
+        "the error must be printed once:\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_from_one_address_is_paced_not_refused() {
+    const VEHICLES: usize = 120;
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    // few handshake slots, so the storm has to queue for them; per-IP limiting stays at its
+    // default (off): every vehicle comes from 127.0.0.1, like cars behind carrier NAT
+    config["fleetgate"]["limits"] = json!({"max_handshakes_in_flight": 4});
+    let server = Server::start(&config);
+    let certs: Vec<_> = (0..VEHICLES)
+        .map(|i| pki.pki.vehicle(&format!("5YJ3E1EA7KF{i:06}")).unwrap())
+        .collect();
+    let ca = pki.ca_pem();
+    let mut tasks = tokio::task::JoinSet::new();
+    for cert in certs {
+        let addr = server.vehicles.clone();
+        let ca = ca.clone();
+        tasks.spawn(async move {
+            let config =
+                fleetgate::client::client_config_from_pem(&ca, &cert.chain_pem, &cert.key_pem)
+                    .unwrap();
+            fleetgate::client::connect(&addr, "localhost", config, &[]).await
+        });
+    }
+    let mut sockets = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        sockets.push(done.unwrap().expect("every vehicle of the storm connects"));
+    }
+    assert_eq!(sockets.len(), VEHICLES);
+    let text = server.metrics_text();
+    assert_eq!(
+        metric_value(
+            &text,
+            "fleetgate_connections_total{result=\"ip_rate_limited\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&text, "fleetgate_handshakes_total{result=\"ok\"}"),
+        VEHICLES as f64
+    );
+    assert!(
+        metric_value(
+            &text,
+            "fleetgate_handshake_admission_total{result=\"waited\"}"
+        ) > 0.0,
+        "with 4 slots some handshakes must have queued:\n{text}"
+    );
+    assert_eq!(metric_value(&text, "fleetgate_handshakes_in_flight"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_connector_file_is_an_allow_list_that_is_re_read() {
+    const OTHER: &str = "5YJ3E1EA7KF000002";
+    let pki = Pki::new();
+    let list = pki.dir.path().join("allowed.json");
+    std::fs::write(&list, json!({"vins_allowed": [VIN]}).to_string()).unwrap();
+    let mut config = base_config(&pki);
+    config["data_connectors"] = json!({"file": {"capabilities": ["vin_allowed"], "path": list}});
+    let server = Server::start(&config);
+    let ca = pki.ca_pem();
+    let allowed = pki.pki.vehicle(VIN).unwrap();
+    let other = pki.pki.vehicle(OTHER).unwrap();
+    let mut ws = connect(&server, &ca, &allowed, &[])
+        .await
+        .expect("listed VIN");
+    assert!(
+        connect(&server, &ca, &other, &[]).await.is_err(),
+        "unlisted VIN"
+    );
+    assert_eq!(
+        server.metric("fleetgate_identity_refused_total{reason=\"vin_not_allowed\"}"),
+        1.0
+    );
+
+    // the file changes: OTHER is allowed, VIN is not (its open socket is closed)
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new mtime
+    std::fs::write(&list, json!({"vins_allowed": [OTHER]}).to_string()).unwrap();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        fleetgate::client::next_binary(&mut ws),
+    )
+    .await
+    .expect("the refused vehicle's socket is closed after the reload");
+    assert!(closed.is_none() || closed.unwrap().is_err());
+    connect(&server, &ca, &other, &[])
+        .await
+        .expect("newly listed VIN connects");
+}
