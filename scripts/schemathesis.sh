@@ -34,7 +34,7 @@ done
 echo "== schemathesis against http://$admin/openapi.json ($examples examples per operation)"
 "$venv/bin/st" run "http://$admin/openapi.json" \
   -H "Authorization: Bearer $token" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   -n "$examples" --no-color
 kill -0 "$pid" || { echo "schemathesis: the server died during the run" >&2; exit 1; }
 echo "schemathesis: the server answered every generated request without a server error"

@@ -37,55 +37,87 @@ fn malformed_json_bodies_are_400_and_well_formed_invalid_ones_422() {
 }
 
 #[test]
-fn every_v1_route_needs_the_token_and_the_document_lists_every_route() {
+fn every_documented_operation_is_served_typed_and_guarded() {
     let (_pki, server) = start();
     let addr = server.admin.clone().unwrap();
-    for route in fleetgate::admin::openapi::ROUTES {
-        let path = route.path.replace("{id}", "x").replace("{vin}", "x");
-        let body = matches!(route.method, "put" | "post").then_some("{}");
-        let method = route.method.to_uppercase();
-        if route.auth {
-            for token in [None, Some("wrong-token"), Some("")] {
-                let (status, text) = http(&addr, &method, &path, token, body);
-                assert_eq!(status, 401, "{method} {path} with {token:?}");
-                let v: Value = serde_json::from_str(&text).unwrap();
-                assert_eq!(v["error"], "unauthorized");
-            }
-        }
-        // with the token, the route exists (never the router's fallback 404 or a 405)
-        let (status, text) = http(&addr, &method, &path, Some(TOKEN), body);
-        assert_ne!(status, 405, "{method} {path}");
-        assert!(
-            !text.contains("no such route"),
-            "{method} {path} is in ROUTES but not served"
-        );
-    }
-    assert_eq!(http(&addr, "GET", "/healthz", None, None).0, 200);
-    assert_eq!(http(&addr, "GET", "/v1/nope", Some(TOKEN), None).0, 404);
-
     let (status, text) = http(&addr, "GET", "/openapi.json", None, None);
     assert_eq!(status, 200);
-    let doc: openapiv3::OpenAPI = serde_json::from_str(&text).expect("a valid OpenAPI 3 document");
-    for route in fleetgate::admin::openapi::ROUTES {
-        let item = doc
-            .paths
-            .paths
-            .get(route.path)
-            .unwrap_or_else(|| panic!("{} missing", route.path));
-        let item = item.as_item().unwrap();
-        let op = match route.method {
-            "get" => item.get.as_ref(),
-            "put" => item.put.as_ref(),
-            "post" => item.post.as_ref(),
-            "delete" => item.delete.as_ref(),
-            _ => None,
-        };
-        assert!(
-            op.is_some(),
-            "{} {} missing from the document",
-            route.method,
-            route.path
-        );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let responses = op["responses"].as_object().unwrap();
+            // every response but 204 has a typed body
+            for (code, response) in responses {
+                if code == "204" {
+                    continue;
+                }
+                let content = response["content"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{method} {path} {code}: no content schema"));
+                assert!(
+                    content.values().all(|m| m.get("schema").is_some()),
+                    "{method} {path} {code}: no schema"
+                );
+            }
+            // parameters have real types, not all strings
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                assert!(
+                    p["schema"].is_object(),
+                    "{method} {path}: untyped parameter {p}"
+                );
+            }
+            let concrete = path
+                .replace("{id}", "x")
+                .replace("{vin}", "x")
+                .replace("{list}", "allow");
+            let body = matches!(method.as_str(), "put" | "post").then_some("{}");
+            let verb = method.to_uppercase();
+            let secured = op.get("security").is_some();
+            if secured {
+                assert!(
+                    responses.contains_key("401"),
+                    "{method} {path}: 401 not listed"
+                );
+                for token in [None, Some("wrong-token"), Some("")] {
+                    let (status, text) = http(&addr, &verb, &concrete, token, body);
+                    assert_eq!(status, 401, "{verb} {concrete} with {token:?}");
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(v["error"], "unauthorized");
+                }
+            } else {
+                assert!(!path.starts_with("/v1/"), "{path} must need the token");
+            }
+            // with the token the operation is served (never the fallback 404 or a 405), and
+            // answers with a status the document lists
+            let (status, text) = http(&addr, &verb, &concrete, Some(TOKEN), body);
+            assert_ne!(status, 405, "{verb} {concrete}");
+            assert!(
+                !text.contains("no such route"),
+                "{verb} {concrete} is documented but not served"
+            );
+            assert!(
+                responses.contains_key(&status.to_string()),
+                "{verb} {concrete} answered {status}, which the document does not list: {text}"
+            );
+        }
+    }
+    assert!(operations >= 19, "{operations} operations");
+    // and what is not documented is not served
+    assert_eq!(http(&addr, "GET", "/v1/nope", Some(TOKEN), None).0, 404);
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for name in [
+        "ErrorBody",
+        "SiteBody",
+        "Watch",
+        "VehicleView",
+        "ConnectionPage",
+        "VehicleState",
+    ] {
+        assert!(schemas.contains_key(name), "schema {name} missing");
     }
 }
 

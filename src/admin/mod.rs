@@ -15,19 +15,24 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-use crate::ingest::registry::Registry;
+use crate::ingest::registry::{ConnectionEntry, Registry};
+use crate::ingest::vins::VinLists;
 use crate::rules::arrival::{Watch, WatchSpec};
 use crate::rules::sites::{
     site_from_feature, site_to_feature, sites_from_geojson, Site, MAX_RADIUS_M,
 };
 use crate::rules::Engine;
 use crate::sinks::{Readiness, SinkRouter};
+use crate::state::VehicleState;
 use crate::store::{Store, StoreError};
 
 /// Largest body of ordinary requests.
@@ -61,6 +66,158 @@ pub struct ApiError {
     error: &'static str,
     detail: String,
     extra: Option<Value>,
+}
+
+/// Every error body: a stable code and a sentence saying what to do.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable error code (`not_found`, `bad_json`, `invalid_body`, `unauthorized`, …).
+    pub error: String,
+    /// What went wrong and how to fix it.
+    pub detail: String,
+    /// Per-feature problems of a refused GeoJSON import.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<FeatureProblem>>,
+}
+
+/// One invalid feature of a GeoJSON import.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeatureProblem {
+    /// Index in `features`.
+    pub index: usize,
+    /// What is wrong with it.
+    pub error: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process runs.
+    pub status: &'static str,
+}
+
+/// `GET /readyz` and `GET /healthz/sinks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    /// Ready (for `/readyz`: able to accept vehicles; for `/healthz/sinks`: every sink can
+    /// deliver now).
+    pub ready: bool,
+    /// Each sink's state.
+    pub sinks: Vec<SinkHealth>,
+}
+
+/// One sink's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SinkHealth {
+    /// Sink name (`logger`, `kafka`).
+    pub sink: &'static str,
+    /// It can deliver now.
+    pub ready: bool,
+    /// Why not, when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `GET /v1/sites`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SiteList {
+    /// Number of sites.
+    pub count: usize,
+    /// The sites.
+    pub sites: Vec<SiteBody>,
+}
+
+/// A GeoJSON FeatureCollection (import body, export answer).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeatureCollection {
+    /// Always `FeatureCollection`.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^FeatureCollection$")]
+    pub kind: String,
+    /// GeoJSON Features: `id` (or `properties.id`), a Point with `properties.radius_m`, or a
+    /// Polygon / MultiPolygon; `properties.name`, `.kind`, `.tags`.
+    #[schema(value_type = Vec<Object>)]
+    pub features: Vec<Value>,
+}
+
+/// `POST /v1/sites/import`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Imported {
+    /// Sites created or replaced.
+    pub imported: usize,
+}
+
+/// `GET /v1/watches`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatchList {
+    /// Number of watches.
+    pub count: usize,
+    /// The watches with their progress.
+    pub watches: Vec<Watch>,
+}
+
+/// `GET /v1/vins`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VinListsView {
+    /// The lists the admin API manages (stored).
+    pub admin: VinLists,
+    /// What is enforced: config ∪ data connector file ∪ admin.
+    pub effective: VinLists,
+}
+
+/// `PUT /v1/vins/{list}/{vin}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VinChange {
+    /// `allow` or `block`.
+    pub list: &'static str,
+    /// The VIN.
+    pub vin: String,
+    /// Connections the new lists refused and closed.
+    pub connections_closed: usize,
+}
+
+/// `GET /v1/vehicles/{vin}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VehicleView {
+    /// The vehicle.
+    pub vin: String,
+    /// Its latest state.
+    pub state: VehicleState,
+    /// Sites it is inside now.
+    pub sites_inside: Vec<String>,
+    /// A charging session is open.
+    pub charging_session_open: bool,
+    /// Its open sockets.
+    pub connections: Vec<ConnectionEntry>,
+}
+
+/// One vehicle of `GET /v1/vehicles?near=`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NearVehicle {
+    /// The vehicle.
+    pub vin: String,
+    /// Distance from the point (m).
+    pub distance_m: f64,
+    /// Its latest state.
+    pub state: VehicleState,
+}
+
+/// `GET /v1/vehicles?near=`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NearList {
+    /// Number found.
+    pub count: usize,
+    /// Nearest first.
+    pub vehicles: Vec<NearVehicle>,
+}
+
+/// `GET /v1/connections`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectionPage {
+    /// Open connections in all (not only this page).
+    pub count: usize,
+    /// This page.
+    pub connections: Vec<ConnectionEntry>,
 }
 
 impl ApiError {
@@ -211,36 +368,43 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
     response
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
-    let v1 = Router::new()
-        .route("/v1/sites", get(list_sites))
-        .route("/v1/sites/export", get(export_sites))
-        .route(
-            "/v1/sites/import",
-            post(import_sites).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
-        )
-        .route(
-            "/v1/sites/{id}",
-            get(get_site).put(put_site).delete(delete_site),
-        )
-        .route("/v1/watches", get(list_watches).post(create_watch))
-        .route("/v1/watches/{id}", get(get_watch).delete(delete_watch))
-        .route("/v1/vehicles", get(vehicles_near))
-        .route("/v1/vehicles/{vin}", get(get_vehicle))
-        .route("/v1/connections", get(list_connections))
-        .route("/v1/vins", get(get_vins))
-        .route(
-            "/v1/vins/{list}/{vin}",
-            axum::routing::put(put_vin).delete(delete_vin),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/healthz/sinks", get(sinks_health))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+/// The admin routes and their OpenAPI document, built together from the handlers (a route
+/// cannot be served without being documented, or documented without being served).
+pub fn api(state: AdminState) -> (Router<AdminState>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(list_sites))
+        .routes(routes!(export_sites))
+        .routes(routes!(import_sites).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)))
+        .routes(routes!(get_site, put_site, delete_site))
+        .routes(routes!(list_watches, create_watch))
+        .routes(routes!(get_watch, delete_watch))
+        .routes(routes!(vehicles_near))
+        .routes(routes!(get_vehicle))
+        .routes(routes!(list_connections))
+        .routes(routes!(get_vins))
+        .routes(routes!(put_vin, delete_vin))
+        .route_layer(middleware::from_fn_with_state(state, require_token));
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(sinks_health))
         .merge(v1)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .split_for_parts()
+}
+
+/// The admin router: [`api`] plus `/openapi.json` and the JSON 404 fallback.
+pub fn router(state: AdminState) -> Router {
+    let (routes, doc) = api(state.clone());
+    let doc = Arc::new(openapi::finish(doc));
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json((*doc).clone()) }
+            }),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -248,36 +412,49 @@ pub fn router(state: AdminState) -> Router {
                 "no such route; see /openapi.json",
             )
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// Each sink's readiness as JSON, and whether all of them can deliver now.
-fn sink_health(state: &AdminState) -> (bool, Value) {
-    let mut all_ready = true;
-    let sinks: Vec<Value> = state
+/// Each sink's state, and whether all of them can deliver now.
+fn sink_health(state: &AdminState) -> (bool, Vec<SinkHealth>) {
+    let sinks: Vec<SinkHealth> = state
         .sinks
         .all()
         .iter()
         .map(|sink| match sink.readiness() {
-            Readiness::Ready => json!({"sink": sink.name(), "ready": true}),
-            Readiness::NotReady(why) => {
-                all_ready = false;
-                json!({"sink": sink.name(), "ready": false, "detail": why})
-            }
+            Readiness::Ready => SinkHealth {
+                sink: sink.name(),
+                ready: true,
+                detail: None,
+            },
+            Readiness::NotReady(why) => SinkHealth {
+                sink: sink.name(),
+                ready: false,
+                detail: Some(why),
+            },
         })
         .collect();
-    (all_ready, Value::Array(sinks))
+    (sinks.iter().all(|s| s.ready), sinks)
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Up", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready = able to accept vehicles (the listener is bound and not draining). Sinks do not
 /// gate it: with Kafka down, vehicles must still connect and be back-pressured (reliable acks
-/// wait), not be turned away by every pod leaving the Service. Their state is reported here for
-/// information and gates `/healthz/sinks`.
+/// wait), not be turned away by every pod leaving the Service. Their state is reported for
+/// information; `/healthz/sinks` is gated by it.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Accepting vehicles; sink states for information", body = ReadyBody),
+    (status = 503, description = "Listener not bound or shutting down", body = ErrorBody)))]
 async fn readyz(State(state): State<AdminState>) -> Response {
     let (_, sinks) = sink_health(&state);
     if state.listener_up.load(Ordering::Relaxed) {
-        Json(json!({"ready": true, "sinks": sinks})).into_response()
+        Json(ReadyBody { ready: true, sinks }).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -289,20 +466,23 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 /// Sink (broker) health: 200 when every sink can deliver now, 503 with each sink's reason.
-async fn sinks_health(State(state): State<AdminState>) -> Response {
-    let (all_ready, sinks) = sink_health(&state);
-    let status = if all_ready {
+#[utoipa::path(get, path = "/healthz/sinks", tag = "health", responses(
+    (status = 200, description = "Every sink can deliver", body = ReadyBody),
+    (status = 503, description = "A sink cannot deliver now (each one's reason inside)", body = ReadyBody)))]
+async fn sinks_health(State(state): State<AdminState>) -> (StatusCode, Json<ReadyBody>) {
+    let (ready, sinks) = sink_health(&state);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"ready": all_ready, "sinks": sinks}))).into_response()
+    (status, Json(ReadyBody { ready, sinks }))
 }
 
 // ---------- sites ----------
 
 /// A site in API form: GeoJSON geometry plus its properties, flat.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SiteBody {
     /// Id (taken from the path on PUT; must match when given).
@@ -319,8 +499,10 @@ pub struct SiteBody {
     pub tags: BTreeMap<String, String>,
     /// Radius of a Point site (m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0, maximum = 100000)]
     pub radius_m: Option<f64>,
     /// GeoJSON geometry: Point, Polygon or MultiPolygon.
+    #[schema(value_type = Object)]
     pub geometry: Value,
 }
 
@@ -403,12 +585,25 @@ pub fn site_from_json(id: &str, text: &str, default_radius_m: f64) -> Result<Sit
     site_from_body(id, body, default_radius_m)
 }
 
-async fn list_sites(State(state): State<AdminState>) -> Json<Value> {
+/// List sites.
+#[utoipa::path(get, path = "/v1/sites", tag = "sites", security(("bearer" = [])), responses(
+    (status = 200, description = "Every site", body = SiteList),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
+async fn list_sites(State(state): State<AdminState>) -> Json<SiteList> {
     let index = state.engine.sites.load();
     let sites: Vec<SiteBody> = index.all().iter().map(|s| site_body(s)).collect();
-    Json(json!({"count": sites.len(), "sites": sites}))
+    Json(SiteList {
+        count: sites.len(),
+        sites,
+    })
 }
 
+/// Get a site.
+#[utoipa::path(get, path = "/v1/sites/{id}", tag = "sites", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Site id")), responses(
+    (status = 200, description = "The site", body = SiteBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such site", body = ErrorBody)))]
 async fn get_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -420,6 +615,18 @@ async fn get_site(
     Ok(Json(site_body(site)))
 }
 
+/// Create or replace a site.
+#[utoipa::path(put, path = "/v1/sites/{id}", tag = "sites", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Site id")), request_body = SiteBody, responses(
+    (status = 200, description = "Replaced", body = SiteBody),
+    (status = 201, description = "Created", body = SiteBody),
+    (status = 400, description = "Malformed JSON", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 415, description = "Body is not application/json", body = ErrorBody),
+    (status = 422, description = "Well-formed JSON with invalid values", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn put_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -439,6 +646,14 @@ async fn put_site(
     Ok((status, Json(site_body(&site))).into_response())
 }
 
+/// Delete a site.
+#[utoipa::path(delete, path = "/v1/sites/{id}", tag = "sites", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Site id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such site", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn delete_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -452,10 +667,20 @@ async fn delete_site(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Import a GeoJSON FeatureCollection (all or nothing).
+#[utoipa::path(post, path = "/v1/sites/import", tag = "sites", security(("bearer" = [])),
+    request_body(content = FeatureCollection, content_type = "application/json"), responses(
+    (status = 200, description = "Every feature imported", body = Imported),
+    (status = 400, description = "Malformed JSON", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Invalid features (each listed); nothing was imported", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn import_sites(
     State(state): State<AdminState>,
     body: Result<String, axum::extract::rejection::StringRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Imported>> {
     let text = body.map_err(|r| {
         let status = r.status();
         let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -506,9 +731,13 @@ async fn import_sites(
         all.insert(s.id.clone(), s);
     }
     state.engine.sites.replace(all.into_values().collect());
-    Ok(Json(json!({"imported": n})))
+    Ok(Json(Imported { imported: n }))
 }
 
+/// Export every site as a GeoJSON FeatureCollection.
+#[utoipa::path(get, path = "/v1/sites/export", tag = "sites", security(("bearer" = [])), responses(
+    (status = 200, description = "Every site", body = FeatureCollection, content_type = "application/geo+json"),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn export_sites(State(state): State<AdminState>) -> Response {
     let index = state.engine.sites.load();
     let fc = geojson::FeatureCollection {
@@ -525,6 +754,18 @@ async fn export_sites(State(state): State<AdminState>) -> Response {
 
 // ---------- watches ----------
 
+/// Create a watch.
+#[utoipa::path(post, path = "/v1/watches", tag = "watches", security(("bearer" = [])),
+    request_body = WatchSpec, responses(
+    (status = 201, description = "Created", body = Watch),
+    (status = 400, description = "Malformed JSON", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 409, description = "A watch with this id exists", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 415, description = "Body is not application/json", body = ErrorBody),
+    (status = 422, description = "Well-formed JSON with invalid values, or an unknown site", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn create_watch(
     State(state): State<AdminState>,
     JsonBody(spec): JsonBody<WatchSpec>,
@@ -560,6 +801,12 @@ async fn create_watch(
     Ok((StatusCode::CREATED, Json(watch)))
 }
 
+/// Get a watch with its progress.
+#[utoipa::path(get, path = "/v1/watches/{id}", tag = "watches", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Watch id")), responses(
+    (status = 200, description = "The watch", body = Watch),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such watch", body = ErrorBody)))]
 async fn get_watch(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -572,24 +819,45 @@ async fn get_watch(
         .ok_or_else(|| ApiError::not_found("watch", &id))
 }
 
-#[derive(Deserialize)]
+/// Filters of `GET /v1/watches`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WatchFilter {
+    /// Only this vehicle's watches.
     vin: Option<String>,
+    /// Only watches of this site.
     site_id: Option<String>,
 }
 
+/// List watches.
+#[utoipa::path(get, path = "/v1/watches", tag = "watches", security(("bearer" = [])),
+    params(WatchFilter), responses(
+    (status = 200, description = "The watches", body = WatchList),
+    (status = 400, description = "Bad query", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn list_watches(
     State(state): State<AdminState>,
     f: Result<Query<WatchFilter>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WatchList>> {
     let Query(f) = f.map_err(query_error)?;
     let watches = state
         .engine
         .watches
         .list(f.vin.as_deref(), f.site_id.as_deref());
-    Ok(Json(json!({"count": watches.len(), "watches": watches})))
+    Ok(Json(WatchList {
+        count: watches.len(),
+        watches,
+    }))
 }
 
+/// Delete a watch.
+#[utoipa::path(delete, path = "/v1/watches/{id}", tag = "watches", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Watch id")), responses(
+    (status = 204, description = "Deleted"),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such watch", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn delete_watch(
     State(state): State<AdminState>,
     Path(id): Path<String>,
@@ -605,8 +873,15 @@ async fn delete_watch(
 
 // ---------- VIN lists ----------
 
-async fn get_vins(State(state): State<AdminState>) -> Json<Value> {
-    Json(json!({"admin": *state.vins.admin_lists(), "effective": *state.vins.effective()}))
+/// The VIN allow / block lists (the admin API's and the effective ones).
+#[utoipa::path(get, path = "/v1/vins", tag = "vins", security(("bearer" = [])), responses(
+    (status = 200, description = "The lists", body = VinListsView),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
+async fn get_vins(State(state): State<AdminState>) -> Json<VinListsView> {
+    Json(VinListsView {
+        admin: (*state.vins.admin_lists()).clone(),
+        effective: (*state.vins.effective()).clone(),
+    })
 }
 
 fn vin_list(list: &str, vin: &str) -> ApiResult<&'static str> {
@@ -634,10 +909,21 @@ async fn apply_vin_lists(state: &AdminState) -> ApiResult<usize> {
     Ok(state.registry.kick(|vin| vins.refusal(vin).is_some()))
 }
 
+/// Add a VIN to the allow or block list; connections the lists now refuse are closed.
+#[utoipa::path(put, path = "/v1/vins/{list}/{vin}", tag = "vins", security(("bearer" = [])),
+    params(("list" = String, Path, description = "`allow` or `block`"),
+           ("vin" = String, Path, description = "The VIN (1 to 64 characters)")), responses(
+    (status = 200, description = "Already listed", body = VinChange),
+    (status = 201, description = "Added", body = VinChange),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such list", body = ErrorBody),
+    (status = 422, description = "Invalid VIN", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn put_vin(
     State(state): State<AdminState>,
     Path((list, vin)): Path<(String, String)>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<VinChange>)> {
     let list = vin_list(&list, &vin)?;
     let store = state.store.clone();
     let key = vin.clone();
@@ -650,10 +936,24 @@ async fn put_vin(
     };
     Ok((
         status,
-        Json(json!({"list": list, "vin": vin, "connections_closed": closed})),
+        Json(VinChange {
+            list,
+            vin,
+            connections_closed: closed,
+        }),
     ))
 }
 
+/// Remove a VIN from a list.
+#[utoipa::path(delete, path = "/v1/vins/{list}/{vin}", tag = "vins", security(("bearer" = [])),
+    params(("list" = String, Path, description = "`allow` or `block`"),
+           ("vin" = String, Path, description = "The VIN")), responses(
+    (status = 204, description = "Removed"),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such list, or the VIN is not on it", body = ErrorBody),
+    (status = 422, description = "Invalid VIN", body = ErrorBody),
+    (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
+    (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
 async fn delete_vin(
     State(state): State<AdminState>,
     Path((list, vin)): Path<(String, String)>,
@@ -670,36 +970,57 @@ async fn delete_vin(
 
 // ---------- vehicles and connections ----------
 
+/// Latest state of a vehicle, connected or not.
+#[utoipa::path(get, path = "/v1/vehicles/{vin}", tag = "vehicles", security(("bearer" = [])),
+    params(("vin" = String, Path, description = "The VIN")), responses(
+    (status = 200, description = "The vehicle", body = VehicleView),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "Never seen", body = ErrorBody)))]
 async fn get_vehicle(
     State(state): State<AdminState>,
     Path(vin): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<VehicleView>> {
     let s = state
         .engine
         .vehicles
         .get(&vin)
         .ok_or_else(|| ApiError::not_found("vehicle", &vin))?;
-    let inside: Vec<&str> = s.tracking.inside.iter().map(|(id, _)| &**id).collect();
-    Ok(Json(json!({
-        "vin": vin,
-        "state": s,
-        "sites_inside": inside,
-        "charging_session_open": s.tracking.session.is_some(),
-        "connections": state.registry.of_vin(&vin),
-    })))
+    Ok(Json(VehicleView {
+        sites_inside: s
+            .tracking
+            .inside
+            .iter()
+            .map(|(id, _)| id.to_string())
+            .collect(),
+        charging_session_open: s.tracking.session.is_some(),
+        connections: state.registry.of_vin(&vin),
+        state: s,
+        vin,
+    }))
 }
 
-#[derive(Deserialize)]
+/// Query of `GET /v1/vehicles`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct NearQuery {
+    /// `LAT,LON` in degrees (required).
     near: Option<String>,
+    /// Radius in metres, (0, 100000] (default 1000).
     radius_m: Option<f64>,
+    /// Most vehicles to return, [1, 1000] (default 100).
     limit: Option<usize>,
 }
 
+/// Vehicles near a point, nearest first.
+#[utoipa::path(get, path = "/v1/vehicles", tag = "vehicles", security(("bearer" = [])),
+    params(NearQuery), responses(
+    (status = 200, description = "Vehicles within the radius", body = NearList),
+    (status = 400, description = "Missing or invalid near, radius_m or limit", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn vehicles_near(
     State(state): State<AdminState>,
     q: Result<Query<NearQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<NearList>> {
     let Query(q) = q.map_err(query_error)?;
     let bad = |d: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", d);
     let near = q.near.ok_or_else(|| bad("near=LAT,LON is required"))?;
@@ -724,26 +1045,43 @@ async fn vehicles_near(
     if limit == 0 || limit > 1000 {
         return Err(bad("limit must be within [1, 1000]"));
     }
-    let found: Vec<Value> = state
+    let found: Vec<NearVehicle> = state
         .engine
         .vehicles
         .near(lat, lon, radius, limit)
         .into_iter()
-        .map(|(vin, d, s)| json!({"vin": vin, "distance_m": crate::rules::event::round(d), "state": s}))
+        .map(|(vin, d, s)| NearVehicle {
+            vin: vin.to_string(),
+            distance_m: crate::rules::event::round(d),
+            state: s,
+        })
         .collect();
-    Ok(Json(json!({"count": found.len(), "vehicles": found})))
+    Ok(Json(NearList {
+        count: found.len(),
+        vehicles: found,
+    }))
 }
 
-#[derive(Deserialize)]
+/// Paging of `GET /v1/connections`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Page size, [1, 10000] (default 100).
     limit: Option<usize>,
+    /// Connections to skip (default 0).
     offset: Option<usize>,
 }
 
+/// Open vehicle connections (paged, oldest first).
+#[utoipa::path(get, path = "/v1/connections", tag = "vehicles", security(("bearer" = [])),
+    params(Page), responses(
+    (status = 200, description = "A page of open connections", body = ConnectionPage),
+    (status = 400, description = "Invalid limit or offset", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn list_connections(
     State(state): State<AdminState>,
     p: Result<Query<Page>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ConnectionPage>> {
     let Query(p) = p.map_err(query_error)?;
     let limit = p.limit.unwrap_or(100);
     if limit == 0 || limit > 10_000 {
@@ -760,5 +1098,8 @@ async fn list_connections(
         .take(limit)
         .cloned()
         .collect();
-    Ok(Json(json!({"count": all.len(), "connections": page})))
+    Ok(Json(ConnectionPage {
+        count: all.len(),
+        connections: page,
+    }))
 }

@@ -4,7 +4,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 /// One open connection.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConnectionEntry {
     /// The vehicle.
     pub vin: String,

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 /// An allow list and a block list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VinLists {
     /// When not empty, only these VINs may connect.

@@ -5,27 +5,33 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 /// A watch as configured or posted to the admin API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchSpec {
     /// Id chosen by the owner (unique).
+    #[schema(min_length = 1, max_length = 200)]
     pub watch_id: String,
     /// The vehicle.
+    #[schema(min_length = 1, max_length = 64)]
     pub vin: String,
     /// The site to arrive at.
+    #[schema(min_length = 1)]
     pub site_id: String,
     /// SoC that makes charging "complete" (else the car's ChargeLimitSoc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 100)]
     pub target_soc: Option<f64>,
     /// Minutes out for `arrival.approaching` (default from `fleetgate.rules.eta_notify_minutes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1440)]
     pub notify_eta_minutes: Option<f64>,
     /// RFC 3339 time after which the watch ends with `arrival.expired`.
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
 /// Where a watch stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WatchProgress {
     /// `arrival.approaching` was emitted.
     pub approached: bool,
@@ -36,7 +42,7 @@ pub struct WatchProgress {
 }
 
 /// A watch with its parsed expiry and progress.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Watch {
     /// The spec.
     #[serde(flatten)]

@@ -15,7 +15,7 @@ use crate::wire::proto::vehicle_data::{
 const MAX_UNIX_S: i64 = 253_402_300_799;
 
 /// A GPS fix.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Position {
     /// Latitude (degrees).
     pub lat: f64,
@@ -26,7 +26,7 @@ pub struct Position {
 }
 
 /// Detailed charge state, as far as the rules care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeState {
     /// Starting or charging: a session is open.
@@ -157,7 +157,7 @@ impl VehicleUpdate {
 }
 
 /// The latest known state of one vehicle.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VehicleState {
     /// Last accepted GPS fix.
     pub position: Option<Position>,
@@ -175,7 +175,8 @@ pub struct VehicleState {
     pub dc_energy_in: Option<f64>,
     /// AC energy counter (kWh).
     pub ac_energy_in: Option<f64>,
-    /// Navigation destination.
+    /// Navigation destination `[lat, lon]`.
+    #[schema(value_type = Option<Vec<f64>>)]
     pub destination: Option<(f64, f64)>,
     /// Minutes to the destination.
     pub minutes_to_arrival: Option<f64>,
