@@ -1,5 +1,5 @@
 //! Envelope + payload decode + transforms of a typical `V` frame (15 datums).
-//! Goal (issue 3): >= 1,000,000 frames/s per core. Run: `cargo bench --bench decode`.
+//! Goal: >= 1,000,000 frames/s per core. Run: `cargo bench --bench decode`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetgate::wire::proto::vehicle_data::{

@@ -1,5 +1,5 @@
 //! Rules per `V` frame (state update + geofence + charging + watches) with 10 k, 100 k and
-//! 1 M circle sites indexed. Goal (issue 6): <= 2 µs median with 1 M sites.
+//! 1 M circle sites indexed. Goal: <= 2 µs median with 1 M sites.
 //! Also prints the memory cost of 1 M sites. Run: `cargo bench --bench rules`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

@@ -269,12 +269,30 @@ pub const NEGATIVE_CASES: &[(&str, &str)] = &[
     ),
 ];
 
-fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, CertsError> {
+/// Writes a file of the dev PKI; private keys (`*.key`) are created owner-only (0600).
+pub fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, CertsError> {
+    use std::io::Write;
     let path = dir.join(name);
-    std::fs::write(&path, text).map_err(|source| CertsError::Write {
+    let err = |source| CertsError::Write {
         path: path.clone(),
         source,
-    })?;
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if name.ends_with(".key") {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&path).map_err(err)?;
+    // an existing file keeps its old mode through open(): tighten it too
+    #[cfg(unix)]
+    if name.ends_with(".key") {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    file.write_all(text.as_bytes()).map_err(err)?;
     Ok(path)
 }
 
@@ -399,4 +417,46 @@ impl DevPki {
 /// Example VINs for dev certificates (valid-looking, not real vehicles).
 pub fn example_vins(n: usize) -> Vec<String> {
     (1..=n).map(|i| format!("5YJ3E1EA7KF{i:06}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(unix)]
+    #[test]
+    fn dev_keys_are_owner_only_and_certificates_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = super::DevPki::generate().unwrap();
+        pki.write(
+            dir.path(),
+            &["localhost"],
+            &["5YJ3E1EA7KF000001".into()],
+            true,
+        )
+        .unwrap();
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for key in [
+            "ca.key",
+            "issuing-ca.key",
+            "server.key",
+            "vehicles/5YJ3E1EA7KF000001.key",
+        ] {
+            assert_eq!(mode(key), 0o600, "{key}");
+        }
+        assert_ne!(mode("ca.pem") & 0o044, 0, "certificates stay readable");
+        // rewriting over an existing, looser key file tightens it
+        std::fs::set_permissions(
+            dir.path().join("server.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        pki.write(dir.path(), &["localhost"], &[], false).unwrap();
+        assert_eq!(mode("server.key"), 0o600);
+    }
 }

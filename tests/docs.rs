@@ -102,3 +102,40 @@ fn every_event_type_has_an_example() {
         );
     }
 }
+
+#[test]
+fn the_readme_layout_matches_src() {
+    let readme = read("README.md");
+    let layout = readme
+        .split("## Layout")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("README has a Layout section");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // every module of src/ is in the table
+    for entry in std::fs::read_dir(root.join("src")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        let shown = if entry.file_type().unwrap().is_dir() {
+            format!("`src/{name}/`")
+        } else {
+            format!("`src/{name}`")
+        };
+        assert!(
+            layout.contains(&shown),
+            "{shown} is missing from the README layout"
+        );
+    }
+    // and every path the table names exists
+    let re = regex::Regex::new(r"`([a-zA-Z0-9_./-]+)`").unwrap();
+    for row in layout.lines().filter(|l| l.starts_with("| `")) {
+        let first_cell = row.split('|').nth(1).unwrap();
+        for cap in re.captures_iter(first_cell) {
+            let path = &cap[1];
+            assert!(
+                root.join(path).exists(),
+                "README layout names {path}, which does not exist"
+            );
+        }
+    }
+}

@@ -118,7 +118,7 @@ fn every_enum_value_matches_enums_tsv() {
 #[test]
 fn generated_rust_types_agree_with_the_descriptors() {
     use fleetgate::wire::proto::vehicle_data::{DetailedChargeStateValue, Field};
-    // spot checks the WIRE.md table names
+    // spot checks of the documented field names
     for (name, number) in [
         ("VehicleSpeed", 4),
         ("Odometer", 5),

@@ -79,7 +79,7 @@ pub struct ServerRun {
     pub max_frames_per_s: Option<f64>,
 }
 
-/// One goal of the issue, checked against the two runs.
+/// One goal of the scenario, checked against the two runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct GoalCheck {
     /// What is compared.

@@ -68,8 +68,13 @@ pub fn vehicle_cert(certs: &Path, pki: &mut Option<DevPki>, vin: &str) -> Result
         .vehicle(vin)
         .map_err(|e| e.to_string())?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    std::fs::write(&chain, &pair.chain_pem).map_err(|e| format!("{}: {e}", chain.display()))?;
-    std::fs::write(&key, &pair.key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
+    for (path, text) in [(&chain, &pair.chain_pem), (&key, &pair.key_pem)] {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        crate::certs::write(&dir, name, text).map_err(|e| e.to_string())?;
+    }
     Ok(pair)
 }
 

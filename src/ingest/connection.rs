@@ -1,5 +1,5 @@
 //! One vehicle connection after the websocket upgrade: read frames, decode, dispatch to sinks,
-//! answer each frame exactly as WIRE.md says, and send acks of reliable topics when their
+//! answer each frame as Tesla's server does, and send acks of reliable topics when their
 //! delivery reports arrive. One task per connection; nothing here blocks another vehicle.
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! Who is on the other end: the identity rules of WIRE.md applied to the verified client
+//! Who is on the other end: Tesla's identity rules applied to the verified client
 //! certificate, once, right after the TLS handshake.
 
 use x509_parser::prelude::{FromDer, X509Certificate};

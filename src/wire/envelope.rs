@@ -1,7 +1,7 @@
 //! The flatbuffers envelope every websocket message is wrapped in: reading (verified, never
 //! out of bounds) and writing (acks, error replies, and the frames our own clients send).
 //!
-//! Layout (WIRE.md): root table `Envelope` {0 txid: [ubyte], 1 topic: [ubyte], 2 message_type:
+//! Layout (Tesla's `Envelope` schema): root table `Envelope` {0 txid: [ubyte], 1 topic: [ubyte], 2 message_type:
 //! ubyte union tag (4 Stream, 5 StreamAck), 3 message: union offset, 4 message_id: [ubyte]};
 //! `Stream` {0 created_at: uint32, 1 sender_id, 2 payload, 3 device_type, 4 device_id: [ubyte],
 //! 5 delivered_at_epoch_ms: uint64}.

@@ -7,7 +7,7 @@ use super::envelope::{read_envelope, EnvelopeError, MESSAGE_TYPE_STREAM};
 use super::payload::{decode_and_transform, Decoded};
 use super::topic::Topic;
 
-/// Largest websocket message accepted as a frame (WIRE.md).
+/// Largest websocket message accepted as a frame (Tesla's limit).
 pub const MAX_FRAME_BYTES: usize = 1_000_000;
 
 /// A verified envelope carrying a `Stream`, before its payload is decoded. Borrows the

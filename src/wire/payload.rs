@@ -17,7 +17,7 @@ use super::proto::{vehicle_alerts, vehicle_connectivity, vehicle_data, vehicle_e
 use super::topic::Topic;
 use vehicle_data::value::Value as V;
 
-/// Seconds at or above this in an alert timestamp were really milliseconds (WIRE.md).
+/// Seconds at or above this in an alert timestamp were really milliseconds (Tesla's alert transform).
 pub const ALERT_MILLIS_THRESHOLD_S: i64 = 315_576_000_000;
 
 /// Field number of `vin` in all four payload messages.
