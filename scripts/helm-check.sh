@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Lints and renders the Helm chart with the default and the full values file.
+# Lints and renders the Helm chart with the default and the full values file, then runs the
+# config each one renders through the real binary (`fleetgate check-config --strict`).
 # helm is built from the Go module proxy (helm.sh/helm/v3) into target/tools when not on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +33,33 @@ fi
 if "$helm_bin" template ci "$chart" >/dev/null 2>&1; then
   echo "helm-check: rendering without an admin token must fail" >&2; exit 1
 fi
+# The chart's values must start the real binary: the rendered config.json of every values file
+# goes through `fleetgate check-config` (files it names live in the pod: not opened; secrets the
+# workload passes as environment variables count as set).
+cargo build -q --bin fleetgate
+for rendered in "$out/default.yaml" "$out/full.yaml"; do
+  config="${rendered%.yaml}.config.json"
+  python3 - "$rendered" "$config" <<'PY'
+import sys
+# the ConfigMap's `config.json: |` block scalar: the lines indented deeper than its key
+lines = open(sys.argv[1]).read().split("\n")
+start = [i for i, l in enumerate(lines) if l.strip() == "config.json: |"]
+if len(start) != 1:
+    sys.exit(f"helm-check: expected one config.json in {sys.argv[1]}, found {len(start)}")
+key_indent = len(lines[start[0]]) - len(lines[start[0]].lstrip())
+body = []
+for line in lines[start[0] + 1:]:
+    if line.strip() and len(line) - len(line.lstrip()) <= key_indent:
+        break
+    body.append(line[key_indent + 2:])
+open(sys.argv[2], "w").write("\n".join(body))
+PY
+  env_args=()
+  if grep -q 'name: FLEETGATE_KAFKA_SASL_PASSWORD' "$rendered"; then
+    env_args=(FLEETGATE_KAFKA_SASL_PASSWORD=from-the-pods-secret)
+  fi
+  echo "== fleetgate check-config on the config $(basename "$rendered" .yaml) values render"
+  env "${env_args[@]}" target/debug/fleetgate check-config --no-file-checks --strict "$config" \
+    || { echo "helm-check: the chart's $(basename "$rendered" .yaml) values render a config fleetgate refuses:" >&2; cat "$config" >&2; exit 1; }
+done
 echo "helm-check: ok ($(grep -c '^kind:' "$out/default.yaml") objects default, $(grep -c '^kind:' "$out/full.yaml") with full values)"

@@ -3,7 +3,10 @@
 # targets and doc tests, stops the broker. The one command for developers and CI.
 #   scripts/test.sh              # everything
 #   scripts/test.sh NAME         # extra arguments go to cargo test (e.g. a test filter)
-# Set FLEETGATE_TEST_KAFKA=host:port to use a broker you run yourself (then none is started).
+# Set FLEETGATE_TEST_KAFKA=host:port to use a broker you run yourself (then none is started;
+# the SASL_SSL tests then need FLEETGATE_TEST_KAFKA_SASL=host:port and FLEETGATE_TEST_KAFKA_CA,
+# with the users and ACLs scripts/kafka.sh makes).
+# The CloudEvents SDK tests read events with the Python SDK from target/venv (made here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +26,14 @@ if [ -z "${FLEETGATE_TEST_KAFKA:-}" ]; then
     echo "== using the running test Kafka broker"
   fi
 fi
+
+venv=target/venv
+if ! "$venv/bin/python" -c "import cloudevents.core.bindings.kafka" 2>/dev/null; then
+  echo "== installing the CloudEvents Python SDK into $venv (tests/sdk/requirements.txt)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q -r tests/sdk/requirements.txt
+fi
+export FLEETGATE_TEST_PYTHON="$PWD/$venv/bin/python"
 
 echo "== building tests"
 cargo test --all-targets --no-run "$@"

@@ -143,11 +143,15 @@ pub fn build_sinks(
         let properties = config.kafka.as_ref().ok_or_else(|| {
             ServeError::Config("records route to `kafka` but there is no `kafka` section".into())
         })?;
+        let properties =
+            crate::sinks::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
         let sink = KafkaSink::new(
-            properties,
+            &properties,
             &config.namespace,
             &config.events_topic(),
             config.transmit_decoded_records,
+            config.fleetgate.events.kafka_content_mode,
         )
         .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));

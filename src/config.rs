@@ -264,6 +264,19 @@ pub struct FleetgateConfig {
     /// Seconds a graceful shutdown may take before connections are cut (default 10).
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
+    /// Kafka settings that are not librdkafka properties (secrets from files).
+    #[serde(default)]
+    pub kafka: KafkaExtrasConfig,
+}
+
+/// `fleetgate.kafka`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaExtrasConfig {
+    /// File holding `sasl.password` (a mounted secret; a trailing newline is dropped).
+    /// `FLEETGATE_KAFKA_SASL_PASSWORD` wins over it; both win over `kafka.sasl.password`.
+    #[serde(default)]
+    pub sasl_password_file: Option<String>,
 }
 
 /// `fleetgate.admin`.
@@ -335,6 +348,11 @@ pub struct EventsConfig {
     /// Sinks that receive events (default: the sinks of topic `V`).
     #[serde(default)]
     pub sinks: Option<Vec<String>>,
+    /// CloudEvents Kafka binding: `structured` (default: the event JSON as the value,
+    /// `content-type: application/cloudevents+json`) or `binary` (`data` as the value, every
+    /// attribute a `ce_` header).
+    #[serde(default)]
+    pub kafka_content_mode: crate::sinks::kafka::EventContentMode,
 }
 
 fn default_shutdown_grace_s() -> u64 {
@@ -526,13 +544,18 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
+        Config::load_with(path, true)
+    }
+
+    /// [`Config::load`], optionally without opening the files the config names.
+    pub fn load_with(path: &Path, check_files: bool) -> Result<LoadedConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let config = Config::from_json(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let (issues, warnings) = config.validate(base);
+        let (issues, warnings) = config.validate_with(base, check_files);
         if !issues.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_owned(),
@@ -567,8 +590,15 @@ impl Config {
         }
     }
 
-    /// Checks every value; returns (fatal issues, warnings).
+    /// Checks every value, the files it names too; returns (fatal issues, warnings).
     pub fn validate(&self, base: &Path) -> (Vec<ConfigIssue>, Vec<String>) {
+        self.validate_with(base, true)
+    }
+
+    /// Checks every value; with `check_files` false, files the config names (certificates,
+    /// sites, VIN lists, secrets) are not opened — for a config rendered for another machine
+    /// (`fleetgate check-config --no-file-checks`, the Helm chart's check).
+    pub fn validate_with(&self, base: &Path, check_files: bool) -> (Vec<ConfigIssue>, Vec<String>) {
         let mut issues = Vec::new();
         let mut warnings = Vec::new();
         let mut issue = |key: &str, problem: String| {
@@ -622,6 +652,7 @@ impl Config {
                     }
                 }
                 match file.vin_allowed_path() {
+                    Some(_) if !check_files => {}
                     Some(p) => {
                         let path = Config::resolve(base, p);
                         if let Err(e) = crate::ingest::vins::read_allowed_file(&path) {
@@ -664,19 +695,30 @@ impl Config {
                 ] {
                     if value.is_empty() {
                         issue(key, format!("missing: set it to {what}"));
-                    } else {
+                    } else if check_files {
                         let path = Config::resolve(base, value);
                         if !path.is_file() {
                             issue(key, format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file)", path.display()));
                         }
                     }
                 }
-                if !tls.ca_file.is_empty() {
+                if check_files && !tls.ca_file.is_empty() {
                     let path = Config::resolve(base, &tls.ca_file);
                     if !path.is_file() {
                         issue("tls.ca_file", format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file), or remove the key to trust Tesla's embedded vehicle CAs", path.display()));
                     }
                 }
+            }
+        }
+
+        if let Some(kafka) = &self.kafka {
+            for (key, problem) in crate::sinks::kafka::check_properties(
+                kafka,
+                &self.fleetgate.kafka,
+                base,
+                check_files,
+            ) {
+                issue(&key, problem);
             }
         }
 
@@ -804,7 +846,7 @@ impl Config {
         for (key, problem) in self.fleetgate.rules.problems() {
             issue(key, problem);
         }
-        if let Some(file) = &self.fleetgate.sites_file {
+        if let Some(file) = self.fleetgate.sites_file.as_ref().filter(|_| check_files) {
             let path = Config::resolve(base, file);
             if !path.is_file() {
                 issue(

@@ -28,6 +28,19 @@ enum Command {
         #[arg(long)]
         insecure_admin: bool,
     },
+    /// Check a config file as `serve` would, without opening any listener: print every problem
+    /// (and every warning) and exit non-zero when there is a problem.
+    CheckConfig {
+        /// Configuration file (JSON).
+        file: PathBuf,
+        /// Do not open the files the config names (certificates, sites, secrets): for a config
+        /// rendered for another machine, such as the Helm chart's.
+        #[arg(long)]
+        no_file_checks: bool,
+        /// Warnings (unknown keys, features fleetgate does not have) fail the check too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Decode captured frames (one websocket message per file; `-` reads stdin) to JSON lines.
     Decode {
         /// Frame files.
@@ -270,6 +283,30 @@ enum CertsCommand {
     },
 }
 
+fn check_config(file: &std::path::Path, no_file_checks: bool, strict: bool) -> ExitCode {
+    match fleetgate::config::Config::load_with(file, !no_file_checks) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if strict && !loaded.warnings.is_empty() {
+                eprintln!(
+                    "fleetgate check-config: {}: {} warning(s), and --strict makes them fail",
+                    file.display(),
+                    loaded.warnings.len()
+                );
+                return ExitCode::from(1);
+            }
+            println!("fleetgate check-config: {}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleetgate check-config: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
     let loaded = match fleetgate::config::Config::load(&config) {
         Ok(l) => l,
@@ -363,6 +400,11 @@ fn main() -> ExitCode {
             config,
             insecure_admin,
         } => serve(config, insecure_admin),
+        Command::CheckConfig {
+            file,
+            no_file_checks,
+            strict,
+        } => check_config(&file, no_file_checks, strict),
         Command::Certs {
             command:
                 CertsCommand::Dev {

@@ -62,6 +62,15 @@ impl EventType {
     }
 }
 
+/// CloudEvents `specversion` of every event.
+pub const SPEC_VERSION: &str = "1.0";
+/// CloudEvents `source` of every event.
+pub const SOURCE: &str = "fleetgate";
+/// `datacontenttype` of every event's `data`.
+pub const DATA_CONTENT_TYPE: &str = "application/json";
+/// Content type of a structured-mode CloudEvent.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+
 /// One event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -121,13 +130,13 @@ impl Event {
     /// The CloudEvents 1.0 structured JSON.
     pub fn to_cloudevent(&self) -> Value {
         serde_json::json!({
-            "specversion": "1.0",
+            "specversion": SPEC_VERSION,
             "id": self.id,
-            "source": "fleetgate",
+            "source": SOURCE,
             "type": self.kind.as_str(),
             "subject": self.vin,
             "time": self.time_rfc3339(),
-            "datacontenttype": "application/json",
+            "datacontenttype": DATA_CONTENT_TYPE,
             "data": self.data,
         })
     }

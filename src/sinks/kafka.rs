@@ -2,8 +2,13 @@
 //! transformed protobuf (or proto3 JSON with `transmit_decoded_records`), the reference
 //! server's seven headers. Delivery reports complete the records' tickets, which is what makes
 //! reliable acks reliable. librdkafka's statistics feed the connected / queue gauges.
+//!
+//! Built with TLS (vendored OpenSSL), SASL PLAIN / SCRAM / OAUTHBEARER (OIDC through a static
+//! libcurl) and every compression codec, so `security.protocol: SASL_SSL` reaches a managed
+//! cluster. Events follow the CloudEvents Kafka protocol binding, structured or binary mode.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -30,6 +35,30 @@ pub const SAFE_DEFAULTS: &[(&str, &str)] = &[
     ("queue.buffering.max.kbytes", "131072"),
 ];
 
+/// librdkafka properties whose values are secrets: never logged, never shown in errors.
+pub const SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.key.pem",
+    "sasl.oauthbearer.client.secret",
+    "sasl.oauthbearer.config",
+];
+
+/// Environment variable that supplies `sasl.password` (wins over the file and the config).
+pub const SASL_PASSWORD_ENV: &str = "FLEETGATE_KAFKA_SASL_PASSWORD";
+
+/// How events are laid out on Kafka (the CloudEvents Kafka protocol binding).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventContentMode {
+    /// The whole CloudEvent as the value, `content-type: application/cloudevents+json`.
+    #[default]
+    Structured,
+    /// `data` as the value, every attribute as a `ce_` header, `content-type` = datacontenttype.
+    Binary,
+}
+
 /// Why the Kafka producer could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -39,6 +68,14 @@ pub enum KafkaSetupError {
     /// A property value is not a string, number or boolean.
     #[error("kafka.{0}: value must be a string, number or boolean")]
     Value(String),
+    /// The SASL password file could not be read.
+    #[error("fleetgate.kafka.sasl_password_file: cannot read {path}: {detail}")]
+    PasswordFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 /// What the delivery callback needs for one record (librdkafka's per-message opaque).
@@ -52,7 +89,35 @@ pub struct Delivery {
 pub struct KafkaContext {
     connected: AtomicBool,
     seen_stats: AtomicBool,
+    /// The last client error (authentication, TLS, transport), shown by the readiness check.
+    last_error: Mutex<Option<String>>,
 }
+
+/// Bounded metric label of a client error.
+fn client_error_reason(code: Option<RDKafkaErrorCode>) -> &'static str {
+    match code {
+        Some(RDKafkaErrorCode::Authentication)
+        | Some(RDKafkaErrorCode::SaslAuthenticationFailed) => "authentication",
+        Some(RDKafkaErrorCode::SSL) => "tls",
+        Some(RDKafkaErrorCode::AllBrokersDown) => "all_brokers_down",
+        Some(RDKafkaErrorCode::BrokerTransportFailure) => "transport",
+        Some(RDKafkaErrorCode::TopicAuthorizationFailed)
+        | Some(RDKafkaErrorCode::ClusterAuthorizationFailed) => "authorization",
+        Some(RDKafkaErrorCode::Resolve) => "resolve",
+        _ => "other",
+    }
+}
+
+/// Every `reason` label of `fleetgate_kafka_client_errors_total`.
+pub const CLIENT_ERROR_REASONS: &[&str] = &[
+    "authentication",
+    "tls",
+    "all_brokers_down",
+    "transport",
+    "authorization",
+    "resolve",
+    "other",
+];
 
 impl ClientContext for KafkaContext {
     fn stats(&self, stats: Statistics) {
@@ -62,6 +127,11 @@ impl ClientContext for KafkaContext {
             .values()
             .any(|b| b.nodeid >= 0 && b.state == "UP");
         let was = self.connected.swap(up, Ordering::Relaxed);
+        if up {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = None;
+            }
+        }
         self.seen_stats.store(true, Ordering::Relaxed);
         if was != up {
             if up {
@@ -76,15 +146,28 @@ impl ClientContext for KafkaContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::AllBrokersDown)
-        ) {
+        let code = error.rdkafka_error_code();
+        if matches!(code, Some(RDKafkaErrorCode::AllBrokersDown)) {
             self.connected.store(false, Ordering::Relaxed);
             metrics::gauge!(m::KAFKA_CONNECTED).set(0.0);
         }
-        metrics::counter!(m::KAFKA_CLIENT_ERRORS_TOTAL).increment(1);
-        tracing::warn!(error = %error, reason, "kafka client error");
+        let label = client_error_reason(code);
+        metrics::counter!(m::KAFKA_CLIENT_ERRORS_TOTAL, "reason" => label).increment(1);
+        // "all brokers down" follows the real cause; keep the cause for the readiness check
+        if label != "all_brokers_down"
+            || self.last_error.lock().map(|e| e.is_none()).unwrap_or(true)
+        {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(format!("{label}: {reason}"));
+            }
+        }
+        let hint = match label {
+            "authentication" => " (check sasl.mechanisms, sasl.username and the password)",
+            "tls" => " (check ssl.ca.location: the broker's certificate must chain to it)",
+            "authorization" => " (the ACLs do not allow this user to write the topic)",
+            _ => "",
+        };
+        tracing::warn!(error = %error, reason, "kafka client error{hint}");
     }
 }
 
@@ -115,6 +198,7 @@ pub struct KafkaSink {
     topic_names: [String; 4],
     events_topic: String,
     transmit_decoded_records: bool,
+    event_mode: EventContentMode,
 }
 
 fn property_value(key: &str, value: &Value) -> Result<String, KafkaSetupError> {
@@ -146,7 +230,126 @@ pub fn client_config(
             config.set(*key, *value);
         }
     }
+    // OpenSSL is built in, so its compiled-in CA path is not the system's: find the system
+    // bundle unless the user names one
+    let tls = properties
+        .get("security.protocol")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.eq_ignore_ascii_case("ssl") || p.eq_ignore_ascii_case("sasl_ssl"));
+    if tls && !properties.contains_key("ssl.ca.location") && !properties.contains_key("ssl.ca.pem")
+    {
+        config.set("ssl.ca.location", "probe");
+    }
     Ok(config)
+}
+
+/// The user's properties with the SASL password filled in from the environment
+/// ([`SASL_PASSWORD_ENV`]) or `fleetgate.kafka.sasl_password_file`, in that order.
+pub fn with_secrets(
+    properties: &serde_json::Map<String, Value>,
+    extras: &crate::config::KafkaExtrasConfig,
+    base: &std::path::Path,
+) -> Result<serde_json::Map<String, Value>, KafkaSetupError> {
+    let mut properties = properties.clone();
+    if let Some(password) = std::env::var(SASL_PASSWORD_ENV)
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        properties.insert("sasl.password".into(), password.into());
+    } else if let Some(file) = &extras.sasl_password_file {
+        let path = crate::config::Config::resolve(base, file);
+        let text = std::fs::read_to_string(&path).map_err(|e| KafkaSetupError::PasswordFile {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let password = text.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(KafkaSetupError::PasswordFile {
+                path: path.display().to_string(),
+                detail: "the file is empty".into(),
+            });
+        }
+        properties.insert("sasl.password".into(), password.into());
+    }
+    Ok(properties)
+}
+
+/// Checks the `kafka` section as librdkafka would, without connecting: every property is set on
+/// a native configuration (unknown keys, values this build does not support, such as a
+/// compression codec), and a SASL mechanism that needs a password has one. Returns
+/// `(key, problem)` pairs; secrets are never part of a message.
+pub fn check_properties(
+    properties: &serde_json::Map<String, Value>,
+    extras: &crate::config::KafkaExtrasConfig,
+    base: &std::path::Path,
+    check_files: bool,
+) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let properties = if !check_files && extras.sasl_password_file.is_some() {
+        // the file is read on the machine the config is for
+        let mut p = properties.clone();
+        p.insert(
+            "sasl.password".into(),
+            "(from fleetgate.kafka.sasl_password_file)".into(),
+        );
+        p
+    } else {
+        match with_secrets(properties, extras, base) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(("fleetgate.kafka.sasl_password_file".into(), e.to_string()));
+                return problems;
+            }
+        }
+    };
+    for (key, value) in &properties {
+        let value = match property_value(key, value) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push((format!("kafka.{key}"), e.to_string()));
+                continue;
+            }
+        };
+        let mut one = ClientConfig::new();
+        one.set(key, &value);
+        if let Err(e) = one.create_native_config() {
+            let shown = if SECRET_PROPERTIES.contains(&key.as_str()) {
+                "(secret)".to_owned()
+            } else {
+                format!("`{value}`")
+            };
+            let detail = e.to_string().replace(&value, "…");
+            problems.push((
+                format!("kafka.{key}"),
+                format!("librdkafka refuses {shown}: {detail}"),
+            ));
+        }
+    }
+    let mechanism = properties
+        .get("sasl.mechanisms")
+        .or_else(|| properties.get("sasl.mechanism"))
+        .and_then(Value::as_str)
+        .unwrap_or("GSSAPI")
+        .to_ascii_uppercase();
+    let sasl = properties
+        .get("security.protocol")
+        .and_then(Value::as_str)
+        .is_some_and(|p| p.to_ascii_uppercase().starts_with("SASL"));
+    if sasl && (mechanism == "PLAIN" || mechanism.starts_with("SCRAM")) {
+        if !properties.contains_key("sasl.username") {
+            problems.push((
+                "kafka.sasl.username".into(),
+                format!("missing: SASL {mechanism} needs a user name"),
+            ));
+        }
+        if !properties.contains_key("sasl.password") {
+            problems.push((
+                "kafka.sasl.password".into(),
+                format!("missing: SASL {mechanism} needs a password: set {SASL_PASSWORD_ENV}, fleetgate.kafka.sasl_password_file, or kafka.sasl.password"),
+            ));
+        }
+    }
+    problems
 }
 
 impl KafkaSink {
@@ -156,11 +359,13 @@ impl KafkaSink {
         namespace: &str,
         events_topic: &str,
         transmit_decoded_records: bool,
+        event_mode: EventContentMode,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let config = client_config(properties)?;
         let producer = config.create_with_context(KafkaContext {
             connected: AtomicBool::new(false),
             seen_stats: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         })?;
         metrics::gauge!(m::KAFKA_CONNECTED).set(0.0);
         Ok(KafkaSink {
@@ -168,6 +373,7 @@ impl KafkaSink {
             topic_names: Topic::ALL.map(|t| topic_name(namespace, t.as_str())),
             events_topic: events_topic.to_owned(),
             transmit_decoded_records,
+            event_mode,
         })
     }
 
@@ -280,29 +486,56 @@ impl Sink for KafkaSink {
         json: &[u8],
         ticket: DeliveryTicket,
     ) -> Result<(), PublishError> {
-        let headers = OwnedHeaders::new_with_capacity(3)
-            .insert(Header {
-                key: "vin",
-                value: Some(event.vin.as_str()),
-            })
-            .insert(Header {
-                key: "ce_id",
-                value: Some(event.id.as_str()),
-            })
-            .insert(Header {
-                key: "ce_type",
-                value: Some(event.kind.as_str()),
-            });
         let delivery = Box::new(Delivery {
             ticket,
             label: "events",
             started: Instant::now(),
         });
-        let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
-            .key(event.vin.as_str())
-            .payload(json)
-            .headers(headers);
-        self.send(message)
+        let vin = Header {
+            key: "vin",
+            value: Some(event.vin.as_str()),
+        };
+        match self.event_mode {
+            EventContentMode::Structured => {
+                // the whole event in the value; no ce_ headers (a partial set reads as binary)
+                let headers = OwnedHeaders::new_with_capacity(2)
+                    .insert(Header {
+                        key: "content-type",
+                        value: Some(crate::rules::event::STRUCTURED_CONTENT_TYPE),
+                    })
+                    .insert(vin);
+                let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
+                    .key(event.vin.as_str())
+                    .payload(json)
+                    .headers(headers);
+                self.send(message)
+            }
+            EventContentMode::Binary => {
+                let data = serde_json::to_vec(&event.data)
+                    .map_err(|e| PublishError::Encode(e.to_string()))?;
+                let time = event.time_rfc3339();
+                let mut headers = OwnedHeaders::new_with_capacity(8);
+                for (key, value) in [
+                    ("ce_specversion", crate::rules::event::SPEC_VERSION),
+                    ("ce_id", event.id.as_str()),
+                    ("ce_source", crate::rules::event::SOURCE),
+                    ("ce_type", event.kind.as_str()),
+                    ("ce_subject", event.vin.as_str()),
+                    ("ce_time", time.as_str()),
+                    ("content-type", crate::rules::event::DATA_CONTENT_TYPE),
+                ] {
+                    headers = headers.insert(Header {
+                        key,
+                        value: Some(value),
+                    });
+                }
+                let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
+                    .key(event.vin.as_str())
+                    .payload(&data)
+                    .headers(headers.insert(vin));
+                self.send(message)
+            }
+        }
     }
 
     fn flush(&self, timeout: Duration) -> usize {
@@ -313,11 +546,21 @@ impl Sink for KafkaSink {
     fn readiness(&self) -> Readiness {
         let ctx = self.producer.context();
         if ctx.connected.load(Ordering::Relaxed) {
-            Readiness::Ready
-        } else if !ctx.seen_stats.load(Ordering::Relaxed) {
-            Readiness::NotReady("kafka: waiting for the first contact with the cluster".into())
+            return Readiness::Ready;
+        }
+        let last = ctx
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default();
+        if !ctx.seen_stats.load(Ordering::Relaxed) {
+            Readiness::NotReady(format!(
+                "kafka: waiting for the first contact with the cluster{last}"
+            ))
         } else {
-            Readiness::NotReady("kafka: no broker reachable".into())
+            Readiness::NotReady(format!("kafka: no broker reachable{last}"))
         }
     }
 }

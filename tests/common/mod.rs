@@ -130,12 +130,18 @@ fn field(line: &str, key: &str) -> Option<String> {
 
 impl Server {
     pub fn start(config: &Value) -> Server {
+        Server::start_with_env(config, &[])
+    }
+
+    /// Starts the server with extra environment variables (secrets, tokens).
+    pub fn start_with_env(config: &Value, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
             .args(["serve", "--config"])
             .arg(&path)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -362,6 +368,56 @@ pub fn require_broker() -> String {
         );
     }
     addr
+}
+
+/// The test broker's SASL_SSL listener (scripts/kafka.sh): address and the CA its certificate
+/// chains to. `FLEETGATE_TEST_KAFKA_SASL` / `FLEETGATE_TEST_KAFKA_CA` point elsewhere. Panics
+/// with instructions when it does not answer: these tests never skip.
+pub struct SaslBroker {
+    pub bootstrap: String,
+    pub ca: String,
+}
+
+pub fn require_sasl_broker() -> SaslBroker {
+    let bootstrap =
+        std::env::var("FLEETGATE_TEST_KAFKA_SASL").unwrap_or_else(|_| "127.0.0.1:9094".into());
+    let ca = std::env::var("FLEETGATE_TEST_KAFKA_CA").unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/kafka/tls/ca.pem")
+            .display()
+            .to_string()
+    });
+    let answers = std::net::TcpStream::connect_timeout(
+        &bootstrap
+            .parse()
+            .expect("FLEETGATE_TEST_KAFKA_SASL must be host:port"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    if !answers || !Path::new(&ca).is_file() {
+        panic!(
+            "no SASL_SSL Kafka listener on {bootstrap} (CA {ca}): start the test broker with              `scripts/kafka.sh start` (scripts/test.sh starts it for you; it makes the CA, the              SCRAM user and the ACLs)"
+        );
+    }
+    SaslBroker { bootstrap, ca }
+}
+
+/// The Python of the test environment (CloudEvents SDK installed): `FLEETGATE_TEST_PYTHON`,
+/// else target/venv/bin/python. Panics with instructions when it is missing.
+pub fn test_python() -> PathBuf {
+    let python = std::env::var("FLEETGATE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"));
+    let ok = Command::new(&python)
+        .args(["-c", "import cloudevents.core.bindings.kafka"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import the CloudEvents SDK: run scripts/test.sh (it makes target/venv), or          `python3 -m venv target/venv && target/venv/bin/pip install -r tests/sdk/requirements.txt`",
+        python.display()
+    );
+    python
 }
 
 /// A unique namespace so every test gets fresh topics.

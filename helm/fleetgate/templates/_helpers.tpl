@@ -32,7 +32,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $_ := set $cfg "host" "0.0.0.0" -}}
 {{- $_ := set $cfg "port" 4443 -}}
-{{- $_ := set $cfg "tls" (dict "server_cert" "/etc/fleetgate/tls/tls.crt" "server_key" "/etc/fleetgate/tls/tls.key" "ca_file" "/etc/fleetgate/ca/ca.pem") -}}
+{{- $tls := dict "server_cert" "/etc/fleetgate/tls/tls.crt" "server_key" "/etc/fleetgate/tls/tls.key" -}}
+{{- if .Values.tls.caSecret }}{{- $_ := set $tls "ca_file" "/etc/fleetgate/ca/ca.pem" -}}{{- end -}}
+{{- $_ := set $cfg "tls" $tls -}}
 {{- $_ := set $cfg "monitoring" (dict "prometheus_metrics_port" .Values.metrics.port "prometheus_metrics_host" "0.0.0.0") -}}
 {{- $fg := deepCopy (default dict $cfg.fleetgate) -}}
 {{- $_ := set $fg "admin" (dict "listen" (printf "0.0.0.0:%v" .Values.admin.port)) -}}

@@ -1,0 +1,122 @@
+//! `fleetgate check-config`: validates a config as `serve` would, opens no listener, prints
+//! every problem and exits non-zero on one. Kafka properties are checked by librdkafka itself,
+//! so what this build supports (TLS, SASL, every codec) is what the check accepts.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+fn check(config: &serde_json::Value, args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .arg("check-config")
+        .args(args)
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_production_kafka_config_passes_and_opens_no_listener() {
+    let pki = Pki::new();
+    // the vehicle port is taken: serve would fail to bind, check-config must not try
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = base_config(&pki);
+    config["port"] = json!(taken.local_addr().unwrap().port());
+    config["records"] = json!({"V": ["kafka"]});
+    config["kafka"] = json!({
+        "bootstrap.servers": "broker-1:9096",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "fleetgate",
+        "sasl.password": "s3cret-value",
+        "compression.type": "zstd",
+    });
+    let (ok, stdout, stderr) = check(&config, &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(!stdout.contains("s3cret-value") && !stderr.contains("s3cret-value"));
+    // every codec and mechanism of a managed cluster is built in
+    for (key, value) in [
+        ("compression.type", "lz4"),
+        ("compression.type", "snappy"),
+        ("compression.type", "gzip"),
+        ("sasl.mechanisms", "SCRAM-SHA-256"),
+        ("sasl.mechanisms", "PLAIN"),
+        ("security.protocol", "SSL"),
+    ] {
+        let mut c = config.clone();
+        c["kafka"][key] = json!(value);
+        let (ok, stdout, stderr) = check(&c, &[]);
+        assert!(ok, "{key}={value}: {stdout}\n{stderr}");
+    }
+    let mut oidc = config.clone();
+    oidc["kafka"] = json!({
+        "bootstrap.servers": "broker-1:9096",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "OAUTHBEARER",
+        "sasl.oauthbearer.method": "oidc",
+        "sasl.oauthbearer.client.id": "fleetgate",
+        "sasl.oauthbearer.client.secret": "oidc-secret",
+        "sasl.oauthbearer.token.endpoint.url": "https://idp.example.com/oauth2/token",
+    });
+    let (ok, stdout, stderr) = check(&oidc, &[]);
+    assert!(ok, "OAUTHBEARER / OIDC: {stdout}\n{stderr}");
+}
+
+#[test]
+fn every_problem_is_printed_and_the_exit_code_is_non_zero() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["records"] = json!({"V": ["kafka"]});
+    config["kafka"] = json!({
+        "bootstrap.servers": "broker-1:9096",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "fleetgate",
+        "compression.type": "brotli",
+        "no.such.property": 1,
+    });
+    config["fleetgate"]["limits"] = json!({"idle_timeout_s": 0});
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    for key in [
+        "kafka.compression.type",
+        "kafka.no.such.property",
+        "kafka.sasl.password",
+        "FLEETGATE_KAFKA_SASL_PASSWORD",
+        "fleetgate.limits.idle_timeout_s",
+    ] {
+        assert!(stderr.contains(key), "`{key}` not reported:\n{stderr}");
+    }
+}
+
+#[test]
+fn strict_makes_warnings_fail_and_file_checks_can_be_left_to_the_target_machine() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["tls"]["ca_flie"] = json!("x");
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("did you mean `tls.ca_file`?"), "{stderr}");
+    let (ok, _, stderr) = check(&config, &["--strict"]);
+    assert!(!ok, "{stderr}");
+
+    // a config rendered for a pod names files that exist only there
+    let mut pod = base_config(&pki);
+    pod["tls"] = json!({"server_cert": "/etc/fleetgate/tls/tls.crt", "server_key": "/etc/fleetgate/tls/tls.key"});
+    let (ok, _, stderr) = check(&pod, &[]);
+    assert!(!ok && stderr.contains("tls.server_cert"), "{stderr}");
+    let (ok, _, stderr) = check(&pod, &["--no-file-checks", "--strict"]);
+    assert!(ok, "{stderr}");
+}
