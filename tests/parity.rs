@@ -177,3 +177,49 @@ async fn the_data_connector_file_is_an_allow_list_that_is_re_read() {
         .await
         .expect("newly listed VIN connects");
 }
+
+#[test]
+fn the_listening_json_log_line_carries_its_addresses_as_fields() {
+    use std::io::{BufRead, BufReader};
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["json_log_enable"] = json!(true);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut listening = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a JSON log line, not {line:?}: {e}"));
+        if v["fields"]["message"] == "listening" {
+            listening = Some(v);
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let v = listening.expect("a listening line");
+    let fields = &v["fields"];
+    let vehicles: std::net::SocketAddr = fields["vehicles"].as_str().unwrap().parse().unwrap();
+    assert_eq!(vehicles.ip().to_string(), "127.0.0.1");
+    for key in ["metrics", "status", "admin"] {
+        assert!(
+            fields[key]
+                .as_str()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .is_ok(),
+            "{key}: {v}"
+        );
+    }
+    assert_eq!(fields["proxy"], "off");
+}
