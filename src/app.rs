@@ -16,7 +16,7 @@ use crate::ingest::connection::{ConnectionSettings, RateLimit};
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
-use crate::rules::sites::sites_from_geojson;
+use crate::rules::geojson::sites_from_geojson;
 use crate::rules::Engine;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;

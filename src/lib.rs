@@ -18,6 +18,8 @@ pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod event;
+pub mod geometry;
 pub mod ingest;
 pub mod metrics;
 pub mod rules;

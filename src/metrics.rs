@@ -229,7 +229,7 @@ pub fn register_zeros(what: &Registered<'_>) {
     for reason in crate::ingest::connection::CloseReason::ALL {
         zero(metrics::counter!(WS_CLOSED_TOTAL, "reason" => reason.label()));
     }
-    for kind in crate::rules::event::EventType::ALL {
+    for kind in crate::event::EventType::ALL {
         zero(metrics::counter!(EVENTS_TOTAL, "type" => kind.as_str()));
     }
     for c in [

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::VehicleSocket;
-use crate::rules::sites::haversine_m;
+use crate::geometry::haversine_m;
 use crate::wire::proto::vehicle_data::{
     value::Value as V, Datum, DetailedChargeStateValue as Dcs, Field, LocationValue, Payload,
     ShiftState, Value,

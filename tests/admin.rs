@@ -250,7 +250,7 @@ fn import_is_all_or_nothing_and_export_round_trips() {
         None,
     );
     assert_eq!(s, 200);
-    let sites = fleetgate::rules::sites::sites_from_geojson(&text, 250.0).unwrap();
+    let sites = fleetgate::rules::geojson::sites_from_geojson(&text, 250.0).unwrap();
     assert_eq!(sites.len(), 2);
     assert_eq!(server.admin("POST", "/v1/sites/import", Some("[]")).0, 422);
 }

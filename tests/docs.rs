@@ -94,7 +94,7 @@ fn every_dashboard_metric_is_exported() {
 #[test]
 fn every_event_type_has_an_example() {
     let docs = read("docs/events.md");
-    for kind in fleetgate::rules::event::EventType::ALL {
+    for kind in fleetgate::event::EventType::ALL {
         assert!(
             docs.contains(&format!("\"type\": \"{}\"", kind.as_str())),
             "docs/events.md lacks an example of {}",

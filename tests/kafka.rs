@@ -232,7 +232,7 @@ async fn a_reliable_ack_means_the_record_is_in_kafka() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drive_produces_its_events_on_the_events_topic() {
-    use fleetgate::rules::event::{event_id, EventType};
+    use fleetgate::event::{event_id, EventType};
     use fleetgate::wire::proto::vehicle_data::{
         value::Value as V, DetailedChargeStateValue, Field, LocationValue,
     };

@@ -2,9 +2,10 @@
 //! vehicle sends it (envelope + protobuf), decoded, transformed and applied; the tests assert
 //! the exact event sequence and ids.
 
+use fleetgate::event::{event_id, Event, EventType};
 use fleetgate::rules::arrival::WatchSpec;
-use fleetgate::rules::event::{event_id, Event, EventType};
-use fleetgate::rules::sites::{sites_from_geojson, Shape, Site};
+use fleetgate::rules::geojson::sites_from_geojson;
+use fleetgate::rules::sites::{Shape, Site};
 use fleetgate::rules::{Engine, RulesConfig};
 use fleetgate::wire::proto::vehicle_data::{
     value::Value as V, Datum, DetailedChargeStateValue as Dcs, Field, LocationValue, Payload, Value,

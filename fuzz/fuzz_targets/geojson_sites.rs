@@ -1,6 +1,7 @@
 //! GeoJSON site import, indexing and point queries on arbitrary text.
 #![no_main]
-use fleetgate::rules::sites::{sites_from_geojson, SiteIndex};
+use fleetgate::rules::geojson::sites_from_geojson;
+use fleetgate::rules::index::SiteIndex;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -27,9 +27,8 @@ use utoipa_axum::routes;
 use crate::ingest::registry::{ConnectionEntry, Registry};
 use crate::ingest::vins::VinLists;
 use crate::rules::arrival::{Watch, WatchSpec};
-use crate::rules::sites::{
-    site_from_feature, site_to_feature, sites_from_geojson, Site, MAX_RADIUS_M,
-};
+use crate::rules::geojson::{site_from_feature, site_to_feature, sites_from_geojson};
+use crate::rules::sites::{Site, MAX_RADIUS_M};
 use crate::rules::Engine;
 use crate::sinks::{Readiness, SinkRouter};
 use crate::state::VehicleState;
@@ -1052,7 +1051,7 @@ async fn vehicles_near(
         .into_iter()
         .map(|(vin, d, s)| NearVehicle {
             vin: vin.to_string(),
-            distance_m: crate::rules::event::round(d),
+            distance_m: crate::event::round(d),
             state: s,
         })
         .collect();

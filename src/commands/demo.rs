@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::certs::DevPki;
 use crate::config::{Config, LoadedConfig};
-use crate::rules::event::Event;
+use crate::event::Event;
 use crate::sim::{send_and_wait_ack, SimVehicle};
 use crate::sinks::{DeliveryTicket, PublishError, Sink, SinkRecord};
 use crate::wire::proto::vehicle_data::DetailedChargeStateValue as Dcs;

@@ -46,6 +46,16 @@ pub fn read_allowed_file(path: &std::path::Path) -> Result<BTreeSet<String>, Str
     struct AllowedFile {
         vins_allowed: BTreeSet<String>,
     }
+    /// A VIN list is small; anything larger is not one (and is never read whole).
+    const MAX_BYTES: u64 = 64 << 20;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() || meta.len() > MAX_BYTES {
+        return Err(format!(
+            "{} is not a regular file of at most {MAX_BYTES} bytes",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_str::<AllowedFile>(&text)

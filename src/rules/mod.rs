@@ -7,21 +7,24 @@
 //! released before the watch map is touched (never two shards at once).
 
 pub mod arrival;
-pub mod event;
+pub mod geojson;
+pub mod index;
 pub mod sites;
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::event::{Event, EventType};
 use crate::event_data;
+use crate::geometry::haversine_m;
 use crate::state::{
     Applied, ChargeState, ChargingSession, VehicleState, VehicleTable, VehicleUpdate,
 };
 use crate::wire::proto::vehicle_data::Payload;
 use arrival::{Watch, WatchSet};
-use event::{Event, EventType};
-use sites::{haversine_m, Site, SiteRegistry};
+use index::SiteRegistry;
+use sites::Site;
 
 /// `fleetgate.rules`: thresholds of the rules.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -232,7 +235,7 @@ impl Engine {
         &self,
         vin: &str,
         state: &mut VehicleState,
-        index: &sites::SiteIndex,
+        index: &index::SiteIndex,
         lat: f64,
         lon: f64,
         at_ms: i64,
@@ -284,7 +287,7 @@ impl Engine {
         &self,
         vin: &str,
         state: &mut VehicleState,
-        index: &sites::SiteIndex,
+        index: &index::SiteIndex,
         u: &VehicleUpdate,
         events: &mut Vec<Event>,
     ) {
@@ -300,7 +303,7 @@ impl Engine {
                     vin,
                     site_id.as_deref().unwrap_or(""),
                     u.at_ms,
-                    event_data!("site_id" => site_id.clone(), "charger_distance_m" => charger.as_ref().map(|(_, d)| event::round(*d)),
+                    event_data!("site_id" => site_id.clone(), "charger_distance_m" => charger.as_ref().map(|(_, d)| crate::event::round(*d)),
                         "soc" => state.soc, "dc_energy_in_kwh" => state.dc_energy_in, "ac_energy_in_kwh" => state.ac_energy_in),
                 ));
                 state.tracking.session = Some(ChargingSession {
@@ -346,9 +349,9 @@ impl Engine {
             vin,
             s.site_id.as_deref().unwrap_or(""),
             at_ms,
-            event_data!("site_id" => s.site_id.clone(), "reason" => reason, "energy_added_kwh" => energy.map(event::round),
+            event_data!("site_id" => s.site_id.clone(), "reason" => reason, "energy_added_kwh" => energy.map(crate::event::round),
                 "duration_s" => (at_ms - s.started_ms) / 1000, "soc" => state.soc,
-                "soc_gained" => gained(state.soc, s.start_soc).map(event::round)),
+                "soc_gained" => gained(state.soc, s.start_soc).map(crate::event::round)),
         ));
     }
 
@@ -356,7 +359,7 @@ impl Engine {
         &self,
         vin: &str,
         v: &WatchView,
-        index: &sites::SiteIndex,
+        index: &index::SiteIndex,
         events: &mut Vec<Event>,
     ) {
         let default_eta = self.config.eta_notify_minutes;

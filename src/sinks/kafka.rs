@@ -19,8 +19,8 @@ use rdkafka::{ClientContext, Statistics};
 use serde_json::Value;
 
 use super::{DeliveryTicket, PublishError, Readiness, Sink, SinkRecord};
+use crate::event::Event;
 use crate::metrics as m;
-use crate::rules::event::Event;
 use crate::wire::json::payload_to_json_bytes;
 use crate::wire::Topic;
 
@@ -501,7 +501,7 @@ impl Sink for KafkaSink {
                 let headers = OwnedHeaders::new_with_capacity(2)
                     .insert(Header {
                         key: "content-type",
-                        value: Some(crate::rules::event::STRUCTURED_CONTENT_TYPE),
+                        value: Some(crate::event::STRUCTURED_CONTENT_TYPE),
                     })
                     .insert(vin);
                 let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
@@ -516,13 +516,13 @@ impl Sink for KafkaSink {
                 let time = event.time_rfc3339();
                 let mut headers = OwnedHeaders::new_with_capacity(8);
                 for (key, value) in [
-                    ("ce_specversion", crate::rules::event::SPEC_VERSION),
+                    ("ce_specversion", crate::event::SPEC_VERSION),
                     ("ce_id", event.id.as_str()),
-                    ("ce_source", crate::rules::event::SOURCE),
+                    ("ce_source", crate::event::SOURCE),
                     ("ce_type", event.kind.as_str()),
                     ("ce_subject", event.vin.as_str()),
                     ("ce_time", time.as_str()),
-                    ("content-type", crate::rules::event::DATA_CONTENT_TYPE),
+                    ("content-type", crate::event::DATA_CONTENT_TYPE),
                 ] {
                     headers = headers.insert(Header {
                         key,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::{DeliveryTicket, PublishError, Sink, SinkRecord};
-use crate::rules::event::Event;
+use crate::event::Event;
 use crate::wire::json::PayloadJson;
 
 /// Writes records as JSON lines to stdout (or any writer, for tests).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::rules::event::Event;
+use crate::event::Event;
 use crate::wire::Topic;
 
 /// What a sink needs of one record: frames and server-made records (connectivity) alike.

@@ -316,7 +316,7 @@ impl VehicleTable {
             .iter()
             .filter_map(|e| {
                 let p = e.value().position?;
-                let d = crate::rules::sites::haversine_m(lat, lon, p.lat, p.lon);
+                let d = crate::geometry::haversine_m(lat, lon, p.lat, p.lon);
                 (d <= radius_m).then(|| (e.key().clone(), d, e.value().clone()))
             })
             .collect();

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::rules::arrival::WatchSpec;
-use crate::rules::sites::{site_from_feature, site_to_feature, Site};
+use crate::rules::geojson::{site_from_feature, site_to_feature};
+use crate::rules::sites::Site;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]

@@ -147,7 +147,7 @@ impl Event {
 macro_rules! event_data {
     ($($k:literal => $v:expr),* $(,)?) => {{
         let mut m = serde_json::Map::new();
-        $( if let Some(v) = $crate::rules::event::IntoOptValue::into_opt_value($v) { m.insert($k.into(), v); } )*
+        $( if let Some(v) = $crate::event::IntoOptValue::into_opt_value($v) { m.insert($k.into(), v); } )*
         m
     }};
 }

@@ -1,0 +1,224 @@
+//! The R-tree index over sites. An index is immutable: a change builds a new one and swaps it
+//! in atomically ([`SiteRegistry`]), so readers on the hot path never block.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rstar::{RTree, RTreeObject, AABB};
+
+use super::sites::Site;
+use crate::geometry::M_PER_DEG;
+
+/// One R-tree entry: a box and the index of its site.
+#[derive(Debug, Clone)]
+struct Entry {
+    bbox: AABB<[f64; 2]>,
+    site: u32,
+}
+
+impl RTreeObject for Entry {
+    type Envelope = AABB<[f64; 2]>;
+    fn envelope(&self) -> Self::Envelope {
+        self.bbox
+    }
+}
+
+/// An immutable set of sites with its R-tree.
+#[derive(Default)]
+pub struct SiteIndex {
+    sites: Vec<Arc<Site>>,
+    by_id: HashMap<String, u32, foldhash::fast::RandomState>,
+    tree: RTree<Entry>,
+    margin_m: f64,
+}
+
+impl SiteIndex {
+    /// Indexes `sites`, with boxes grown by `margin_m` (the exit margin) so exits are found too.
+    pub fn build(sites: Vec<Site>, margin_m: f64) -> SiteIndex {
+        let sites: Vec<Arc<Site>> = sites.into_iter().map(Arc::new).collect();
+        let mut entries = Vec::with_capacity(sites.len());
+        let mut by_id =
+            HashMap::with_capacity_and_hasher(sites.len(), foldhash::fast::RandomState::default());
+        for (i, site) in sites.iter().enumerate() {
+            by_id.insert(site.id.clone(), i as u32);
+            for bbox in site.boxes(margin_m) {
+                entries.push(Entry {
+                    bbox,
+                    site: i as u32,
+                });
+            }
+        }
+        SiteIndex {
+            tree: RTree::bulk_load(entries),
+            sites,
+            by_id,
+            margin_m,
+        }
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+
+    /// True when there are no sites.
+    pub fn is_empty(&self) -> bool {
+        self.sites.is_empty()
+    }
+
+    /// A site by id.
+    pub fn get(&self, id: &str) -> Option<&Arc<Site>> {
+        self.by_id.get(id).map(|i| &self.sites[*i as usize])
+    }
+
+    /// Every site.
+    pub fn all(&self) -> &[Arc<Site>] {
+        &self.sites
+    }
+
+    /// Calls `f` with every site whose grown box holds the point (each site once).
+    pub fn candidates(&self, lat: f64, lon: f64, mut f: impl FnMut(&Arc<Site>)) {
+        let mut last = u32::MAX;
+        for e in self
+            .tree
+            .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
+        {
+            // a site has at most two boxes; they never both contain one point except at ±180
+            if e.site != last {
+                f(&self.sites[e.site as usize]);
+                last = e.site;
+            }
+        }
+    }
+
+    /// The margin the boxes were grown by.
+    pub fn margin_m(&self) -> f64 {
+        self.margin_m
+    }
+
+    /// The nearest site of `kind` within `max_m` of a point.
+    pub fn nearest_of_kind(
+        &self,
+        lat: f64,
+        lon: f64,
+        kind: &str,
+        max_m: f64,
+    ) -> Option<(Arc<Site>, f64)> {
+        let dlat = max_m / M_PER_DEG;
+        let dlon = max_m / (M_PER_DEG * lat.to_radians().cos().max(0.01));
+        let query = AABB::from_corners([lon - dlon, lat - dlat], [lon + dlon, lat + dlat]);
+        let mut best: Option<(Arc<Site>, f64)> = None;
+        for e in self.tree.locate_in_envelope_intersecting(&query) {
+            let site = &self.sites[e.site as usize];
+            if site.kind != kind {
+                continue;
+            }
+            let d = site.edge_distance_m(lat, lon).max(0.0);
+            if d <= max_m && best.as_ref().is_none_or(|(_, bd)| d < *bd) {
+                best = Some((site.clone(), d));
+            }
+        }
+        best
+    }
+}
+
+/// The current site index, swapped atomically on change.
+pub struct SiteRegistry {
+    current: ArcSwap<SiteIndex>,
+    margin_m: f64,
+}
+
+impl SiteRegistry {
+    /// A registry with `sites`.
+    pub fn new(sites: Vec<Site>, margin_m: f64) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(SiteIndex::build(sites, margin_m)),
+            margin_m,
+        }
+    }
+
+    /// The current index (cheap; readers never block writers).
+    pub fn load(&self) -> Arc<SiteIndex> {
+        self.current.load_full()
+    }
+
+    /// Replaces every site.
+    pub fn replace(&self, sites: Vec<Site>) {
+        self.current
+            .store(Arc::new(SiteIndex::build(sites, self.margin_m)));
+    }
+
+    /// Inserts or replaces one site (rebuilds the index).
+    pub fn upsert(&self, site: Site) {
+        let mut sites: Vec<Site> = self
+            .load()
+            .all()
+            .iter()
+            .map(|s| (**s).clone())
+            .filter(|s| s.id != site.id)
+            .collect();
+        sites.push(site);
+        self.replace(sites);
+    }
+
+    /// Removes a site; true when it existed.
+    pub fn remove(&self, id: &str) -> bool {
+        let index = self.load();
+        if index.get(id).is_none() {
+            return false;
+        }
+        let sites = index
+            .all()
+            .iter()
+            .filter(|s| s.id != id)
+            .map(|s| (**s).clone())
+            .collect();
+        self.replace(sites);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::geojson::sites_from_geojson;
+    use crate::rules::sites::tests::circle;
+
+    fn hits(index: &SiteIndex, lat: f64, lon: f64) -> Vec<String> {
+        let mut v = Vec::new();
+        index.candidates(lat, lon, |s| {
+            if s.edge_distance_m(lat, lon) <= 0.0 {
+                v.push(s.id.clone())
+            }
+        });
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn circles_across_the_antimeridian_and_near_a_pole() {
+        let index = SiteIndex::build(
+            vec![
+                circle("fiji", -17.0, 179.999, 500.0),
+                circle("pole", 89.99, 0.0, 2000.0),
+            ],
+            50.0,
+        );
+        assert_eq!(hits(&index, -17.0, -179.999), vec!["fiji"]);
+        assert_eq!(hits(&index, -17.0, 179.998), vec!["fiji"]);
+        assert_eq!(hits(&index, 89.995, 135.0), vec!["pole"]);
+        assert!(hits(&index, -17.0, 178.0).is_empty());
+    }
+
+    #[test]
+    fn polygon_with_a_hole() {
+        let text = r#"{"type":"FeatureCollection","features":[{"type":"Feature","id":"mall","properties":{"kind":"merchant"},
+          "geometry":{"type":"Polygon","coordinates":[[[0,0],[0.01,0],[0.01,0.01],[0,0.01],[0,0]],[[0.004,0.004],[0.006,0.004],[0.006,0.006],[0.004,0.006],[0.004,0.004]]]}}]}"#;
+        let sites = sites_from_geojson(text, 250.0).unwrap();
+        let index = SiteIndex::build(sites, 50.0);
+        assert_eq!(hits(&index, 0.002, 0.002), vec!["mall"]);
+        assert!(hits(&index, 0.005, 0.005).is_empty(), "inside the hole");
+        assert!(hits(&index, 0.02, 0.02).is_empty());
+    }
+}
