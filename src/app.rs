@@ -12,10 +12,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LoadedConfig};
-use crate::ingest::connection::{ConnectionSettings, RateLimit};
+use crate::ingest::connection::ConnectionSettings;
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
+use crate::pipeline::{ChangesOnly, Pipeline, RateLimit};
 use crate::rules::geojson::sites_from_geojson;
 use crate::rules::Engine;
 use crate::sinks::kafka::KafkaSink;
@@ -392,23 +393,30 @@ pub async fn start(
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_message_bytes)),
         connection: ConnectionSettings {
-            sinks: sinks.clone(),
-            rate_limit: RateLimit {
-                enabled: rl.enabled,
-                message_limit: rl.message_limit,
-                interval: Duration::from_secs(u64::from(rl.message_interval_time)),
+            pipeline: Pipeline {
+                sinks: sinks.clone(),
+                rate_limit: RateLimit {
+                    enabled: rl.enabled,
+                    message_limit: rl.message_limit,
+                    interval: Duration::from_secs(u64::from(rl.message_interval_time)),
+                },
+                inflight_slots: Arc::new(tokio::sync::Semaphore::new(
+                    limits.max_pending_acks_total,
+                )),
+                metrics: Arc::new(FrameMetrics::new(&sink_names)),
+                engine: Some(engine.clone()),
+                changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
+                    let co = &config.fleetgate.changes_only;
+                    Arc::new(ChangesOnly {
+                        min_delta: co.deltas(),
+                        max_age_ms: (co.max_age_s * 1000) as i64,
+                    })
+                }),
             },
             idle_timeout: Duration::from_secs(limits.idle_timeout_s),
             ping_interval: Duration::from_secs(limits.ping_interval_s),
             write_timeout: Duration::from_secs(limits.write_timeout_s),
             max_pending_acks: limits.max_pending_acks_per_connection,
-            inflight_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_pending_acks_total)),
-            metrics: Arc::new(FrameMetrics::new(&sink_names)),
-            engine: Some(engine.clone()),
-            changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
-                let co = &config.fleetgate.changes_only;
-                Arc::new((co.deltas(), (co.max_age_s * 1000) as i64))
-            }),
         },
         shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
         registry: registry.clone(),

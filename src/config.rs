@@ -250,7 +250,7 @@ pub struct FleetgateConfig {
     pub connectivity: ConnectivityConfig,
     /// Forward only changed values to the sinks (off unless topics are listed).
     #[serde(default)]
-    pub changes_only: crate::ingest::changes::ChangesOnlyConfig,
+    pub changes_only: crate::pipeline::changes::ChangesOnlyConfig,
     /// mTLS terminated at a trusted proxy: a second listener that takes the client
     /// certificate from a header (off unless set).
     #[serde(default)]

@@ -22,6 +22,7 @@ pub mod event;
 pub mod geometry;
 pub mod ingest;
 pub mod metrics;
+pub mod pipeline;
 pub mod rules;
 pub mod sim;
 pub mod sinks;

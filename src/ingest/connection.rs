@@ -1,6 +1,8 @@
-//! One vehicle connection after the websocket upgrade: read frames, decode, dispatch to sinks,
-//! answer each frame as Tesla's server does, and send acks of reliable topics when their
-//! delivery reports arrive. One task per connection; nothing here blocks another vehicle.
+//! One vehicle connection after the websocket upgrade: read frames, hand each to the
+//! [`Pipeline`], send the answer it decides (ack, error reply, or an ack once the delivery
+//! reports arrive), ping quiet vehicles, and close on idle, shutdown or take-over. One task per
+//! connection; nothing here blocks another vehicle. What a frame means is the pipeline's
+//! business; this module owns the websocket, the timeouts and the pending acks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,18 +20,16 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
-use super::rate::{LogEvery, TokenBucket};
-use crate::metrics::{self as m, FrameMetrics};
-use crate::sinks::{Completion, DeliveryTicket, SinkRecord, SinkRouter};
-use crate::wire::{read_envelope, read_frame, EnvelopeWriter, FrameError, Topic, MAX_FRAME_BYTES};
+use crate::metrics as m;
+use crate::pipeline::{Answer, FrameState, Pipeline, Slot, Source};
+use crate::sinks::Completion;
+use crate::wire::EnvelopeWriter;
 
 /// Settings shared by every connection.
 #[derive(Clone)]
 pub struct ConnectionSettings {
-    /// Where records go.
-    pub sinks: SinkRouter,
-    /// Per-connection rate limit: frames per interval.
-    pub rate_limit: RateLimit,
+    /// The per-frame policy.
+    pub pipeline: Pipeline,
     /// Close after this long without any message.
     pub idle_timeout: Duration,
     /// Ping a quiet vehicle this often.
@@ -38,26 +38,6 @@ pub struct ConnectionSettings {
     pub write_timeout: Duration,
     /// Frames awaiting a reliable ack before this connection stops reading (backpressure).
     pub max_pending_acks: usize,
-    /// Reliable records in flight across all connections; a connection waits for a slot
-    /// before publishing (and so stops reading) when none is free.
-    pub inflight_slots: Arc<tokio::sync::Semaphore>,
-    /// Per-frame metric handles.
-    pub metrics: std::sync::Arc<FrameMetrics>,
-    /// Vehicle table and rules (None: records only, no events).
-    pub engine: Option<Arc<crate::rules::Engine>>,
-    /// Changes-only forwarding of `V`: per-field minimum deltas and the max age (ms).
-    pub changes_only: Option<Arc<(HashMap<i32, f64>, i64)>>,
-}
-
-/// The reference server's rate limit: `message_limit` frames per `interval`.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimit {
-    /// Drop frames over the limit (otherwise only count them).
-    pub enabled: bool,
-    /// Frames allowed per interval.
-    pub message_limit: u32,
-    /// The interval.
-    pub interval: Duration,
 }
 
 /// Everything known about the connection when it starts.
@@ -149,24 +129,13 @@ fn now_ms() -> u64 {
 /// Per-connection state of the frame loop.
 struct Conn<S> {
     ws: WebSocketStream<S>,
-    info: ConnectionInfo,
+    info: Arc<ConnectionInfo>,
     settings: ConnectionSettings,
     writer: EnvelopeWriter,
-    bucket: TokenBucket,
+    state: FrameState,
     pending: HashMap<u64, PendingAck>,
-    next_seq: u64,
-    completions_tx: mpsc::UnboundedSender<Completion>,
     shutdown: CancellationToken,
-    changes: super::changes::ChangeFilter,
-    /// Frames handled, for sampling the time histograms.
-    frames_seen: u64,
-    /// Rate limit of the sender-mismatch debug line.
-    sender_mismatch_logged: LogEvery,
 }
-
-/// One frame in this many per connection is timed for the decode / sink / rules histograms
-/// (clock reads and histogram pushes are a visible share of a frame's cost).
-const TIMING_SAMPLE: u64 = 8;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn send(&mut self, bytes: Vec<u8>) -> Result<(), CloseReason> {
@@ -189,217 +158,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         message_id: &[u8],
     ) -> Result<(), CloseReason> {
         let bytes = self.writer.ack(txid, topic, message_id).to_vec();
-        self.settings.metrics.acks.increment(1);
+        self.settings.pipeline.metrics.acks.increment(1);
         self.send(bytes).await
     }
 
     async fn error_reply(&mut self, txid: &[u8]) -> Result<(), CloseReason> {
         let bytes = self.writer.error_reply(txid).to_vec();
-        self.settings.metrics.error_replies.increment(1);
+        self.settings.pipeline.metrics.error_replies.increment(1);
         self.send(bytes).await
     }
 
-    /// Handles one binary websocket message.
+    /// Handles one binary websocket message: the pipeline decides, this sends.
     async fn on_frame(&mut self, message: Bytes) -> Result<(), CloseReason> {
         let received_at_ms = now_ms();
-        let len = message.len();
-        let metrics = self.settings.metrics.clone();
-
-        if len > MAX_FRAME_BYTES {
-            // Answer with the txid when the envelope is readable, as a vehicle can then match it.
-            let txid = read_envelope(&message)
-                .map(|e| e.txid.to_vec())
-                .unwrap_or_default();
-            metrics.frame_refused(None, "too_big", len);
-            tracing::warn!(vin = %self.info.identity.device_id, bytes = len, "frame exceeds the size limit");
-            return self.error_reply(&txid).await;
+        let identity = self.info.identity.clone();
+        let source = Source {
+            device_id: &identity.device_id,
+            sender_id: &identity.sender_id,
+            client_version: &self.info.client_version,
+        };
+        let pipeline = &self.settings.pipeline;
+        let mut answer = pipeline.on_frame(
+            &mut self.state,
+            source,
+            &message,
+            received_at_ms,
+            Instant::now(),
+            Slot::First,
+        );
+        if answer == Answer::NeedSlot {
+            // Backpressure: without a free in-flight slot this vehicle is not read any further.
+            let slots = pipeline.inflight_slots.clone();
+            let permit = tokio::select! {
+                permit = slots.acquire_owned() => permit.ok(),
+                _ = self.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+            };
+            answer = self.settings.pipeline.on_frame(
+                &mut self.state,
+                source,
+                &message,
+                received_at_ms,
+                Instant::now(),
+                Slot::Granted(permit),
+            );
         }
-
-        let limit = self.settings.rate_limit;
-        let capacity = f64::from(limit.message_limit);
-        if !self.bucket.take(capacity, limit.interval, Instant::now()) {
-            let topic = read_envelope(&message)
-                .ok()
-                .and_then(|e| Topic::from_wire(e.topic));
-            metrics::counter!(m::RATE_LIMITED_TOTAL, "topic" => m::TOPIC_LABELS[FrameMetrics::topic_index(topic)]).increment(1);
-            if limit.enabled {
-                metrics.frame_refused(topic, "rate_limited", len);
-                return Ok(());
-            }
-        }
-
-        // the time histograms sample one frame in TIMING_SAMPLE per connection
-        self.frames_seen = self.frames_seen.wrapping_add(1);
-        let timed = self.frames_seen % TIMING_SAMPLE == 1;
-        let started = timed.then(Instant::now);
-        let frame = match read_frame(&message) {
-            Ok(frame) => frame,
-            Err(FrameError::UnknownMessageType {
+        match answer {
+            Answer::Ack {
                 txid,
                 topic,
                 message_id,
-                message_type,
-            }) => {
-                metrics.frame_refused(Topic::from_wire(&topic), "unknown_message_type", len);
-                tracing::debug!(vin = %self.info.identity.device_id, message_type, "unknown message type, acked");
-                return self.ack(&txid, &topic, &message_id).await;
-            }
-            Err(e) => {
-                metrics.frame_refused(None, e.kind(), len);
-                tracing::debug!(vin = %self.info.identity.device_id, error = %e, "unreadable frame, no answer possible");
-                return Ok(());
-            }
-        };
-
-        let identity = self.info.identity.clone();
-        if frame.sender_id != identity.sender_id.as_bytes()
-            && frame.sender_id != identity.device_id.as_bytes()
-        {
-            // Spoofing protection as the reference server does it: the frame is attributed to
-            // the certificate's identity (below, `into_record` takes the VIN from it), never
-            // to the claimed sender, and dispatched, so the vehicle's data is not lost.
-            metrics.sender_mismatch.increment(1);
-            if self.sender_mismatch_logged.allow(Instant::now()) {
-                tracing::debug!(
-                    vin = %identity.device_id,
-                    sender_id = %String::from_utf8_lossy(frame.sender_id),
-                    expected = %identity.sender_id,
-                    "frame sender id does not match the certificate; dispatched under the certificate's identity"
-                );
-            }
-        }
-
-        let (txid, topic_name, message_id) = (frame.txid, frame.topic_name, frame.message_id);
-        if frame.topic.is_none() || frame.topic == Some(Topic::Connectivity) {
-            // No schema, or a server-owned topic a vehicle must not write: ack so it stops resending.
-            metrics.frame_refused(None, "unknown_topic", len);
-            tracing::debug!(vin = %identity.device_id, topic = %String::from_utf8_lossy(topic_name), "frame on a topic fleetgate does not route; acked");
-            return self.ack(txid, topic_name, message_id).await;
-        }
-
-        let record = match frame.into_record(&identity.device_id, received_at_ms) {
-            Ok(record) => record,
-            Err(e) => {
-                metrics.frame_refused(frame.topic, e.kind(), len);
-                tracing::info!(vin = %identity.device_id, error = %e, "payload rejected, error reply sent");
-                return self.error_reply(txid).await;
-            }
-        };
-        if let Some(started) = started {
-            metrics
-                .decode_seconds
-                .record(started.elapsed().as_secs_f64());
-        }
-
-        let topic = record.topic;
-        let sinks = self.settings.sinks.sinks(topic);
-        if sinks.is_empty() {
-            metrics.frame_refused(Some(topic), "not_routed", len);
-            return self.ack(txid, topic_name, message_id).await;
-        }
-        metrics.frame_ok(Some(topic), len);
-
-        // Changes-only: drop datums whose value did not change; skip the record when none did.
-        // The rules below still see the whole frame.
-        let mut forward_record = true;
-        let filtered;
-        let mut out_payload: &[u8] = &record.payload;
-        if let (Some(co), Some(p)) = (self.settings.changes_only.clone(), record.decoded.vehicle())
-        {
-            let at_ms = crate::state::VehicleUpdate::from_payload(p, record.frame.created_at).at_ms;
-            let drop = self.changes.suppressed(p, at_ms, &co.0, co.1);
-            if !drop.is_empty() {
-                metrics::counter!(m::CHANGES_SUPPRESSED_DATUMS_TOTAL).increment(drop.len() as u64);
-                if drop.len() == p.data.len() {
-                    forward_record = false;
-                    metrics::counter!(m::CHANGES_SUPPRESSED_RECORDS_TOTAL).increment(1);
-                } else if let Ok(bytes) =
-                    crate::wire::payload::drop_list_entries(&record.payload, &drop)
-                {
-                    filtered = bytes;
-                    out_payload = &filtered;
-                }
-            }
-        }
-
-        let sink_record = SinkRecord {
-            topic,
-            vin: record.vin,
-            txid: record.frame.txid,
-            device_type: record.frame.device_type,
-            created_at: record.frame.created_at,
-            received_at_ms,
-            device_client_version: &self.info.client_version,
-            payload: out_payload,
-        };
-        let sinks = if forward_record { sinks } else { &[] };
-        let reliable = self.settings.sinks.reliable_sink(topic);
-        let seq = self.next_seq;
-        let mut slot = None;
-        if reliable.is_some() {
-            // Backpressure: without a free in-flight slot this vehicle is not read any further.
-            let slots = self.settings.inflight_slots.clone();
-            tokio::select! {
-                permit = slots.acquire_owned() => slot = permit.ok(),
-                _ = self.shutdown.cancelled() => return Err(CloseReason::Shutdown),
-            }
-        }
-        let mut refused = false;
-        let mut tracked_record = 0u32;
-        for sink in sinks {
-            let ticket = if reliable == Some(sink.name()) {
-                tracked_record = 1;
-                DeliveryTicket::tracked(self.completions_tx.clone(), seq, slot.take())
-            } else {
-                DeliveryTicket::untracked()
-            };
-            let t = timed.then(Instant::now);
-            if let Err(e) = sink.publish(&sink_record, ticket) {
-                refused = true;
-                metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
-                tracing::warn!(vin = %identity.device_id, sink = sink.name(), error = %e, "sink refused a record; frame not acked (the vehicle resends)");
-            }
-            if let Some(t) = t {
-                metrics.sink_published(sink.name(), t.elapsed().as_secs_f64());
-            }
-        }
-        // The rules see every V frame; the events follow the record to the event sinks.
-        let mut tracked_events = 0;
-        if let (Some(engine), Some(payload)) = (&self.settings.engine, record.decoded.vehicle()) {
-            let t = timed.then(Instant::now);
-            let events = engine.on_vehicle_data(record.vin, payload, record.frame.created_at);
-            if let Some(t) = t {
-                metrics.rules_seconds.record(t.elapsed().as_secs_f64());
-            }
-            if !events.is_empty() {
-                let tx = self.completions_tx.clone();
-                let (tracked, events_refused) =
-                    self.settings.sinks.publish_events(&events, reliable, || {
-                        DeliveryTicket::tracked(tx.clone(), seq, None)
-                    });
-                tracked_events = tracked;
-                refused |= events_refused;
-            }
-        }
-        if refused && reliable.is_none() {
-            return Ok(());
-        }
-        if reliable.is_some() && tracked_record + tracked_events > 0 {
-            self.next_seq += 1;
-            self.pending.insert(
+            } => self.ack(txid, topic, message_id).await,
+            Answer::ErrorReply { txid } => self.error_reply(txid).await,
+            Answer::AckAfter {
                 seq,
-                PendingAck {
-                    txid: Bytes::copy_from_slice(txid),
-                    topic: Bytes::copy_from_slice(topic_name),
-                    message_id: Bytes::copy_from_slice(message_id),
-                    remaining: tracked_record + tracked_events,
-                    failed: false,
-                },
-            );
-            metrics.reliable_pending.increment(1.0);
-            Ok(())
-        } else {
-            self.ack(txid, topic_name, message_id).await
+                deliveries,
+                txid,
+                topic,
+                message_id,
+            } => {
+                self.pending.insert(
+                    seq,
+                    PendingAck {
+                        txid: Bytes::copy_from_slice(txid),
+                        topic: Bytes::copy_from_slice(topic),
+                        message_id: Bytes::copy_from_slice(message_id),
+                        remaining: deliveries,
+                        failed: false,
+                    },
+                );
+                self.settings
+                    .pipeline
+                    .metrics
+                    .reliable_pending
+                    .increment(1.0);
+                Ok(())
+            }
+            Answer::Nothing | Answer::NeedSlot => Ok(()),
         }
     }
 
@@ -415,7 +249,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let Some(p) = self.pending.remove(&c.seq) else {
             return Ok(());
         };
-        self.settings.metrics.reliable_pending.decrement(1.0);
+        self.settings
+            .pipeline
+            .metrics
+            .reliable_pending
+            .decrement(1.0);
         if !p.failed {
             self.ack(&p.txid, &p.topic, &p.message_id).await
         } else {
@@ -432,7 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 /// then closes the websocket with 1001 (going away).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     ws: WebSocketStream<S>,
-    info: ConnectionInfo,
+    info: Arc<ConnectionInfo>,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
     superseded: CancellationToken,
@@ -442,17 +280,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let (completions_tx, mut completions_rx) = mpsc::unbounded_channel();
     let mut conn = Conn {
         ws,
-        bucket: TokenBucket::full(f64::from(settings.rate_limit.message_limit), Instant::now()),
+        state: FrameState::new(&settings.pipeline, completions_tx),
         info,
         writer: EnvelopeWriter::new(),
         pending: HashMap::new(),
-        next_seq: 0,
-        completions_tx,
         settings,
         shutdown: shutdown.clone(),
-        changes: Default::default(),
-        frames_seen: 0,
-        sender_mismatch_logged: LogEvery::new(Duration::from_secs(60)),
     };
     let mut last_rx = Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);
@@ -539,6 +372,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let left = conn.pending.len();
     if left > 0 {
         conn.settings
+            .pipeline
             .metrics
             .reliable_pending
             .decrement(left as f64);

@@ -1,7 +1,6 @@
 //! Vehicle ingest: TLS with identity, the HTTP upgrade, and the per-connection frame loop.
 //! Owns sockets and the answers on the wire; hands records to `sinks` and nothing else.
 
-pub mod changes;
 pub mod connection;
 pub mod http;
 pub mod identity;

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prost::Message as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -20,11 +19,9 @@ use super::identity::{identity_from_der, Identity};
 use super::proxy::ProxyAuth;
 use super::registry::Closed;
 use super::tls::handshake_failure_reason;
-use crate::event::{Event, EventType};
 use crate::metrics as m;
-use crate::sinks::{DeliveryTicket, SinkRecord, SinkRouter};
-use crate::wire::proto::vehicle_connectivity::{ConnectivityEvent, VehicleConnectivity};
-use crate::wire::Topic;
+use crate::pipeline::SocketInfo;
+use crate::wire::proto::vehicle_connectivity::ConnectivityEvent;
 
 /// Everything the listener needs, shared by all connections.
 #[derive(Clone)]
@@ -65,58 +62,14 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn publish_vehicle_event(
-    settings: &ServerSettings,
-    kind: EventType,
-    vin: &str,
-    scope: &str,
-    data: serde_json::Map<String, serde_json::Value>,
-) {
-    let event = Event::new(kind, vin, scope, now_ms(), data);
-    settings.connection.sinks.publish_events(
-        std::slice::from_ref(&event),
-        None,
-        DeliveryTicket::untracked,
-    );
-}
-
-fn unix_now() -> (i64, i32) {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    (d.as_secs() as i64, d.subsec_nanos() as i32)
-}
-
-/// Produces a connectivity record (CONNECTED / DISCONNECTED) to the `connectivity` sinks.
-fn publish_connectivity(sinks: &SinkRouter, info: &ConnectionInfo, status: ConnectivityEvent) {
-    let targets = sinks.sinks(Topic::Connectivity);
-    if targets.is_empty() {
-        return;
-    }
-    let (seconds, nanos) = unix_now();
-    let record = VehicleConnectivity {
-        vin: info.identity.device_id.clone(),
-        connection_id: info.connection_id.clone(),
-        status: status as i32,
-        created_at: Some(crate::wire::Timestamp { seconds, nanos }),
-        network_interface: info.network_interface.clone(),
-    };
-    let payload = record.encode_to_vec();
-    let sink_record = SinkRecord {
-        topic: Topic::Connectivity,
+/// The socket as the pipeline's connectivity records and vehicle events see it.
+fn socket_info(info: &ConnectionInfo) -> SocketInfo<'_> {
+    SocketInfo {
         vin: &info.identity.device_id,
-        txid: info.connection_id.as_bytes(),
-        device_type: info.identity.client_type.as_bytes(),
-        created_at: seconds as u32,
-        received_at_ms: (seconds as u64) * 1000 + (nanos as u64) / 1_000_000,
-        device_client_version: &info.client_version,
-        payload: &payload,
-    };
-    for sink in targets {
-        if let Err(e) = sink.publish(&sink_record, DeliveryTicket::untracked()) {
-            metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
-            tracing::warn!(vin = %info.identity.device_id, sink = sink.name(), error = %e, "connectivity record refused");
-        }
+        connection_id: &info.connection_id,
+        client_type: info.identity.client_type,
+        client_version: &info.client_version,
+        network_interface: &info.network_interface,
     }
 }
 
@@ -381,17 +334,9 @@ async fn serve_request<S, F>(
     )
     .await;
     tracing::info!(vin = %info.identity.device_id, client_type = info.identity.client_type, connection_id = %info.connection_id, %peer, "vehicle connected");
-    publish_connectivity(
-        &settings.connection.sinks,
-        &info,
-        ConnectivityEvent::Connected,
-    );
-    settings.connection.metrics.connections_open.increment(1.0);
-    if let Some(engine) = &settings.connection.engine {
-        engine
-            .vehicles
-            .set_connected(&info.identity.device_id, true);
-    }
+    let pipeline = &settings.connection.pipeline;
+    pipeline.connectivity(&socket_info(&info), ConnectivityEvent::Connected);
+    pipeline.metrics.connections_open.increment(1.0);
     // control tokens: a newer socket of the vehicle takes over (newest wins, after the
     // hand-over grace); the VIN lists stop allowing it
     let superseded = CancellationToken::new();
@@ -412,13 +357,7 @@ async fn serve_request<S, F>(
         refused.clone(),
     );
     if opened.first_socket {
-        publish_vehicle_event(
-            &settings,
-            EventType::VehicleConnected,
-            &info.identity.device_id,
-            &info.connection_id,
-            crate::event_data!("connection_id" => info.connection_id.as_str(), "network_interface" => info.network_interface.as_str()),
-        );
+        pipeline.vehicle_connected(&socket_info(&info));
     }
     if settings.vins.refusal(&info.identity.device_id).is_some() {
         refused.cancel(); // the lists changed during the upgrade
@@ -434,15 +373,10 @@ async fn serve_request<S, F>(
         });
     }
 
-    let vin = info.identity.device_id.clone();
-    let connection_id = info.connection_id.clone();
-    let identity = info.identity.clone();
-    let client_version = info.client_version.clone();
-    let network_interface = info.network_interface.clone();
-    let client_txid = info.client_txid.clone();
+    let info = Arc::new(info);
     let reason = connection::run(
         ws,
-        info,
+        info.clone(),
         settings.connection.clone(),
         shutdown,
         superseded,
@@ -451,42 +385,27 @@ async fn serve_request<S, F>(
     )
     .await;
 
-    settings.connection.metrics.connections_open.decrement(1.0);
+    let pipeline = &settings.connection.pipeline;
+    pipeline.metrics.connections_open.decrement(1.0);
     metrics::counter!(m::WS_CLOSED_TOTAL, "reason" => reason.label()).increment(1);
-    let info = ConnectionInfo {
-        identity,
-        connection_id,
-        client_txid,
-        client_version,
-        network_interface,
-    };
-    publish_connectivity(
-        &settings.connection.sinks,
-        &info,
-        ConnectivityEvent::Disconnected,
-    );
+    pipeline.connectivity(&socket_info(&info), ConnectivityEvent::Disconnected);
     if let Closed::LastSocket { generation } = settings.registry.closed(&info.connection_id) {
         // connected while any socket is open; gone only if none reopens within the grace
         let settings = settings.clone();
-        let vin = vin.clone();
-        let connection_id = info.connection_id.clone();
+        let info = info.clone();
         tokio::spawn(async move {
             tokio::time::sleep(settings.vehicle_grace).await;
-            if let Some(connected_ms) = settings.registry.gone(&vin, generation, now_ms()) {
-                if let Some(engine) = &settings.connection.engine {
-                    engine.vehicles.set_connected(&vin, false);
-                }
-                publish_vehicle_event(
-                    &settings,
-                    EventType::VehicleDisconnected,
-                    &vin,
-                    &connection_id,
-                    crate::event_data!("connected_s" => connected_ms / 1000),
+            let vin = &info.identity.device_id;
+            if let Some(connected_ms) = settings.registry.gone(vin, generation, now_ms()) {
+                settings.connection.pipeline.vehicle_disconnected(
+                    vin,
+                    &info.connection_id,
+                    connected_ms,
                 );
             }
         });
     }
-    tracing::info!(%vin, reason = reason.label(), "vehicle disconnected");
+    tracing::info!(vin = %info.identity.device_id, reason = reason.label(), "vehicle disconnected");
 }
 
 /// Accepts vehicles until `shutdown` fires, then waits (bounded by the grace period) for the
