@@ -39,6 +39,16 @@ fn password_file(pki: &Pki, password: &str) -> String {
         .to_string()
 }
 
+/// The Kafka sink is not healthy, for `reason`: counted, and named by `/healthz/sinks`.
+async fn assert_sink_unhealthy(server: &Server, reason: &str) {
+    let series = format!("fleetgate_kafka_client_errors_total{{reason=\"{reason}\"}}");
+    assert!(wait_metric(server, &series, 1.0).await >= 1.0, "{series}");
+    let (status, sinks) = server.admin("GET", "/healthz/sinks", None);
+    assert_eq!(status, 503, "{sinks}");
+    let detail = sinks["sinks"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains(reason), "{detail}");
+}
+
 /// Sends one reliable V frame; true when it was acked within `wait`.
 async fn reliable_frame_acked(server: &Server, pki: &Pki, txid: &str, wait: Duration) -> bool {
     let cert = pki.pki.vehicle(VIN).unwrap();
@@ -126,19 +136,7 @@ async fn a_wrong_password_is_a_clear_counted_error_and_never_an_ack() {
         !reliable_frame_acked(&server, &pki, "wrong-1", Duration::from_secs(6)).await,
         "no ack for a frame Kafka never took"
     );
-    assert!(
-        wait_metric(
-            &server,
-            "fleetgate_kafka_client_errors_total{reason=\"authentication\"}",
-            1.0
-        )
-        .await
-            >= 1.0
-    );
-    let (status, sinks) = server.admin("GET", "/healthz/sinks", None);
-    assert_eq!(status, 503, "{sinks}");
-    let detail = sinks["sinks"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("authentication"), "{detail}");
+    assert_sink_unhealthy(&server, "authentication").await;
     assert!(server
         .stderr_text()
         .contains("check sasl.mechanisms, sasl.username and the password"));
@@ -160,24 +158,7 @@ async fn an_untrusted_broker_certificate_is_a_clear_counted_error_and_never_an_a
     );
     let server = Server::start(&config);
     assert!(!reliable_frame_acked(&server, &pki, "tls-1", Duration::from_secs(6)).await);
-    assert!(
-        wait_metric(
-            &server,
-            "fleetgate_kafka_client_errors_total{reason=\"tls\"}",
-            1.0
-        )
-        .await
-            >= 1.0
-    );
-    let (status, sinks) = server.admin("GET", "/healthz/sinks", None);
-    assert_eq!(status, 503, "{sinks}");
-    assert!(
-        sinks["sinks"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("tls"),
-        "{sinks}"
-    );
+    assert_sink_unhealthy(&server, "tls").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

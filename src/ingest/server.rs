@@ -105,9 +105,9 @@ async fn tls_handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     peer: std::net::SocketAddr,
-    limit: Duration,
-    slots: &Semaphore,
+    settings: &ServerSettings,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let (limit, slots) = (settings.handshake_timeout, &settings.handshake_slots);
     // Admission: a bounded number of handshakes use the CPU at once; the others wait here,
     // up to the handshake timeout, instead of being refused.
     let _slot = match slots.try_acquire() {
@@ -161,15 +161,7 @@ async fn serve_connection(
     let _ = tcp.set_nodelay(true);
     match kind {
         ListenerKind::Direct => {
-            let Some(tls) = tls_handshake(
-                &settings.tls,
-                tcp,
-                peer,
-                settings.handshake_timeout,
-                &settings.handshake_slots,
-            )
-            .await
-            else {
+            let Some(tls) = tls_handshake(&settings.tls, tcp, peer, &settings).await else {
                 return;
             };
             let identity: IdentityResult = tls
@@ -194,15 +186,7 @@ async fn serve_connection(
             };
             match &proxy.tls {
                 Some(acceptor) => {
-                    let Some(tls) = tls_handshake(
-                        acceptor,
-                        tcp,
-                        peer,
-                        settings.handshake_timeout,
-                        &settings.handshake_slots,
-                    )
-                    .await
-                    else {
+                    let Some(tls) = tls_handshake(acceptor, tcp, peer, &settings).await else {
                         return;
                     };
                     serve_request(

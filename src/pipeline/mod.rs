@@ -289,16 +289,23 @@ impl Pipeline {
         }
         metrics.frame_ok(Some(topic), len);
 
+        // The typed signals of a V frame, read once for changes-only and the rules.
+        let vehicle = record.decoded.vehicle().map(|p| {
+            (
+                p,
+                crate::state::VehicleUpdate::from_payload(p, record.frame.created_at),
+            )
+        });
+
         // Changes-only: drop datums whose value did not change; skip the record when none did.
         // The rules below still see the whole frame.
         let mut forward_record = true;
         let filtered;
         let mut out_payload: &[u8] = &record.payload;
-        if let (Some(co), Some(p)) = (&self.changes_only, record.decoded.vehicle()) {
-            let at_ms = crate::state::VehicleUpdate::from_payload(p, record.frame.created_at).at_ms;
+        if let (Some(co), Some((p, update))) = (&self.changes_only, &vehicle) {
             let drop = state
                 .changes
-                .suppressed(p, at_ms, &co.min_delta, co.max_age_ms);
+                .suppressed(p, update.at_ms, &co.min_delta, co.max_age_ms);
             if !drop.is_empty() {
                 metrics::counter!(m::CHANGES_SUPPRESSED_DATUMS_TOTAL).increment(drop.len() as u64);
                 if drop.len() == p.data.len() {
@@ -347,9 +354,9 @@ impl Pipeline {
 
         // The rules see every V frame; the events follow the record to the event sinks.
         let mut tracked_events = 0;
-        if let (Some(engine), Some(payload)) = (&self.engine, record.decoded.vehicle()) {
+        if let (Some(engine), Some((_, update))) = (&self.engine, &vehicle) {
             let t = timed.then(Instant::now);
-            let events = engine.on_vehicle_data(record.vin, payload, record.frame.created_at);
+            let events = engine.apply(record.vin, update);
             if let Some(t) = t {
                 metrics.rules_seconds.record(t.elapsed().as_secs_f64());
             }

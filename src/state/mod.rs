@@ -37,37 +37,70 @@ pub enum ChargeState {
     Idle,
 }
 
-/// What one `V` frame says, in typed form (only the signals fleetgate uses).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct VehicleUpdate {
-    /// The frame's creation time (ms since the epoch).
-    pub at_ms: i64,
-    /// Location.
-    pub location: Option<(f64, f64)>,
-    /// GpsHeading (degrees).
-    pub heading: Option<f64>,
-    /// VehicleSpeed.
-    pub speed: Option<f64>,
-    /// Soc (%).
-    pub soc: Option<f64>,
-    /// ChargeLimitSoc (%).
-    pub charge_limit_soc: Option<f64>,
-    /// DetailedChargeState.
-    pub charge_state: Option<ChargeState>,
-    /// DCChargingEnergyIn (kWh).
-    pub dc_energy_in: Option<f64>,
-    /// ACChargingEnergyIn (kWh).
-    pub ac_energy_in: Option<f64>,
-    /// DestinationLocation.
-    pub destination: Option<(f64, f64)>,
-    /// MinutesToArrival.
-    pub minutes_to_arrival: Option<f64>,
-    /// MilesToArrival.
-    pub miles_to_arrival: Option<f64>,
-    /// Odometer.
-    pub odometer: Option<f64>,
-    /// The vehicle says this frame is a resend.
-    pub is_resend: bool,
+/// Every signal the table keeps, declared once: the field of [`VehicleUpdate`] and
+/// [`VehicleState`], the telemetry `Field` it is read from, how its value is read, and its doc.
+/// (`Location` is not here: it becomes `VehicleState::position` only through the rules' jitter
+/// guard. `BatteryLevel` stands in for a missing `Soc`.) Adding a signal is one line.
+macro_rules! signals {
+    ($( $name:ident : $ty:ty = $field:ident via $read:ident, $doc:literal $(, schema($($schema:tt)*))? ;)*) => {
+        /// What one `V` frame says, in typed form (only the signals fleetgate uses).
+        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        pub struct VehicleUpdate {
+            /// The frame's creation time (ms since the epoch).
+            pub at_ms: i64,
+            /// Location.
+            pub location: Option<(f64, f64)>,
+            $( #[doc = $doc] pub $name: Option<$ty>, )*
+            /// The vehicle says this frame is a resend.
+            pub is_resend: bool,
+        }
+
+        /// The latest known state of one vehicle.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+        pub struct VehicleState {
+            /// Last accepted GPS fix.
+            pub position: Option<Position>,
+            $( #[doc = $doc] $(#[schema($($schema)*)])? pub $name: Option<$ty>, )*
+            /// Time of the newest frame applied (ms since the epoch).
+            pub last_seen_ms: i64,
+            /// A socket of this vehicle is open.
+            pub connected: bool,
+            /// Rule bookkeeping: sites inside, a held GPS jump, the open charging session.
+            #[serde(skip)]
+            pub tracking: Tracking,
+        }
+
+        impl VehicleUpdate {
+            /// Reads `v` into the signal of `field`; false when the field is not a signal.
+            fn read_signal(&mut self, field: Field, v: &V) -> bool {
+                match field {
+                    $( Field::$field => { self.$name = $read(v); true } )*
+                    _ => false,
+                }
+            }
+        }
+
+        impl VehicleState {
+            /// Keeps every signal the update carries.
+            fn keep_signals(&mut self, u: &VehicleUpdate) {
+                $( if u.$name.is_some() { self.$name = u.$name; } )*
+            }
+        }
+    };
+}
+
+signals! {
+    heading: f64 = GpsHeading via number, "Last heading (degrees).";
+    speed: f64 = VehicleSpeed via number, "Last speed.";
+    soc: f64 = Soc via number, "State of charge (%).";
+    charge_limit_soc: f64 = ChargeLimitSoc via number, "Charge limit (%).";
+    charge_state: ChargeState = DetailedChargeState via charge_state, "Detailed charge state.";
+    dc_energy_in: f64 = DcChargingEnergyIn via number, "DC energy counter (kWh).";
+    ac_energy_in: f64 = AcChargingEnergyIn via number, "AC energy counter (kWh).";
+    destination: (f64, f64) = DestinationLocation via location, "Navigation destination `[lat, lon]`.", schema(value_type = Option<Vec<f64>>);
+    minutes_to_arrival: f64 = MinutesToArrival via number, "Minutes to the destination.";
+    miles_to_arrival: f64 = MilesToArrival via number, "Miles to the destination.";
+    odometer: f64 = Odometer via number, "Odometer.";
 }
 
 fn number(v: &V) -> Option<f64> {
@@ -135,62 +168,23 @@ impl VehicleUpdate {
             if matches!(v, V::Invalid(true)) {
                 continue;
             }
-            match Field::try_from(datum.key) {
-                Ok(Field::Location) => u.location = location(v).or(u.location),
-                Ok(Field::GpsHeading) => u.heading = number(v),
-                Ok(Field::VehicleSpeed) => u.speed = number(v),
-                Ok(Field::Soc) => u.soc = number(v),
-                Ok(Field::BatteryLevel) if u.soc.is_none() => u.soc = number(v),
-                Ok(Field::ChargeLimitSoc) => u.charge_limit_soc = number(v),
-                Ok(Field::DetailedChargeState) => u.charge_state = charge_state(v),
-                Ok(Field::DcChargingEnergyIn) => u.dc_energy_in = number(v),
-                Ok(Field::AcChargingEnergyIn) => u.ac_energy_in = number(v),
-                Ok(Field::DestinationLocation) => u.destination = location(v),
-                Ok(Field::MinutesToArrival) => u.minutes_to_arrival = number(v),
-                Ok(Field::MilesToArrival) => u.miles_to_arrival = number(v),
-                Ok(Field::Odometer) => u.odometer = number(v),
-                _ => {}
+            let Ok(field) = Field::try_from(datum.key) else {
+                continue;
+            };
+            match field {
+                Field::Location => u.location = location(v).or(u.location),
+                Field::BatteryLevel => {
+                    if u.soc.is_none() {
+                        u.soc = number(v);
+                    }
+                }
+                _ => {
+                    u.read_signal(field, v);
+                }
             }
         }
         u
     }
-}
-
-/// The latest known state of one vehicle.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct VehicleState {
-    /// Last accepted GPS fix.
-    pub position: Option<Position>,
-    /// Last heading (degrees).
-    pub heading: Option<f64>,
-    /// Last speed.
-    pub speed: Option<f64>,
-    /// State of charge (%).
-    pub soc: Option<f64>,
-    /// Charge limit (%).
-    pub charge_limit_soc: Option<f64>,
-    /// Detailed charge state.
-    pub charge_state: Option<ChargeState>,
-    /// DC energy counter (kWh).
-    pub dc_energy_in: Option<f64>,
-    /// AC energy counter (kWh).
-    pub ac_energy_in: Option<f64>,
-    /// Navigation destination `[lat, lon]`.
-    #[schema(value_type = Option<Vec<f64>>)]
-    pub destination: Option<(f64, f64)>,
-    /// Minutes to the destination.
-    pub minutes_to_arrival: Option<f64>,
-    /// Miles to the destination.
-    pub miles_to_arrival: Option<f64>,
-    /// Odometer.
-    pub odometer: Option<f64>,
-    /// Time of the newest frame applied (ms since the epoch).
-    pub last_seen_ms: i64,
-    /// A socket of this vehicle is open.
-    pub connected: bool,
-    /// Rule bookkeeping: sites inside, a held GPS jump, the open charging session.
-    #[serde(skip)]
-    pub tracking: Tracking,
 }
 
 /// What the rules remember per vehicle between frames.
@@ -236,22 +230,7 @@ impl VehicleState {
             return Applied::Stale;
         }
         self.last_seen_ms = u.at_ms;
-        macro_rules! keep {
-            ($($f:ident),*) => { $( if u.$f.is_some() { self.$f = u.$f; } )* };
-        }
-        keep!(
-            heading,
-            speed,
-            soc,
-            charge_limit_soc,
-            charge_state,
-            dc_energy_in,
-            ac_energy_in,
-            destination,
-            minutes_to_arrival,
-            miles_to_arrival,
-            odometer
-        );
+        self.keep_signals(u);
         Applied::Applied
     }
 
