@@ -348,6 +348,8 @@ pub async fn start(
     });
     let (engine, store) = build_engine(config, &base)?;
     let registry = Arc::new(crate::ingest::registry::Registry::default());
+    // every task that outlives start-up: stopped and awaited at shutdown
+    let background = tokio_util::task::TaskTracker::new();
     let stored_vins = store
         .vin_lists()
         .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -365,7 +367,7 @@ pub async fn start(
         let allowed = crate::ingest::vins::read_allowed_file(&path).map_err(ServeError::Config)?;
         tracing::info!(file = %path.display(), vins = allowed.len(), "data_connectors.file: allowed VINs loaded");
         vins.set_file_allowed(allowed);
-        tokio::spawn(watch_vin_file(
+        background.spawn(watch_vin_file(
             path,
             vins.clone(),
             registry.clone(),
@@ -373,7 +375,7 @@ pub async fn start(
         ));
     }
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(run_sweeper(
+    background.spawn(run_sweeper(
         engine.clone(),
         sinks.clone(),
         Duration::from_secs(10),
@@ -427,6 +429,7 @@ pub async fn start(
         )),
         handshake_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes_in_flight)),
         vins: vins.clone(),
+        timers: tokio_util::task::TaskTracker::new(),
     };
 
     let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;
@@ -475,14 +478,14 @@ pub async fn start(
         })?;
         let l = bind("metrics", addr).await?;
         metrics_addr = l.local_addr().ok();
-        tokio::spawn(metrics::serve(l));
+        background.spawn(metrics::serve(l, shutdown.clone()));
     }
     let mut status_addr = None;
     if let Some(port) = config.status_port {
         let addr = SocketAddr::new(vehicle_addr.ip(), port);
         let l = bind("status", addr).await?;
         status_addr = l.local_addr().ok();
-        tokio::spawn(server::serve_status(l, shutdown.clone()));
+        background.spawn(server::serve_status(l, shutdown.clone()));
     }
     let mut admin_addr = None;
     if let Some(admin) = &config.fleetgate.admin {
@@ -514,7 +517,7 @@ pub async fn start(
         };
         let app = crate::admin::router(state);
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        background.spawn(async move {
             let _ = axum::serve(l, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
@@ -539,20 +542,49 @@ pub async fn start(
         "listening"
     );
 
-    let flush_budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
-    let run = async move {
-        let draining = listener_up.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
+    // One shutdown budget: stop accepting, drain the connections, flush the sinks and stop
+    // every background task, all within `shutdown_grace_s` of the signal.
+    let budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
+    let shutdown_at = Arc::new(std::sync::OnceLock::new());
+    {
+        let (draining, stop, at) = (listener_up.clone(), shutdown.clone(), shutdown_at.clone());
+        background.spawn(async move {
             stop.cancelled().await;
+            let _ = at.set(tokio::time::Instant::now());
             // not ready from the first moment of a shutdown: the Service stops sending vehicles
             draining.store(false, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+    let run = async move {
         let still_open = server::run(listener, proxy, settings, shutdown).await;
-        tracing::info!("flushing sinks");
+        let deadline = shutdown_at
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now)
+            + budget;
+        let remaining = || {
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(500))
+        };
+        tracing::info!(
+            budget_left_ms = remaining().as_millis() as u64,
+            "flushing sinks"
+        );
+        let flush_budget = remaining();
         let left = tokio::task::spawn_blocking(move || sinks.flush_all(flush_budget))
             .await
             .unwrap_or(0);
+        background.close();
+        if tokio::time::timeout(remaining(), background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = background.len(),
+                "background tasks still running at the shutdown deadline"
+            );
+        }
         if left > 0 {
             tracing::error!(
                 records = left,

@@ -336,10 +336,16 @@ pub fn render() -> String {
     handle.render()
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: tokio::net::TcpListener) {
+/// Serves `GET /metrics` on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let app = axum::Router::new().route("/metrics", axum::routing::get(|| async { render() }));
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
         tracing::error!(error = %e, "metrics listener stopped");
     }
 }

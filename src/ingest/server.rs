@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub handshake_slots: Arc<Semaphore>,
     /// VIN allow / block lists.
     pub vins: Arc<super::vins::VinPolicy>,
+    /// Grace timers (hand-over, vehicle gone): tracked, and stopped at shutdown.
+    pub timers: TaskTracker,
 }
 
 fn now_ms() -> i64 {
@@ -349,10 +351,15 @@ async fn serve_request<S, F>(
     if !opened.older.is_empty() {
         let grace = settings.handover_grace;
         let older = opened.older;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            for token in older {
-                token.cancel();
+        let stop = shutdown.clone();
+        settings.timers.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {
+                    for token in older {
+                        token.cancel();
+                    }
+                }
+                _ = stop.cancelled() => {} // every socket closes anyway
             }
         });
     }
@@ -362,7 +369,7 @@ async fn serve_request<S, F>(
         ws,
         info.clone(),
         settings.connection.clone(),
-        shutdown,
+        shutdown.clone(),
         superseded,
         refused,
         settings.shutdown_grace,
@@ -375,10 +382,15 @@ async fn serve_request<S, F>(
     pipeline.connectivity(&socket_info(&info), ConnectivityEvent::Disconnected);
     if let Closed::LastSocket { generation } = settings.registry.closed(&info.connection_id) {
         // connected while any socket is open; gone only if none reopens within the grace
+        let timers = settings.timers.clone();
         let settings = settings.clone();
         let info = info.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(settings.vehicle_grace).await;
+        timers.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(settings.vehicle_grace) => {}
+                // at shutdown the vehicle reconnects to another instance: not "gone"
+                _ = shutdown.cancelled() => return,
+            }
             let vin = &info.identity.device_id;
             if let Some(connected_ms) = settings.registry.gone(vin, generation, now_ms()) {
                 settings.connection.pipeline.vehicle_disconnected(
@@ -453,9 +465,15 @@ pub async fn run(
         open = tracker.len(),
         "listener closed; draining connections"
     );
-    // Connections finish their pending acks within the grace period, then close.
-    let grace = settings.shutdown_grace + Duration::from_secs(2);
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    // Connections finish their pending acks within the grace period, then close (a second
+    // more for the close handshake); the timers stop at once.
+    settings.timers.close();
+    let grace = settings.shutdown_grace + Duration::from_secs(1);
+    let both = async {
+        tracker.wait().await;
+        settings.timers.wait().await;
+    };
+    if tokio::time::timeout(grace, both).await.is_err() {
         tracing::warn!(
             open = tracker.len(),
             "connections still open after the grace period"
