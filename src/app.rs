@@ -1,6 +1,7 @@
 //! `fleetgate serve`: builds the server from a validated config (TLS, sinks, listeners,
 //! metrics) and runs it until the shutdown token fires, then shuts down in order:
-//! stop accepting → drain connections (pending acks) → flush sinks.
+//! stop accepting → drain connections (pending acks) → flush sinks → stop background tasks,
+//! all under one budget (`fleetgate.shutdown_grace_s`). The only place that wires modules.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

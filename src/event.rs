@@ -1,5 +1,6 @@
 //! Events as CloudEvents 1.0 structured JSON with deterministic ids: the same triggering frame
-//! yields the same id, across resends and restarts, so consumers can dedupe.
+//! yields the same id, across resends and restarts, so consumers can dedupe. The model the
+//! rules produce and the sinks deliver; depends on neither.
 
 use serde::Serialize;
 use serde_json::{Map, Value};

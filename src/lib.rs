@@ -1,22 +1,31 @@
 //! fleetgate: a self-hosted Tesla Fleet Telemetry ingest server.
 //!
 //! # Layout
-//! - [`wire`]: flatbuffers envelope, protobuf payloads, transforms, proto3 JSON.
-//! - [`ingest`]: TLS + identity, HTTP upgrade, the per-vehicle frame loop.
-//! - [`sinks`]: where records go (logger, Kafka) and delivery tickets for reliable acks.
-//! - [`config`]: Tesla's config keys plus the `fleetgate` section, validated.
-//! - [`metrics`]: every exported metric, in one place.
-//! - [`app`]: `serve` wiring and ordered shutdown; [`certs`]: dev PKI; [`client`]: vehicle side.
-//! - [`commands`]: subcommands that are more than one call; [`bench`]: the load bench.
+//! The path of one frame, left to right, then what sits beside it:
+//!
+//! - [`wire`]: the Tesla wire — flatbuffers envelope (verified reads, reference acks), protobuf
+//!   payloads, transforms, proto3 JSON. Knows no sockets, sinks or rules.
+//! - [`ingest`]: sockets, TLS and identity (Tesla's CAs embedded), the HTTP upgrade, the
+//!   per-connection loop (timeouts, pending acks), the registry of sockets, VIN lists, the
+//!   proxy-mTLS listener. Hands every frame to the pipeline; decides nothing about it.
+//! - [`pipeline`]: one frame's policy, synchronous and socket-free — limits, sender check,
+//!   routing, changes-only, the rules call, the ack decision; connectivity records and
+//!   vehicle events.
+//! - [`state`]: the vehicle table (data only; the rules read and update it).
+//! - [`rules`]: sites (index, GeoJSON), watches and charging sessions → events.
+//! - [`event`]: the event model and its CloudEvents form, shared by rules and sinks.
+//! - [`sinks`]: delivery only (logger, Kafka), with tickets for reliable acks.
+//! - [`geometry`]: distances on the Earth, for the table and the rules.
+//! - [`admin`], [`store`]: the admin API and its durable SQLite store.
+//! - [`config`]: Tesla's keys and the `fleetgate` section, validated; [`metrics`]: every metric
+//!   family; [`app`]: `serve` wiring and the ordered shutdown.
+//! - [`tools`]: apart from the product — dev PKI, vehicle client, simulator, load bench,
+//!   `decode` / `demo` / `sim`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod app;
-pub mod bench;
-pub mod certs;
-pub mod client;
-pub mod commands;
 pub mod config;
 pub mod event;
 pub mod geometry;
@@ -24,8 +33,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod pipeline;
 pub mod rules;
-pub mod sim;
 pub mod sinks;
 pub mod state;
 pub mod store;
+pub mod tools;
 pub mod wire;

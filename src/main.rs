@@ -139,7 +139,7 @@ enum BenchCommand {
     Scenario {
         /// Which scenario.
         #[arg(value_enum)]
-        scenario: fleetgate::bench::scenario::Scenario,
+        scenario: fleetgate::tools::bench::scenario::Scenario,
         /// Vehicles (default: 19,500 for idle-max, steady, storm; 2,000 saturate; 10,000 kafka).
         #[arg(long)]
         vehicles: Option<usize>,
@@ -148,7 +148,7 @@ enum BenchCommand {
         window: Option<u64>,
         /// Only this server.
         #[arg(long, value_enum)]
-        only: Option<fleetgate::bench::scenario::ServerKind>,
+        only: Option<fleetgate::tools::bench::scenario::ServerKind>,
         /// Work folder (PKI, sites, configs).
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
@@ -183,7 +183,7 @@ fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> Result<(
 }
 
 fn bench(command: BenchCommand) -> ExitCode {
-    fleetgate::bench::procstat::raise_nofile_limit();
+    fleetgate::tools::bench::procstat::raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -208,22 +208,23 @@ fn bench(command: BenchCommand) -> ExitCode {
                 storm,
                 json,
             } => {
-                let report = fleetgate::bench::run_load(fleetgate::bench::LoadOptions {
-                    target,
-                    server_name,
-                    pki,
-                    vehicles,
-                    ramp_per_s: ramp,
-                    concurrency,
-                    rate_hz: rate,
-                    warmup_s: warmup,
-                    duration_s: duration,
-                    sources,
-                    server_pid,
-                    storm,
-                })
-                .await?;
-                print!("{}", fleetgate::bench::load_table(&report));
+                let report =
+                    fleetgate::tools::bench::run_load(fleetgate::tools::bench::LoadOptions {
+                        target,
+                        server_name,
+                        pki,
+                        vehicles,
+                        ramp_per_s: ramp,
+                        concurrency,
+                        rate_hz: rate,
+                        warmup_s: warmup,
+                        duration_s: duration,
+                        sources,
+                        server_pid,
+                        storm,
+                    })
+                    .await?;
+                print!("{}", fleetgate::tools::bench::load_table(&report));
                 write_json(&json, &report)
             }
             BenchCommand::Scenario {
@@ -236,8 +237,8 @@ fn bench(command: BenchCommand) -> ExitCode {
                 sources,
                 json,
             } => {
-                let report =
-                    fleetgate::bench::scenario::run(fleetgate::bench::scenario::ScenarioOptions {
+                let report = fleetgate::tools::bench::scenario::run(
+                    fleetgate::tools::bench::scenario::ScenarioOptions {
                         scenario,
                         vehicles,
                         window_s: window,
@@ -245,13 +246,14 @@ fn bench(command: BenchCommand) -> ExitCode {
                         only,
                         kafka,
                         sources,
-                    })
-                    .await?;
-                print!("{}", fleetgate::bench::scenario::table(&report));
+                    },
+                )
+                .await?;
+                print!("{}", fleetgate::tools::bench::scenario::table(&report));
                 write_json(&json, &report)
             }
             BenchCommand::BareServer { pki, listen } => {
-                fleetgate::bench::bare::run(&pki, listen).await
+                fleetgate::tools::bench::bare::run(&pki, listen).await
             }
         }
     });
@@ -365,8 +367,8 @@ fn certs_dev(
 ) -> ExitCode {
     let mut names = vec!["localhost", "127.0.0.1", "::1"];
     names.extend(server_names.iter().map(String::as_str));
-    let vins = fleetgate::certs::example_vins(vehicles);
-    let result = fleetgate::certs::DevPki::generate()
+    let vins = fleetgate::tools::certs::example_vins(vehicles);
+    let result = fleetgate::tools::certs::DevPki::generate()
         .and_then(|pki| pki.write(&out, &names, &vins, !no_negative));
     match result {
         Ok(files) => {
@@ -379,7 +381,7 @@ fn certs_dev(
                 out.join("vehicles").display()
             );
             if !no_negative {
-                for (name, what) in fleetgate::certs::NEGATIVE_CASES {
+                for (name, what) in fleetgate::tools::certs::NEGATIVE_CASES {
                     println!("  negative/{name}: {what}");
                 }
             }
@@ -423,7 +425,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(fleetgate::commands::demo::run(
+            match runtime.block_on(fleetgate::tools::commands::demo::run(
                 json,
                 std::time::Duration::from_millis(pace_ms),
             )) {
@@ -449,7 +451,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let opts = fleetgate::commands::sim::SimOptions {
+            let opts = fleetgate::tools::commands::sim::SimOptions {
                 server,
                 certs,
                 vehicles,
@@ -457,12 +459,12 @@ fn main() -> ExitCode {
                 duration_s: duration,
                 route,
             };
-            match runtime.block_on(fleetgate::commands::sim::run(
+            match runtime.block_on(fleetgate::tools::commands::sim::run(
                 opts,
                 std::io::IsTerminal::is_terminal(&std::io::stderr()),
             )) {
                 Ok(summary) => {
-                    fleetgate::commands::sim::print_summary(&summary);
+                    fleetgate::tools::commands::sim::print_summary(&summary);
                     if summary.failed.is_empty()
                         && summary.acked == summary.sent
                         && summary.errors == 0
@@ -481,7 +483,7 @@ fn main() -> ExitCode {
         }
         Command::Decode { files } => {
             let stdout = std::io::stdout();
-            match fleetgate::commands::decode::run(&files, &mut stdout.lock()) {
+            match fleetgate::tools::commands::decode::run(&files, &mut stdout.lock()) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(failed) => {
                     eprintln!(

@@ -356,7 +356,7 @@ async fn an_api_watch_produces_arrival_for_a_vehicle_streaming_over_mtls() {
             datum(Field::Soc, V::DoubleValue(55.0)),
         ],
     );
-    fleetgate::client::send_frame(
+    fleetgate::tools::client::send_frame(
         &mut ws,
         frame("f1", "V", &format!("vehicle_device.{VIN}"), &payload),
     )

@@ -78,7 +78,7 @@ async fn a_full_data_disk_fails_admin_writes_with_507_and_ingest_continues() {
     let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
     for i in 0..5 {
         let txid = format!("full-{i}");
-        fleetgate::client::send_frame(
+        fleetgate::tools::client::send_frame(
             &mut ws,
             frame(&txid, "V", &format!("vehicle_device.{VIN}"), b""),
         )
@@ -146,7 +146,9 @@ async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_even
     let mut acked = Vec::new();
     for i in 0..35 {
         let (txid, f) = frame_at(i);
-        fleetgate::client::send_frame(&mut ws, f).await.unwrap();
+        fleetgate::tools::client::send_frame(&mut ws, f)
+            .await
+            .unwrap();
         assert_eq!(
             answer(&mut ws).await,
             expected_ack(txid.as_bytes(), b"V", b"")
@@ -155,7 +157,7 @@ async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_even
     }
     // frames 35.. are in flight when the process dies
     for i in 35..40 {
-        let _ = fleetgate::client::send_frame(&mut ws, frame_at(i).1).await;
+        let _ = fleetgate::tools::client::send_frame(&mut ws, frame_at(i).1).await;
     }
     let first_run: Vec<Value> = server.wait_for_records(1, Duration::from_secs(2), |v| {
         v["type"] == "fleetgate.arrival.arrived"
@@ -172,7 +174,9 @@ async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_even
     let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
     for i in 25..40 {
         let (txid, f) = frame_at(i);
-        fleetgate::client::send_frame(&mut ws, f).await.unwrap();
+        fleetgate::tools::client::send_frame(&mut ws, f)
+            .await
+            .unwrap();
         assert_eq!(
             answer(&mut ws).await,
             expected_ack(txid.as_bytes(), b"V", b"")

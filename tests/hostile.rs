@@ -47,7 +47,7 @@ async fn well_behaved(server: &Server, pki: &Pki, max: Duration) -> Duration {
     for i in 0..20 {
         let txid = format!("good-{i}");
         let started = Instant::now();
-        fleetgate::client::send_frame(
+        fleetgate::tools::client::send_frame(
             &mut ws,
             frame(&txid, "V", "vehicle_device.5YJ3E1EA7KF777777", b""),
         )
@@ -84,9 +84,12 @@ async fn slowloris_and_idle_connections_are_cut_and_bounded() {
     }
     // 100 that finish TLS but trickle the HTTP request one byte at a time
     let cert = pki.pki.vehicle(VIN).unwrap();
-    let config =
-        fleetgate::client::client_config_from_pem(&pki.ca_pem(), &cert.chain_pem, &cert.key_pem)
-            .unwrap();
+    let config = fleetgate::tools::client::client_config_from_pem(
+        &pki.ca_pem(),
+        &cert.chain_pem,
+        &cert.key_pem,
+    )
+    .unwrap();
     let mut trickling = Vec::new();
     for _ in 0..100 {
         let tcp = tokio::net::TcpStream::connect(&server.vehicles)
@@ -180,7 +183,7 @@ async fn giant_fragmented_messages_bombs_and_ping_floods() {
     }
     let end = tokio::time::timeout(
         Duration::from_secs(5),
-        fleetgate::client::next_binary(&mut ws),
+        fleetgate::tools::client::next_binary(&mut ws),
     )
     .await
     .unwrap();
@@ -209,7 +212,7 @@ async fn giant_fragmented_messages_bombs_and_ping_floods() {
     let _ = ws.send(Message::Frame(bomb)).await;
     let end = tokio::time::timeout(
         Duration::from_secs(5),
-        fleetgate::client::next_binary(&mut ws),
+        fleetgate::tools::client::next_binary(&mut ws),
     )
     .await
     .unwrap();
@@ -265,7 +268,7 @@ async fn a_second_connection_of_the_same_vin_wins_after_the_handover_grace() {
     let mut new = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
     let sender = format!("vehicle_device.{VIN}");
     // during the hand-over both sockets work
-    fleetgate::client::send_frame(&mut old, frame("old-1", "V", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut old, frame("old-1", "V", &sender, b""))
         .await
         .unwrap();
     assert_eq!(answer(&mut old).await, expected_ack(b"old-1", b"V", b""));
@@ -283,7 +286,7 @@ async fn a_second_connection_of_the_same_vin_wins_after_the_handover_grace() {
         }
         other => panic!("expected a close frame, got {other:?}"),
     }
-    fleetgate::client::send_frame(&mut new, frame("new-1", "V", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut new, frame("new-1", "V", &sender, b""))
         .await
         .unwrap();
     assert_eq!(answer(&mut new).await, expected_ack(b"new-1", b"V", b""));

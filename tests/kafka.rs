@@ -52,7 +52,7 @@ async fn records_land_on_their_topics_with_key_headers_and_transformed_value() {
     ];
     for name in names {
         let bin = vector(name);
-        fleetgate::client::send_frame(&mut ws, bin.clone())
+        fleetgate::tools::client::send_frame(&mut ws, bin.clone())
             .await
             .unwrap();
         let env = read_envelope(&bin).unwrap();
@@ -178,7 +178,7 @@ async fn json_mode_sends_proto3_json() {
     let mut ws = connect(&server, &pki.ca_pem(), &cert, HEADERS)
         .await
         .unwrap();
-    fleetgate::client::send_frame(&mut ws, vector("v_charging"))
+    fleetgate::tools::client::send_frame(&mut ws, vector("v_charging"))
         .await
         .unwrap();
     let _ = answer(&mut ws).await;
@@ -211,7 +211,7 @@ async fn a_reliable_ack_means_the_record_is_in_kafka() {
     let sender = format!("vehicle_device.{VIN}");
     for i in 0..50 {
         let txid = format!("rel-{i}");
-        fleetgate::client::send_frame(&mut ws, frame(&txid, "V", &sender, b""))
+        fleetgate::tools::client::send_frame(&mut ws, frame(&txid, "V", &sender, b""))
             .await
             .unwrap();
     }
@@ -298,7 +298,7 @@ async fn a_drive_produces_its_events_on_the_events_topic() {
     ];
     for (i, (created, data)) in frames.into_iter().enumerate() {
         let txid = format!("drive-{i}");
-        fleetgate::client::send_frame(
+        fleetgate::tools::client::send_frame(
             &mut ws,
             frame(&txid, "V", &sender, &v_payload(created, data)),
         )

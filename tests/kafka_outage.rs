@@ -62,14 +62,14 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
     let sender = format!("vehicle_device.{VIN}");
 
     // broker up: a reliable frame is acked
-    fleetgate::client::send_frame(&mut ws, frame("before", "V", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut ws, frame("before", "V", &sender, b""))
         .await
         .unwrap();
     assert_eq!(answer(&mut ws).await, expected_ack(b"before", b"V", b""));
 
     broker("kill");
     // broker killed (-9): the reliable frame is not acked within 5 s
-    fleetgate::client::send_frame(&mut ws, frame("during-0", "V", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut ws, frame("during-0", "V", &sender, b""))
         .await
         .unwrap();
     assert!(
@@ -77,7 +77,7 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
         "a reliable frame must not be acked while the broker is down"
     );
     // non-reliable topics are acked at once (queued in the producer)
-    fleetgate::client::send_frame(&mut ws, frame("alert-during", "alerts", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut ws, frame("alert-during", "alerts", &sender, b""))
         .await
         .unwrap();
     assert_eq!(
@@ -87,9 +87,12 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
 
     // bounded: at most 5 reliable frames in flight; the rest are not even read
     for i in 1..20 {
-        fleetgate::client::send_frame(&mut ws, frame(&format!("during-{i}"), "V", &sender, b""))
-            .await
-            .unwrap();
+        fleetgate::tools::client::send_frame(
+            &mut ws,
+            frame(&format!("during-{i}"), "V", &sender, b""),
+        )
+        .await
+        .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -133,7 +136,7 @@ async fn reliable_acks_wait_for_the_broker_and_nothing_is_lost_or_duplicated() {
     while acked.len() < 20 && Instant::now() < deadline {
         if let Ok(Some(Ok(bytes))) = tokio::time::timeout(
             Duration::from_secs(5),
-            fleetgate::client::next_binary(&mut ws),
+            fleetgate::tools::client::next_binary(&mut ws),
         )
         .await
         {

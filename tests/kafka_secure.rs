@@ -54,10 +54,10 @@ async fn reliable_frame_acked(server: &Server, pki: &Pki, txid: &str, wait: Dura
     let cert = pki.pki.vehicle(VIN).unwrap();
     let mut ws = connect(server, &pki.ca_pem(), &cert, &[]).await.unwrap();
     let sender = format!("vehicle_device.{VIN}");
-    fleetgate::client::send_frame(&mut ws, frame(txid, "V", &sender, b""))
+    fleetgate::tools::client::send_frame(&mut ws, frame(txid, "V", &sender, b""))
         .await
         .unwrap();
-    match tokio::time::timeout(wait, fleetgate::client::next_binary(&mut ws)).await {
+    match tokio::time::timeout(wait, fleetgate::tools::client::next_binary(&mut ws)).await {
         Ok(Some(Ok(bytes))) => {
             assert_eq!(bytes, expected_ack(txid.as_bytes(), b"V", b""));
             true

@@ -106,10 +106,13 @@ async fn a_reconnect_storm_from_one_address_is_paced_not_refused() {
         let addr = server.vehicles.clone();
         let ca = ca.clone();
         tasks.spawn(async move {
-            let config =
-                fleetgate::client::client_config_from_pem(&ca, &cert.chain_pem, &cert.key_pem)
-                    .unwrap();
-            fleetgate::client::connect(&addr, "localhost", config, &[]).await
+            let config = fleetgate::tools::client::client_config_from_pem(
+                &ca,
+                &cert.chain_pem,
+                &cert.key_pem,
+            )
+            .unwrap();
+            fleetgate::tools::client::connect(&addr, "localhost", config, &[]).await
         });
     }
     let mut sockets = Vec::new();
@@ -168,7 +171,7 @@ async fn the_data_connector_file_is_an_allow_list_that_is_re_read() {
     std::fs::write(&list, json!({"vins_allowed": [OTHER]}).to_string()).unwrap();
     let closed = tokio::time::timeout(
         Duration::from_secs(10),
-        fleetgate::client::next_binary(&mut ws),
+        fleetgate::tools::client::next_binary(&mut ws),
     )
     .await
     .expect("the refused vehicle's socket is closed after the reload");

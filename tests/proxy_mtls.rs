@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use common::*;
-use fleetgate::certs::PemPair;
+use fleetgate::tools::certs::PemPair;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde_json::json;
@@ -104,7 +104,7 @@ fn refused_status(result: Result<impl Sized, WsError>) -> u16 {
 async fn acked<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, vin: &str) {
     let payload = v_payload(1_764_000_000, vec![]);
     let sender = format!("vehicle_device.{vin}");
-    fleetgate::client::send_frame(ws, frame("tx-1", "V", &sender, &payload))
+    fleetgate::tools::client::send_frame(ws, frame("tx-1", "V", &sender, &payload))
         .await
         .unwrap();
     assert_eq!(answer(ws).await, expected_ack(b"tx-1", b"V", b""));
@@ -132,7 +132,7 @@ async fn rfc9440_certificate_from_a_trusted_proxy_is_a_vehicle() {
     // the sender id is still checked against the forwarded identity (dispatched under it)
     let sender = format!("vehicle_device.{OTHER}");
     let spoofed = frame("tx-2", "V", &sender, &v_payload(1_764_000_000, vec![]));
-    fleetgate::client::send_frame(&mut ws, spoofed)
+    fleetgate::tools::client::send_frame(&mut ws, spoofed)
         .await
         .unwrap();
     assert_eq!(answer(&mut ws).await, expected_ack(b"tx-2", b"V", b""));

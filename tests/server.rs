@@ -82,8 +82,10 @@ async fn a_dev_vehicle_streams_every_vector_and_gets_exact_acks() {
     );
 }
 
-async fn client_send(ws: &mut fleetgate::client::VehicleSocket, frame: Vec<u8>) {
-    fleetgate::client::send_frame(ws, frame).await.unwrap();
+async fn client_send(ws: &mut fleetgate::tools::client::VehicleSocket, frame: Vec<u8>) {
+    fleetgate::tools::client::send_frame(ws, frame)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,9 +292,13 @@ async fn every_negative_certificate_is_refused_with_a_counted_reason() {
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         );
-        let result =
-            fleetgate::client::connect(&server.vehicles, "localhost", config, VEHICLE_HEADERS)
-                .await;
+        let result = fleetgate::tools::client::connect(
+            &server.vehicles,
+            "localhost",
+            config,
+            VEHICLE_HEADERS,
+        )
+        .await;
         assert!(result.is_err());
         wait_metric(
             &server,
@@ -331,7 +337,7 @@ async fn status_endpoints_and_connectivity_records() {
     {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let cert = pki.pki.vehicle(VIN).unwrap();
-        let config = fleetgate::client::client_config_from_pem(
+        let config = fleetgate::tools::client::client_config_from_pem(
             &pki.ca_pem(),
             &cert.chain_pem,
             &cert.key_pem,
@@ -417,7 +423,7 @@ async fn text_frames_close_the_socket_and_other_vehicles_are_unaffected() {
     .unwrap();
     let closed = tokio::time::timeout(
         Duration::from_secs(3),
-        fleetgate::client::next_binary(&mut bad),
+        fleetgate::tools::client::next_binary(&mut bad),
     )
     .await
     .unwrap();
@@ -469,7 +475,7 @@ async fn a_vehicle_that_stops_reading_is_cut_off_without_slowing_others() {
             );
             if tokio::time::timeout(
                 Duration::from_secs(5),
-                fleetgate::client::send_frame(&mut stuck, f),
+                fleetgate::tools::client::send_frame(&mut stuck, f),
             )
             .await
             .map(|r| r.is_err())
@@ -789,7 +795,7 @@ async fn changes_only_forwards_changed_datums_and_acks_everything() {
     let sender = format!("vehicle_device.{VIN}");
     for (i, (t, soc)) in [(0, 60.0), (1, 60.2), (2, 61.0)].into_iter().enumerate() {
         let txid = format!("co-{i}");
-        fleetgate::client::send_frame(&mut ws, frame(&txid, "V", &sender, &payload(t, soc)))
+        fleetgate::tools::client::send_frame(&mut ws, frame(&txid, "V", &sender, &payload(t, soc)))
             .await
             .unwrap();
         assert_eq!(

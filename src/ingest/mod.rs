@@ -1,5 +1,6 @@
-//! Vehicle ingest: TLS with identity, the HTTP upgrade, and the per-connection frame loop.
-//! Owns sockets and the answers on the wire; hands records to `sinks` and nothing else.
+//! Vehicle ingest: TLS with identity, the HTTP upgrade, and the per-connection loop.
+//! Owns sockets, timeouts and the answers on the wire; every frame goes to the `pipeline`,
+//! which decides what it means. Must not publish to sinks or run rules itself.
 
 pub mod connection;
 pub mod http;

@@ -2,7 +2,8 @@
 //! site entered / exited (hysteresis + GPS-jitter guard), watches (approaching, arrived,
 //! charge complete, expired) and charging sessions (started, stopped, stale).
 //!
-//! Pure and synchronous: `on_vehicle_data` takes a decoded payload and returns events; the
+//! Pure and synchronous, never touching sinks or sockets (the pipeline publishes what it
+//! returns): `apply` takes a frame's typed signals and returns events; the
 //! periodic `sweep` closes stale sessions and expires watches. The vehicle's table guard is
 //! released before the watch map is touched (never two shards at once).
 

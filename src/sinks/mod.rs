@@ -1,5 +1,6 @@
 //! Where records go: the [`Sink`] interface, delivery tickets for reliable acks, and the
-//! per-topic routing from the config's `records` map.
+//! per-topic routing from the config's `records` map. Sinks only deliver: they know the event
+//! model (`event`) and the wire (`wire`), never the rules, the table or the sockets.
 //!
 //! A sink gets a [`SinkRecord`] and a [`DeliveryTicket`]. It completes the ticket when the record
 //! is safely stored (the logger at once, Kafka on its delivery report). A ticket dropped without

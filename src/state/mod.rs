@@ -1,4 +1,5 @@
 //! The vehicle table: each VIN's latest typed state, updated from every decoded `V` frame.
+//! Data only: the rules read and update it; it knows nothing of sites, watches or events.
 //!
 //! Sharded (dashmap); one connection per VIN, so writers rarely contend. Frames older than the
 //! state never move it backwards. No guard is held across `.await` or while touching another

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fleetgate::certs::{DevPki, PemPair};
-use fleetgate::client::{self, VehicleSocket};
+use fleetgate::tools::certs::{DevPki, PemPair};
+use fleetgate::tools::client::{self, VehicleSocket};
 use fleetgate::wire::{EnvelopeWriter, StreamView};
 use serde_json::Value;
 

@@ -11,8 +11,8 @@ use prost::Message as _;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::VehicleSocket;
 use crate::geometry::haversine_m;
+use crate::tools::client::VehicleSocket;
 use crate::wire::proto::vehicle_data::{
     value::Value as V, Datum, DetailedChargeStateValue as Dcs, Field, LocationValue, Payload,
     ShiftState, Value,

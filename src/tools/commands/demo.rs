@@ -13,11 +13,11 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::certs::DevPki;
 use crate::config::{Config, LoadedConfig};
 use crate::event::Event;
-use crate::sim::{send_and_wait_ack, SimVehicle};
 use crate::sinks::{DeliveryTicket, PublishError, Sink, SinkRecord};
+use crate::tools::certs::DevPki;
+use crate::tools::sim::{send_and_wait_ack, SimVehicle};
 use crate::wire::proto::vehicle_data::DetailedChargeStateValue as Dcs;
 use crate::wire::EnvelopeWriter;
 
@@ -182,13 +182,14 @@ struct DemoCtx {
 
 async fn run_vehicle(
     ctx: Arc<DemoCtx>,
-    pair: crate::certs::PemPair,
+    pair: crate::tools::certs::PemPair,
     mut v: SimVehicle,
     script: Vec<Step>,
 ) -> Result<(), String> {
-    let config = crate::client::client_config_from_pem(&ctx.ca_pem, &pair.chain_pem, &pair.key_pem)
-        .map_err(|e| e.to_string())?;
-    let mut ws = crate::client::connect(
+    let config =
+        crate::tools::client::client_config_from_pem(&ctx.ca_pem, &pair.chain_pem, &pair.key_pem)
+            .map_err(|e| e.to_string())?;
+    let mut ws = crate::tools::client::connect(
         &ctx.addr,
         "localhost",
         config,
@@ -244,7 +245,7 @@ pub async fn run(json_output: bool, pace: Duration) -> Result<(), String> {
         .prefix("fleetgate-demo-")
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
-    let vins = crate::certs::example_vins(3);
+    let vins = crate::tools::certs::example_vins(3);
     eprintln!(
         "fleetgate demo: generating dev certificates in {}",
         dir.path().display()

@@ -213,10 +213,10 @@ fn ensure_sites(path: &Path, n: usize) -> Result<(), String> {
 
 /// Makes the dev PKI in `dir` unless it exists.
 fn ensure_pki(dir: &Path) -> Result<(), String> {
-    if dir.join(crate::certs::files::CA).is_file() {
+    if dir.join(crate::tools::certs::files::CA).is_file() {
         return Ok(());
     }
-    let pki = crate::certs::DevPki::generate().map_err(|e| e.to_string())?;
+    let pki = crate::tools::certs::DevPki::generate().map_err(|e| e.to_string())?;
     pki.write(dir, &["localhost", "127.0.0.1"], &[], false)
         .map_err(|e| e.to_string())?;
     Ok(())
@@ -230,9 +230,9 @@ fn fleetgate_config(opts: &ScenarioOptions, pki: &Path, sites: &Path) -> serde_j
         "log_level": "info",
         "namespace": "bench",
         "tls": {
-            "ca_file": p(crate::certs::files::CA),
-            "server_cert": p(crate::certs::files::SERVER),
-            "server_key": p(crate::certs::files::SERVER_KEY),
+            "ca_file": p(crate::tools::certs::files::CA),
+            "server_cert": p(crate::tools::certs::files::SERVER),
+            "server_key": p(crate::tools::certs::files::SERVER_KEY),
         },
         "records": {"V": ["logger"]},
         "fleetgate": {

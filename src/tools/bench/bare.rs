@@ -12,8 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::certs::files;
 use crate::ingest::tls;
+use crate::tools::certs::files;
 use crate::wire::{read_envelope, EnvelopeWriter};
 
 /// Runs the bare ack server on `listen` with the dev PKI in `pki` until the process ends.

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::procstat::{self, ProcSample};
-use crate::client::VehicleSocket;
+use crate::tools::client::VehicleSocket;
 use crate::wire::proto::vehicle_data::{
     value::Value as V, Datum, Field, LocationValue, Payload, Value,
 };
@@ -334,7 +334,7 @@ impl Fleet {
     /// Loads (or makes and caches) a certificate per vehicle and builds their TLS configs.
     pub fn prepare(options: FleetOptions) -> Result<Fleet, String> {
         let _ = procstat::raise_nofile_limit();
-        let ca_path = options.pki.join(crate::certs::files::CA);
+        let ca_path = options.pki.join(crate::tools::certs::files::CA);
         let mut roots = RootCertStore::empty();
         for cert in crate::ingest::tls::load_certs("--pki ca.pem", &ca_path)
             .map_err(|e| format!("{e} (make a dev PKI with `fleetgate certs dev --out DIR`)"))?
@@ -342,15 +342,15 @@ impl Fleet {
             roots.add(cert).map_err(|e| e.to_string())?;
         }
         let roots = Arc::new(roots);
-        let vins = crate::certs::example_vins(options.vehicles);
+        let vins = crate::tools::certs::example_vins(options.vehicles);
         let mut pki = None;
         let mut vehicles = Vec::with_capacity(vins.len());
         let started = Instant::now();
         let loopback_v4 = options.target.ip().is_loopback() && options.target.is_ipv4();
         let (south, west, north, east) = options.area;
         for (i, vin) in vins.iter().enumerate() {
-            let pair = crate::commands::sim::vehicle_cert(&options.pki, &mut pki, vin)?;
-            let mut config = crate::client::client_config_with_roots(
+            let pair = crate::tools::commands::sim::vehicle_cert(&options.pki, &mut pki, vin)?;
+            let mut config = crate::tools::client::client_config_with_roots(
                 roots.clone(),
                 &pair.chain_pem,
                 &pair.key_pem,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::certs::{DevPki, PemPair};
-use crate::sim::{stream_pipelined, SimVehicle, StreamStats};
+use crate::tools::certs::{DevPki, PemPair};
+use crate::tools::sim::{stream_pipelined, SimVehicle, StreamStats};
 use crate::wire::EnvelopeWriter;
 
 /// Options of `sim`.
@@ -48,7 +48,7 @@ pub struct SimSummary {
 
 /// Loads the vehicle's certificate from `certs/vehicles/VIN.pem`, or makes and caches one.
 pub fn vehicle_cert(certs: &Path, pki: &mut Option<DevPki>, vin: &str) -> Result<PemPair, String> {
-    let dir = certs.join(crate::certs::files::VEHICLES);
+    let dir = certs.join(crate::tools::certs::files::VEHICLES);
     let (chain, key) = (
         dir.join(format!("{vin}.pem")),
         dir.join(format!("{vin}.key")),
@@ -73,7 +73,7 @@ pub fn vehicle_cert(certs: &Path, pki: &mut Option<DevPki>, vin: &str) -> Result
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
-        crate::certs::write(&dir, name, text).map_err(|e| e.to_string())?;
+        crate::tools::certs::write(&dir, name, text).map_err(|e| e.to_string())?;
     }
     Ok(pair)
 }
@@ -122,7 +122,7 @@ fn host_port(server: &str) -> (String, String) {
 /// Runs the simulation.
 pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, String> {
     let (addr, host) = host_port(&opts.server);
-    let ca_pem = std::fs::read_to_string(opts.certs.join(crate::certs::files::CA))
+    let ca_pem = std::fs::read_to_string(opts.certs.join(crate::tools::certs::files::CA))
         .map_err(|e| format!("--certs {}: cannot read ca.pem: {e} (make one with `fleetgate certs dev --out DIR`)", opts.certs.display()))?;
     let route = opts.route.as_deref().map(read_route).transpose()?;
     let interval = Duration::from_secs_f64(1.0 / opts.rate_hz.max(0.001));
@@ -140,16 +140,17 @@ pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, St
     } else {
         ProgressBar::hidden()
     };
-    let vins = crate::certs::example_vins(opts.vehicles);
+    let vins = crate::tools::certs::example_vins(opts.vehicles);
     let mut tasks = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for (i, vin) in vins.iter().enumerate() {
         let pair = vehicle_cert(&opts.certs, &mut pki, vin)?;
-        let config = crate::client::client_config_from_pem(&ca_pem, &pair.chain_pem, &pair.key_pem)
-            .map_err(|e| e.to_string())?;
+        let config =
+            crate::tools::client::client_config_from_pem(&ca_pem, &pair.chain_pem, &pair.key_pem)
+                .map_err(|e| e.to_string())?;
         let (addr, host, route, vin) = (addr.clone(), host.clone(), route.clone(), vin.clone());
         tasks.push(tokio::spawn(async move {
-            let ws = crate::client::connect(
+            let ws = crate::tools::client::connect(
                 &addr,
                 &host,
                 config,
