@@ -17,7 +17,7 @@ use crate::ingest::connection::ConnectionSettings;
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
-use crate::pipeline::{ChangesOnly, Pipeline, RateLimit};
+use crate::pipeline::{ChangesOnly, Pipeline};
 use crate::rules::geojson::sites_from_geojson;
 use crate::rules::Engine;
 use crate::sinks::kafka::KafkaSink;
@@ -303,6 +303,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(BoundAddrs, impl std::future::Future<Output = usize>), ServeError> {
     let config = &loaded.config;
+    let parsed = &loaded.settings;
     let base = loaded
         .path
         .parent()
@@ -324,7 +325,13 @@ pub async fn start(
     let proxy_settings = match &config.fleetgate.proxy_mtls {
         None => None,
         Some(proxy) => {
-            let trusted = proxy.trusted().map_err(ServeError::Config)?;
+            let trusted = parsed
+                .proxy
+                .as_ref()
+                .map(|(_, trusted)| trusted.clone())
+                .ok_or_else(|| {
+                    ServeError::Config("fleetgate.proxy_mtls: no trusted proxies".into())
+                })?;
             let acceptor = if proxy.tls {
                 Some(TlsAcceptor::from(tls::server_config(
                     None,
@@ -384,12 +391,11 @@ pub async fn start(
     ));
 
     let limits = &config.fleetgate.limits;
-    let rl = config.rate_limit.clone().unwrap_or_default();
     let settings = ServerSettings {
         tls: TlsAcceptor::from(server_tls),
         max_connections: limits.max_connections,
-        handshake_timeout: Duration::from_secs(limits.handshake_timeout_s),
-        upgrade_timeout: Duration::from_secs(limits.upgrade_timeout_s),
+        handshake_timeout: parsed.handshake_timeout,
+        upgrade_timeout: parsed.upgrade_timeout,
         websocket: WebSocketConfig::default()
             .read_buffer_size(limits.ws_read_buffer_bytes)
             .write_buffer_size(0)
@@ -398,11 +404,7 @@ pub async fn start(
         connection: ConnectionSettings {
             pipeline: Pipeline {
                 sinks: sinks.clone(),
-                rate_limit: RateLimit {
-                    enabled: rl.enabled,
-                    message_limit: rl.message_limit,
-                    interval: Duration::from_secs(u64::from(rl.message_interval_time)),
-                },
+                rate_limit: parsed.rate_limit,
                 inflight_slots: Arc::new(tokio::sync::Semaphore::new(
                     limits.max_pending_acks_total,
                 )),
@@ -416,15 +418,15 @@ pub async fn start(
                     })
                 }),
             },
-            idle_timeout: Duration::from_secs(limits.idle_timeout_s),
-            ping_interval: Duration::from_secs(limits.ping_interval_s),
-            write_timeout: Duration::from_secs(limits.write_timeout_s),
+            idle_timeout: parsed.idle_timeout,
+            ping_interval: parsed.ping_interval,
+            write_timeout: parsed.write_timeout,
             max_pending_acks: limits.max_pending_acks_per_connection,
         },
-        shutdown_grace: Duration::from_secs(config.fleetgate.shutdown_grace_s),
+        shutdown_grace: parsed.shutdown_grace,
         registry: registry.clone(),
-        vehicle_grace: Duration::from_secs(config.fleetgate.connectivity.vehicle_grace_s),
-        handover_grace: Duration::from_secs(config.fleetgate.connectivity.handover_s),
+        vehicle_grace: parsed.vehicle_grace,
+        handover_grace: parsed.handover_grace,
         ip_limiter: Arc::new(crate::ingest::rate::IpRateLimiter::new(
             limits.handshakes_per_ip_per_s,
         )),
@@ -433,7 +435,7 @@ pub async fn start(
         timers: tokio_util::task::TaskTracker::new(),
     };
 
-    let vehicle_addr = config.listen_addr().map_err(ServeError::Config)?;
+    let vehicle_addr = parsed.vehicles;
     let listener = bind("vehicles", vehicle_addr).await?;
     let vehicles = listener.local_addr().map_err(|source| ServeError::Bind {
         what: "vehicles",
@@ -442,60 +444,26 @@ pub async fn start(
     })?;
 
     let mut proxy = None;
-    if let (Some(proxy_config), Some(proxy_settings)) =
-        (&config.fleetgate.proxy_mtls, proxy_settings)
-    {
-        let addr: SocketAddr = proxy_config.listen.parse().map_err(|_| {
-            ServeError::Config(format!(
-                "fleetgate.proxy_mtls.listen `{}` is not IP:PORT",
-                proxy_config.listen
-            ))
-        })?;
-        let l = bind("proxy_mtls", addr).await?;
+    if let (Some((addr, _)), Some(proxy_settings)) = (&parsed.proxy, proxy_settings) {
+        let l = bind("proxy_mtls", *addr).await?;
         proxy = Some((l, proxy_settings));
     }
     let proxy_addr = proxy.as_ref().and_then(|(l, _)| l.local_addr().ok());
 
     let mut metrics_addr = None;
-    if let Some(port) = config
-        .monitoring
-        .as_ref()
-        .and_then(|m| m.prometheus_metrics_port)
-    {
-        let host = config
-            .monitoring
-            .as_ref()
-            .and_then(|m| m.prometheus_metrics_host.clone())
-            .unwrap_or_else(|| "0.0.0.0".into());
-        let host = if host == "localhost" {
-            "127.0.0.1".into()
-        } else {
-            host
-        };
-        let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|_| {
-            ServeError::Config(format!(
-                "monitoring.prometheus_metrics_host `{host}` is not an IP"
-            ))
-        })?;
+    if let Some(addr) = parsed.metrics {
         let l = bind("metrics", addr).await?;
         metrics_addr = l.local_addr().ok();
         background.spawn(metrics::serve(l, shutdown.clone()));
     }
     let mut status_addr = None;
-    if let Some(port) = config.status_port {
-        let addr = SocketAddr::new(vehicle_addr.ip(), port);
+    if let Some(addr) = parsed.status {
         let l = bind("status", addr).await?;
         status_addr = l.local_addr().ok();
         background.spawn(server::serve_status(l, shutdown.clone()));
     }
     let mut admin_addr = None;
-    if let Some(admin) = &config.fleetgate.admin {
-        let addr: SocketAddr = admin.listen.parse().map_err(|_| {
-            ServeError::Config(format!(
-                "fleetgate.admin.listen `{}` is not IP:PORT",
-                admin.listen
-            ))
-        })?;
+    if let (Some(admin), Some(addr)) = (&config.fleetgate.admin, parsed.admin) {
         let token = admin.effective_token();
         if token.is_empty() {
             if !(options.insecure_admin && addr.ip().is_loopback()) {
@@ -545,7 +513,7 @@ pub async fn start(
 
     // One shutdown budget: stop accepting, drain the connections, flush the sinks and stop
     // every background task, all within `shutdown_grace_s` of the signal.
-    let budget = Duration::from_secs(config.fleetgate.shutdown_grace_s.max(1));
+    let budget = parsed.shutdown_grace;
     let shutdown_at = Arc::new(std::sync::OnceLock::new());
     {
         let (draining, stop, at) = (listener_up.clone(), shutdown.clone(), shutdown_at.clone());

@@ -511,11 +511,142 @@ pub enum ConfigError {
     },
 }
 
+/// What `serve` uses of the config, parsed once into real types (addresses, durations,
+/// networks): nothing downstream parses a string of the config again.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The vehicle listener (`host`, `port`; `localhost` is 127.0.0.1).
+    pub vehicles: SocketAddr,
+    /// The plain `/status` listener (`status_port`, on the vehicle host).
+    pub status: Option<SocketAddr>,
+    /// The Prometheus listener (`monitoring.prometheus_metrics_host` / `_port`).
+    pub metrics: Option<SocketAddr>,
+    /// The admin API (`fleetgate.admin.listen`).
+    pub admin: Option<SocketAddr>,
+    /// The proxy-terminated mTLS listener and the proxies it trusts.
+    pub proxy: Option<(SocketAddr, crate::ingest::proxy::TrustedProxies)>,
+    /// TLS handshake limit.
+    pub handshake_timeout: std::time::Duration,
+    /// HTTP request limit after TLS.
+    pub upgrade_timeout: std::time::Duration,
+    /// Idle connections close after this.
+    pub idle_timeout: std::time::Duration,
+    /// Quiet vehicles are pinged this often.
+    pub ping_interval: std::time::Duration,
+    /// A vehicle that does not read its acks for this long is dropped.
+    pub write_timeout: std::time::Duration,
+    /// The whole shutdown: drain, flush, stop.
+    pub shutdown_grace: std::time::Duration,
+    /// After a vehicle's last socket closes, before `vehicle.disconnected`.
+    pub vehicle_grace: std::time::Duration,
+    /// How long an older socket stays after a newer one of the vehicle opens.
+    pub handover_grace: std::time::Duration,
+    /// `rate_limit`, with its interval as a duration.
+    pub rate_limit: crate::pipeline::RateLimit,
+}
+
+fn parse_addr(key: &str, text: &str, issues: &mut Vec<ConfigIssue>) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            issues.push(ConfigIssue {
+                key: key.to_owned(),
+                problem: format!("`{text}` is not IP:PORT"),
+            });
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Parses what `serve` uses into [`Settings`], reporting every problem at once.
+    pub fn settings(&self) -> Result<Settings, Vec<ConfigIssue>> {
+        use std::time::Duration;
+        let mut issues = Vec::new();
+        let vehicles = self
+            .listen_addr()
+            .map_err(|problem| {
+                issues.push(ConfigIssue {
+                    key: "host".into(),
+                    problem,
+                })
+            })
+            .ok();
+        let metrics = self
+            .monitoring
+            .as_ref()
+            .and_then(|m| m.prometheus_metrics_port.map(|p| (m, p)))
+            .and_then(|(m, port)| {
+                let host = m.prometheus_metrics_host.as_deref().unwrap_or("0.0.0.0");
+                let host = if host == "localhost" {
+                    "127.0.0.1"
+                } else {
+                    host
+                };
+                match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Some(SocketAddr::new(ip, port)),
+                    Err(_) => {
+                        issues.push(ConfigIssue {
+                            key: "monitoring.prometheus_metrics_host".into(),
+                            problem: format!("`{host}` is not an IP address"),
+                        });
+                        None
+                    }
+                }
+            });
+        let admin = self
+            .fleetgate
+            .admin
+            .as_ref()
+            .and_then(|a| parse_addr("fleetgate.admin.listen", &a.listen, &mut issues));
+        let proxy = self.fleetgate.proxy_mtls.as_ref().and_then(|p| {
+            let listen = parse_addr("fleetgate.proxy_mtls.listen", &p.listen, &mut issues);
+            let trusted = p
+                .trusted()
+                .map_err(|problem| {
+                    issues.push(ConfigIssue {
+                        key: "fleetgate.proxy_mtls.trusted_proxies".into(),
+                        problem,
+                    })
+                })
+                .ok();
+            listen.zip(trusted)
+        });
+        let (Some(vehicles), true) = (vehicles, issues.is_empty()) else {
+            return Err(issues);
+        };
+        let l = &self.fleetgate.limits;
+        let rl = self.rate_limit.clone().unwrap_or_default();
+        Ok(Settings {
+            vehicles,
+            status: self.status_port.map(|p| SocketAddr::new(vehicles.ip(), p)),
+            metrics,
+            admin,
+            proxy,
+            handshake_timeout: Duration::from_secs(l.handshake_timeout_s),
+            upgrade_timeout: Duration::from_secs(l.upgrade_timeout_s),
+            idle_timeout: Duration::from_secs(l.idle_timeout_s),
+            ping_interval: Duration::from_secs(l.ping_interval_s),
+            write_timeout: Duration::from_secs(l.write_timeout_s),
+            shutdown_grace: Duration::from_secs(self.fleetgate.shutdown_grace_s.max(1)),
+            vehicle_grace: Duration::from_secs(self.fleetgate.connectivity.vehicle_grace_s),
+            handover_grace: Duration::from_secs(self.fleetgate.connectivity.handover_s),
+            rate_limit: crate::pipeline::RateLimit {
+                enabled: rl.enabled,
+                message_limit: rl.message_limit,
+                interval: Duration::from_secs(u64::from(rl.message_interval_time)),
+            },
+        })
+    }
+}
+
 /// A validated configuration plus the warnings to log at start-up.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     /// The configuration.
     pub config: Config,
+    /// What `serve` uses of it, in real types.
+    pub settings: Settings,
     /// Where it was read from (relative paths in it are relative to this file's folder).
     pub path: PathBuf,
     /// Non-fatal findings (unknown keys, reference features fleetgate does not implement).
@@ -556,14 +687,18 @@ impl Config {
         let config = Config::from_json(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let (issues, warnings) = config.validate_with(base, check_files);
+        // `validate_with` reported the settings' problems too: here they parse
+        let invalid = |issues| ConfigError::Invalid {
+            path: path.to_owned(),
+            issues,
+        };
         if !issues.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_owned(),
-                issues,
-            });
+            return Err(invalid(issues));
         }
+        let settings = config.settings().map_err(invalid)?;
         Ok(LoadedConfig {
             config,
+            settings,
             path: path.to_owned(),
             warnings,
         })
@@ -790,35 +925,10 @@ impl Config {
                 ),
             );
         }
-        if let Some(host) = self
-            .monitoring
-            .as_ref()
-            .and_then(|m| m.prometheus_metrics_host.as_ref())
-        {
-            if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
-                issue(
-                    "monitoring.prometheus_metrics_host",
-                    format!("`{host}` is not an IP address"),
-                );
-            }
-        }
-        if let Some(admin) = &self.fleetgate.admin {
-            if admin.listen.parse::<SocketAddr>().is_err() {
-                issue(
-                    "fleetgate.admin.listen",
-                    format!("`{}` is not IP:PORT", admin.listen),
-                );
-            }
-        }
-        if let Some(proxy) = &self.fleetgate.proxy_mtls {
-            if proxy.listen.parse::<SocketAddr>().is_err() {
-                issue(
-                    "fleetgate.proxy_mtls.listen",
-                    format!("`{}` is not IP:PORT", proxy.listen),
-                );
-            }
-            if let Err(problem) = proxy.trusted() {
-                issue("fleetgate.proxy_mtls.trusted_proxies", problem);
+        // addresses and networks: parsed once, by `settings`, which reports its own problems
+        if let Err(problems) = self.settings() {
+            for p in problems {
+                issue(&p.key, p.problem);
             }
         }
         let co = &self.fleetgate.changes_only;
@@ -1181,6 +1291,52 @@ mod tests {
         assert!(issues
             .iter()
             .any(|i| i.problem.contains("not implemented by fleetgate")));
+    }
+
+    #[test]
+    fn settings_are_parsed_once_into_real_types_and_every_bad_address_is_reported() {
+        let c = parse(
+            r#"{"host": "localhost", "port": 4443, "status_port": 8080,
+                "monitoring": {"prometheus_metrics_port": 9273},
+                "rate_limit": {"message_interval_time": 30},
+                "fleetgate": {"admin": {"listen": "127.0.0.1:8081"},
+                              "limits": {"idle_timeout_s": 120},
+                              "proxy_mtls": {"listen": "0.0.0.0:8444", "header": "rfc9440", "trusted_proxies": ["10.0.0.0/16", "192.0.2.7"]}}}"#,
+        );
+        let s = c.settings().unwrap();
+        assert_eq!(s.vehicles, "127.0.0.1:4443".parse().unwrap());
+        assert_eq!(s.status, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(s.metrics, Some("0.0.0.0:9273".parse().unwrap()));
+        assert_eq!(s.admin, Some("127.0.0.1:8081".parse().unwrap()));
+        assert_eq!(s.idle_timeout, std::time::Duration::from_secs(120));
+        assert_eq!(s.rate_limit.interval, std::time::Duration::from_secs(30));
+        let (listen, trusted) = s.proxy.unwrap();
+        assert_eq!(listen, "0.0.0.0:8444".parse().unwrap());
+        assert!(trusted.contains("10.0.3.4".parse().unwrap()));
+        assert!(trusted.contains("192.0.2.7".parse().unwrap()));
+
+        let bad = parse(
+            r#"{"host": "not-an-ip",
+                "monitoring": {"prometheus_metrics_port": 9273, "prometheus_metrics_host": "nope"},
+                "fleetgate": {"admin": {"listen": "8081"},
+                              "proxy_mtls": {"listen": "x", "header": "rfc9440", "trusted_proxies": []}}}"#,
+        );
+        let keys: Vec<String> = bad
+            .settings()
+            .unwrap_err()
+            .into_iter()
+            .map(|i| i.key)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "host",
+                "monitoring.prometheus_metrics_host",
+                "fleetgate.admin.listen",
+                "fleetgate.proxy_mtls.listen",
+                "fleetgate.proxy_mtls.trusted_proxies"
+            ]
+        );
     }
 
     #[test]
