@@ -287,7 +287,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         settings,
         shutdown: shutdown.clone(),
     };
-    let mut last_rx = Instant::now();
+    let mut last_rx = tokio::time::Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -308,7 +308,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             _ = &mut superseded_signal => break CloseReason::Superseded,
             _ = &mut refused_signal => break CloseReason::VinRefused,
             msg = conn.ws.next(), if can_read => {
-                last_rx = Instant::now();
+                last_rx = tokio::time::Instant::now();
                 match msg {
                     Some(Ok(Message::Binary(data))) => conn.on_frame(data).await,
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
@@ -378,4 +378,109 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             .decrement(left as f64);
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::pipeline::RateLimit;
+    use crate::sinks::SinkRouter;
+
+    fn settings(idle_s: u64) -> ConnectionSettings {
+        let sinks = SinkRouter::new(&BTreeMap::new(), &BTreeMap::new(), &[]).unwrap();
+        ConnectionSettings {
+            pipeline: Pipeline {
+                sinks,
+                rate_limit: RateLimit {
+                    enabled: false,
+                    message_limit: 100,
+                    interval: Duration::from_secs(60),
+                },
+                inflight_slots: Arc::new(tokio::sync::Semaphore::new(10)),
+                metrics: Arc::new(crate::metrics::FrameMetrics::new(&[])),
+                engine: None,
+                changes_only: None,
+            },
+            idle_timeout: Duration::from_secs(idle_s),
+            ping_interval: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            max_pending_acks: 8,
+        }
+    }
+
+    fn info() -> Arc<ConnectionInfo> {
+        Arc::new(ConnectionInfo {
+            identity: Arc::new(Identity {
+                device_id: "5YJ3E1EA7KF000001".into(),
+                client_type: "vehicle_device",
+                sender_id: "vehicle_device.5YJ3E1EA7KF000001".into(),
+            }),
+            connection_id: "c1".into(),
+            client_txid: String::new(),
+            client_version: String::new(),
+            network_interface: String::new(),
+        })
+    }
+
+    /// A websocket pair over an in-memory pipe: (server side, vehicle side).
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (
+            WebSocketStream::from_raw_socket(a, Role::Server, None).await,
+            WebSocketStream::from_raw_socket(b, Role::Client, None).await,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_vehicle_is_closed_at_the_idle_timeout() {
+        let (server, _vehicle) = pair().await;
+        let started = tokio::time::Instant::now();
+        let t = CancellationToken::new;
+        // the vehicle never reads: it answers no ping, so nothing is received from it
+        let reason = run(server, info(), settings(300), t(), t(), t(), Duration::ZERO).await;
+        assert_eq!(reason, CloseReason::Idle);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(300) && waited <= Duration::from_secs(360),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_vehicle_answering_pings_stays_until_shutdown() {
+        let (server, mut vehicle) = pair().await;
+        // reading makes the vehicle side answer the server's pings (pongs count as traffic)
+        tokio::spawn(async move { while vehicle.next().await.is_some() {} });
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            stop.cancel();
+        });
+        let started = tokio::time::Instant::now();
+        let t = CancellationToken::new;
+        let reason = run(
+            server,
+            info(),
+            settings(300),
+            shutdown,
+            t(),
+            t(),
+            Duration::ZERO,
+        )
+        .await;
+        assert_eq!(
+            reason,
+            CloseReason::Shutdown,
+            "alive for an hour with a 300 s idle limit"
+        );
+        assert!(started.elapsed() >= Duration::from_secs(3600));
+    }
 }

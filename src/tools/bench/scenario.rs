@@ -453,7 +453,8 @@ fn goals(scenario: Scenario, runs: &[ServerRun]) -> Vec<GoalCheck> {
             "server CPU per frame (µs) at 1 Hz per vehicle",
             stream(bare).and_then(|s| s.server_cpu_us_per_frame),
             stream(fg).and_then(|s| s.server_cpu_us_per_frame),
-            1.5,
+            // the full pipeline (table, rules on 100,000 sites, logger sink) within 1.3× bare
+            1.3,
             true,
         )],
         Scenario::Saturate => vec![ratio_goal(
