@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use fleetgate::rules::sites::{Shape, Site};
-use fleetgate::rules::{Engine, RulesConfig};
+use fleetgate::rules::{Fleet, RulesConfig};
 use fleetgate::state::{ChargeState, VehicleUpdate};
 
 #[global_allocator]
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("rules");
     for n in [10_000usize, 100_000, 1_000_000] {
         let before = rss_bytes();
-        let engine = Engine::new(RulesConfig::default(), sites(n));
+        let engine = Fleet::new(RulesConfig::default(), sites(n));
         let after = rss_bytes();
         if n == 1_000_000 {
             eprintln!(

@@ -19,7 +19,7 @@ use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
 use crate::pipeline::{ChangesOnly, Pipeline};
 use crate::rules::geojson::sites_from_geojson;
-use crate::rules::Engine;
+use crate::rules::Fleet;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;
 use crate::sinks::{Sink, SinkRouter};
@@ -168,11 +168,11 @@ pub fn build_sinks(
 }
 
 /// Opens the store (`fleetgate.data_dir`, else in memory), imports `sites_file` and the
-/// configured watches into it (idempotent), and builds the rule engine from what it holds.
-pub fn build_engine(
+/// configured watches into it (idempotent), and builds the fleet from what it holds.
+pub fn build_fleet(
     config: &Config,
     base: &std::path::Path,
-) -> Result<(Arc<Engine>, Arc<Store>), ServeError> {
+) -> Result<(Fleet, Arc<Store>), ServeError> {
     let rules = config.fleetgate.rules.clone();
     let store = match &config.fleetgate.data_dir {
         Some(dir) => Store::open(&Config::resolve(base, dir))
@@ -213,28 +213,28 @@ pub fn build_engine(
     let sites = store
         .sites(rules.default_radius_m)
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    let engine = Engine::new(rules, sites);
+    let fleet = Fleet::new(rules, sites);
     for spec in store
         .watches()
         .map_err(|e| ServeError::Config(e.to_string()))?
     {
         match spec.clone().into_watch() {
-            Ok(watch) => engine.add_watch(watch),
+            Ok(watch) => fleet.add_watch(watch),
             Err(e) => tracing::warn!(watch_id = %spec.watch_id, error = %e, "stored watch skipped"),
         }
     }
     tracing::info!(
-        sites = engine.sites.load().len(),
-        watches = engine.watches.len(),
+        sites = fleet.sites.load().len(),
+        watches = fleet.watches.len(),
         durable = store.is_durable(),
         "rules ready"
     );
-    Ok((Arc::new(engine), Arc::new(store)))
+    Ok((fleet, Arc::new(store)))
 }
 
 /// Every `every`, closes stale charging sessions and expires watches, publishing the events.
 pub async fn run_sweeper(
-    engine: Arc<Engine>,
+    fleet: Fleet,
     sinks: SinkRouter,
     every: Duration,
     shutdown: CancellationToken,
@@ -249,13 +249,13 @@ pub async fn run_sweeper(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let events = engine.sweep(now_ms);
+        let events = fleet.sweep(now_ms);
         if !events.is_empty() {
             sinks.publish_events(&events, None, crate::sinks::DeliveryTicket::untracked);
         }
-        ::metrics::gauge!(crate::metrics::SITES).set(engine.sites.load().len() as f64);
-        ::metrics::gauge!(crate::metrics::WATCHES).set(engine.watches.len() as f64);
-        ::metrics::gauge!(crate::metrics::VEHICLES_KNOWN).set(engine.vehicles.len() as f64);
+        ::metrics::gauge!(crate::metrics::SITES).set(fleet.sites.load().len() as f64);
+        ::metrics::gauge!(crate::metrics::WATCHES).set(fleet.watches.len() as f64);
+        ::metrics::gauge!(crate::metrics::VEHICLES_KNOWN).set(fleet.vehicles.len() as f64);
     }
 }
 
@@ -354,7 +354,7 @@ pub async fn start(
         sinks: sink_names.clone(),
         proxy: proxy_settings.is_some(),
     });
-    let (engine, store) = build_engine(config, &base)?;
+    let (fleet, store) = build_fleet(config, &base)?;
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     // every task that outlives start-up: stopped and awaited at shutdown
     let background = tokio_util::task::TaskTracker::new();
@@ -384,7 +384,7 @@ pub async fn start(
     }
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     background.spawn(run_sweeper(
-        engine.clone(),
+        fleet.clone(),
         sinks.clone(),
         Duration::from_secs(10),
         shutdown.clone(),
@@ -409,7 +409,7 @@ pub async fn start(
                     limits.max_pending_acks_total,
                 )),
                 metrics: Arc::new(FrameMetrics::new(&sink_names)),
-                engine: Some(engine.clone()),
+                fleet: Some(fleet.clone()),
                 changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
                     let co = &config.fleetgate.changes_only;
                     Arc::new(ChangesOnly {
@@ -476,7 +476,7 @@ pub async fn start(
         let l = bind("admin", addr).await?;
         admin_addr = l.local_addr().ok();
         let state = crate::admin::AdminState {
-            engine: engine.clone(),
+            fleet: fleet.clone(),
             store: store.clone(),
             registry: registry.clone(),
             sinks: sinks.clone(),

@@ -6,7 +6,7 @@ use fleetgate::event::{event_id, Event, EventType};
 use fleetgate::rules::arrival::WatchSpec;
 use fleetgate::rules::geojson::sites_from_geojson;
 use fleetgate::rules::sites::{Shape, Site};
-use fleetgate::rules::{Engine, RulesConfig};
+use fleetgate::rules::{Fleet, RulesConfig};
 use fleetgate::wire::proto::vehicle_data::{
     value::Value as V, Datum, DetailedChargeStateValue as Dcs, Field, LocationValue, Payload, Value,
 };
@@ -47,14 +47,14 @@ enum D {
 }
 
 struct Drive {
-    engine: Engine,
+    engine: Fleet,
     vin: &'static str,
 }
 
 impl Drive {
     fn new(sites: Vec<Site>) -> Drive {
         Drive {
-            engine: Engine::new(RulesConfig::default(), sites),
+            engine: Fleet::new(RulesConfig::default(), sites),
             vin: VIN,
         }
     }

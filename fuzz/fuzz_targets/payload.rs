@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok((decoded, bytes)) = decode_and_transform(topic, payload, "5YJ3E1EA7KF000001") {
         let _ = fleetgate::wire::json::payload_to_json(topic, &bytes);
         if let Some(p) = decoded.vehicle() {
-            let engine = fleetgate::rules::Engine::new(Default::default(), Vec::new());
+            let engine = fleetgate::rules::Fleet::new(Default::default(), Vec::new());
             let _ = engine.on_vehicle_data("5YJ3E1EA7KF000001", p, 1_764_000_000);
         }
     }

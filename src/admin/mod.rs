@@ -1,7 +1,7 @@
 //! The admin API (axum, its own listener): health and readiness, the OpenAPI document, and
 //! bearer-token-protected `/v1` routes for sites, watches, vehicles and connections.
 //!
-//! Writes go to the durable store first; only after the commit is the engine updated and a 2xx
+//! Writes go to the durable store first; only after the commit is the fleet updated and a 2xx
 //! returned, so an acknowledged write survives `kill -9`. Every error is `{error, detail}` JSON.
 
 pub mod openapi;
@@ -29,7 +29,7 @@ use crate::ingest::vins::VinLists;
 use crate::rules::arrival::{Watch, WatchSpec};
 use crate::rules::geojson::{site_from_feature, site_to_feature, sites_from_geojson};
 use crate::rules::sites::{Site, MAX_RADIUS_M};
-use crate::rules::Engine;
+use crate::rules::Fleet;
 use crate::sinks::{Readiness, SinkRouter};
 use crate::state::VehicleState;
 use crate::store::{Store, StoreError};
@@ -42,8 +42,8 @@ pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    /// Rules, table, sites, watches.
-    pub engine: Arc<Engine>,
+    /// The fleet: table, sites, watches.
+    pub fleet: Fleet,
     /// Durable store.
     pub store: Arc<Store>,
     /// Open connections.
@@ -589,7 +589,7 @@ pub fn site_from_json(id: &str, text: &str, default_radius_m: f64) -> Result<Sit
     (status = 200, description = "Every site", body = SiteList),
     (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn list_sites(State(state): State<AdminState>) -> Json<SiteList> {
-    let index = state.engine.sites.load();
+    let index = state.fleet.sites.load();
     let sites: Vec<SiteBody> = index.all().iter().map(|s| site_body(s)).collect();
     Json(SiteList {
         count: sites.len(),
@@ -607,7 +607,7 @@ async fn get_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SiteBody>> {
-    let index = state.engine.sites.load();
+    let index = state.fleet.sites.load();
     let site = index
         .get(&id)
         .ok_or_else(|| ApiError::not_found("site", &id))?;
@@ -631,12 +631,12 @@ async fn put_site(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<SiteBody>,
 ) -> ApiResult<Response> {
-    let site = site_from_body(&id, body, state.engine.config.default_radius_m)?;
-    let existed = state.engine.sites.load().get(&id).is_some();
+    let site = site_from_body(&id, body, state.fleet.config.default_radius_m)?;
+    let existed = state.fleet.sites.load().get(&id).is_some();
     let store = state.store.clone();
     let to_store = site.clone();
     blocking(move || store.put_sites(&[to_store])).await?;
-    state.engine.sites.upsert(site.clone());
+    state.fleet.sites.upsert(site.clone());
     let status = if existed {
         StatusCode::OK
     } else {
@@ -660,7 +660,7 @@ async fn delete_site(
     let store = state.store.clone();
     let key = id.clone();
     let existed = blocking(move || store.delete_site(&key)).await?;
-    if !state.engine.sites.remove(&id) && !existed {
+    if !state.fleet.sites.remove(&id) && !existed {
         return Err(ApiError::not_found("site", &id));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -698,7 +698,7 @@ async fn import_sites(
         ));
     }
     let sites =
-        sites_from_geojson(&text, state.engine.config.default_radius_m).map_err(|errors| {
+        sites_from_geojson(&text, state.fleet.config.default_radius_m).map_err(|errors| {
             let list: Vec<Value> = errors
                 .iter()
                 .map(|(i, e)| json!({"index": i, "error": e.to_string()}))
@@ -719,7 +719,7 @@ async fn import_sites(
     let to_store = sites.clone();
     blocking(move || store.put_sites(&to_store)).await?;
     let mut all: BTreeMap<String, Site> = state
-        .engine
+        .fleet
         .sites
         .load()
         .all()
@@ -729,7 +729,7 @@ async fn import_sites(
     for s in sites {
         all.insert(s.id.clone(), s);
     }
-    state.engine.sites.replace(all.into_values().collect());
+    state.fleet.sites.replace(all.into_values().collect());
     Ok(Json(Imported { imported: n }))
 }
 
@@ -738,7 +738,7 @@ async fn import_sites(
     (status = 200, description = "Every site", body = FeatureCollection, content_type = "application/geo+json"),
     (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 async fn export_sites(State(state): State<AdminState>) -> Response {
-    let index = state.engine.sites.load();
+    let index = state.fleet.sites.load();
     let fc = geojson::FeatureCollection {
         bbox: None,
         features: index.all().iter().map(|s| site_to_feature(s)).collect(),
@@ -776,7 +776,7 @@ async fn create_watch(
             e.to_string(),
         )
     })?;
-    if state.engine.sites.load().get(&spec.site_id).is_none() {
+    if state.fleet.sites.load().get(&spec.site_id).is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_site",
@@ -786,7 +786,7 @@ async fn create_watch(
             ),
         ));
     }
-    if state.engine.watches.get(&spec.watch_id).is_some() {
+    if state.fleet.watches.get(&spec.watch_id).is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -796,7 +796,7 @@ async fn create_watch(
     let store = state.store.clone();
     let to_store = spec.clone();
     blocking(move || store.put_watch(&to_store)).await?;
-    state.engine.add_watch(watch.clone());
+    state.fleet.add_watch(watch.clone());
     Ok((StatusCode::CREATED, Json(watch)))
 }
 
@@ -811,7 +811,7 @@ async fn get_watch(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Watch>> {
     state
-        .engine
+        .fleet
         .watches
         .get(&id)
         .map(Json)
@@ -840,7 +840,7 @@ async fn list_watches(
 ) -> ApiResult<Json<WatchList>> {
     let Query(f) = f.map_err(query_error)?;
     let watches = state
-        .engine
+        .fleet
         .watches
         .list(f.vin.as_deref(), f.site_id.as_deref());
     Ok(Json(WatchList {
@@ -864,7 +864,7 @@ async fn delete_watch(
     let store = state.store.clone();
     let key = id.clone();
     let existed = blocking(move || store.delete_watch(&key)).await?;
-    if state.engine.watches.remove(&id).is_none() && !existed {
+    if state.fleet.watches.remove(&id).is_none() && !existed {
         return Err(ApiError::not_found("watch", &id));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -980,7 +980,7 @@ async fn get_vehicle(
     Path(vin): Path<String>,
 ) -> ApiResult<Json<VehicleView>> {
     let s = state
-        .engine
+        .fleet
         .vehicles
         .get(&vin)
         .ok_or_else(|| ApiError::not_found("vehicle", &vin))?;
@@ -1045,7 +1045,7 @@ async fn vehicles_near(
         return Err(bad("limit must be within [1, 1000]"));
     }
     let found: Vec<NearVehicle> = state
-        .engine
+        .fleet
         .vehicles
         .near(lat, lon, radius, limit)
         .into_iter()

@@ -62,8 +62,8 @@ pub struct Pipeline {
     pub inflight_slots: Arc<Semaphore>,
     /// Per-frame metric handles.
     pub metrics: Arc<FrameMetrics>,
-    /// Vehicle table and rules (None: records only, no events).
-    pub engine: Option<Arc<crate::rules::Engine>>,
+    /// The fleet the rules run on (None: records only, no events).
+    pub fleet: Option<crate::rules::Fleet>,
     /// Changes-only forwarding of `V` (None: off).
     pub changes_only: Option<Arc<ChangesOnly>>,
 }
@@ -354,9 +354,9 @@ impl Pipeline {
 
         // The rules see every V frame; the events follow the record to the event sinks.
         let mut tracked_events = 0;
-        if let (Some(engine), Some((_, update))) = (&self.engine, &vehicle) {
+        if let (Some(fleet), Some((_, update))) = (&self.fleet, &vehicle) {
             let t = timed.then(Instant::now);
-            let events = engine.apply(record.vin, update);
+            let events = fleet.apply(record.vin, update);
             if let Some(t) = t {
                 metrics.rules_seconds.record(t.elapsed().as_secs_f64());
             }
@@ -428,8 +428,8 @@ impl Pipeline {
     /// A vehicle's first socket opened: it is connected in the table, and `vehicle.connected`
     /// is published.
     pub fn vehicle_connected(&self, socket: &SocketInfo<'_>) {
-        if let Some(engine) = &self.engine {
-            engine.vehicles.set_connected(socket.vin, true);
+        if let Some(fleet) = &self.fleet {
+            fleet.vehicles.set_connected(socket.vin, true);
         }
         self.vehicle_event(
             EventType::VehicleConnected,
@@ -442,8 +442,8 @@ impl Pipeline {
     /// A vehicle's last socket closed and none reopened within the grace: it is disconnected
     /// in the table, and `vehicle.disconnected` is published.
     pub fn vehicle_disconnected(&self, vin: &str, connection_id: &str, connected_ms: i64) {
-        if let Some(engine) = &self.engine {
-            engine.vehicles.set_connected(vin, false);
+        if let Some(fleet) = &self.fleet {
+            fleet.vehicles.set_connected(vin, false);
         }
         self.vehicle_event(
             EventType::VehicleDisconnected,
@@ -574,10 +574,7 @@ mod tests {
             },
             inflight_slots: Arc::new(Semaphore::new(slots)),
             metrics: Arc::new(FrameMetrics::new(&["memory"])),
-            engine: Some(Arc::new(crate::rules::Engine::new(
-                Default::default(),
-                Vec::new(),
-            ))),
+            fleet: Some(crate::rules::Fleet::new(Default::default(), Vec::new())),
             changes_only: None,
         };
         let (tx, completions) = mpsc::unbounded_channel();
@@ -669,7 +666,7 @@ mod tests {
         // the table saw the frames
         let state = s
             .pipeline
-            .engine
+            .fleet
             .as_ref()
             .unwrap()
             .vehicles
@@ -724,7 +721,7 @@ mod tests {
         assert!(s.sink.records.lock().unwrap().is_empty(), "not published");
         assert!(
             s.pipeline
-                .engine
+                .fleet
                 .as_ref()
                 .unwrap()
                 .vehicles
@@ -824,7 +821,7 @@ mod tests {
             *s.sink.events.lock().unwrap(),
             ["fleetgate.vehicle.connected"]
         );
-        let table = &s.pipeline.engine.as_ref().unwrap().vehicles;
+        let table = &s.pipeline.fleet.as_ref().unwrap().vehicles;
         assert!(table.get(VIN).unwrap().connected);
     }
 }

@@ -128,8 +128,28 @@ struct WatchView {
     miles_to_arrival: Option<f64>,
 }
 
-/// The vehicle table, sites, watches and thresholds.
-pub struct Engine {
+/// The fleet: the vehicle table, sites, watches and thresholds, behind a cheap-to-clone
+/// handle. Ingest, the admin API and the sweeper share one; the rule logic is its methods
+/// (`apply`, `sweep`), reached through `Deref`.
+#[derive(Clone)]
+pub struct Fleet(Arc<FleetData>);
+
+impl std::ops::Deref for Fleet {
+    type Target = FleetData;
+    fn deref(&self) -> &FleetData {
+        &self.0
+    }
+}
+
+impl Fleet {
+    /// A fleet with `sites` and no watches or vehicles.
+    pub fn new(config: RulesConfig, sites: Vec<Site>) -> Fleet {
+        Fleet(Arc::new(FleetData::new(config, sites)))
+    }
+}
+
+/// What a [`Fleet`] holds.
+pub struct FleetData {
     /// Latest state per VIN.
     pub vehicles: VehicleTable,
     /// The site index.
@@ -140,10 +160,9 @@ pub struct Engine {
     pub config: RulesConfig,
 }
 
-impl Engine {
-    /// An engine with `sites` and no watches.
-    pub fn new(config: RulesConfig, sites: Vec<Site>) -> Engine {
-        Engine {
+impl FleetData {
+    fn new(config: RulesConfig, sites: Vec<Site>) -> FleetData {
+        FleetData {
             vehicles: VehicleTable::new(),
             sites: SiteRegistry::new(sites, config.exit_margin_m),
             watches: WatchSet::default(),
@@ -163,7 +182,7 @@ impl Engine {
         self.apply(vin, &update)
     }
 
-    /// Applies a typed update (see [`Engine::on_vehicle_data`]).
+    /// Applies a typed update (see [`FleetData::on_vehicle_data`]).
     pub fn apply(&self, vin: &str, u: &VehicleUpdate) -> Vec<Event> {
         let mut events = Vec::new();
         let index = self.sites.load();

@@ -369,7 +369,7 @@ mod tests {
         assert!(p.created_at.unwrap().seconds > MAX_UNIX_S);
         let u = VehicleUpdate::from_payload(&p, 1_764_000_000);
         assert_eq!(u.at_ms, 1_764_000_000_000);
-        let engine = crate::rules::Engine::new(Default::default(), Vec::new());
+        let engine = crate::rules::Fleet::new(Default::default(), Vec::new());
         let _ = engine.on_vehicle_data("VIN", &p, 1_764_000_000);
     }
 
