@@ -46,8 +46,8 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Addresses the running server listens on.
-#[derive(Debug, Clone)]
+/// Addresses the running server listens on (`serve --addrs-file` writes them as JSON).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BoundAddrs {
     /// Vehicle (mTLS websocket) listener.
     pub vehicles: SocketAddr,

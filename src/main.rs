@@ -27,6 +27,10 @@ enum Command {
         /// Run the admin API without a token (only on a loopback address; for development).
         #[arg(long)]
         insecure_admin: bool,
+        /// Once listening, write the bound addresses here as JSON (for tools and tests that
+        /// start the server on port 0).
+        #[arg(long)]
+        addrs_file: Option<PathBuf>,
     },
     /// Check a config file as `serve` would, without opening any listener: print every problem
     /// (and every warning) and exit non-zero when there is a problem.
@@ -309,7 +313,7 @@ fn check_config(file: &std::path::Path, no_file_checks: bool, strict: bool) -> E
     }
 }
 
-fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
+fn serve(config: PathBuf, insecure_admin: bool, addrs_file: Option<PathBuf>) -> ExitCode {
     let loaded = match fleetgate::config::Config::load(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -327,7 +331,7 @@ fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let (_addrs, run) = match fleetgate::app::start(
+        let (addrs, run) = match fleetgate::app::start(
             &loaded,
             fleetgate::app::StartOptions {
                 insecure_admin,
@@ -344,6 +348,15 @@ fn serve(config: PathBuf, insecure_admin: bool) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if let Some(path) = &addrs_file {
+            // written whole, then renamed: a reader never sees half a file
+            let tmp = path.with_extension("tmp");
+            let json = serde_json::to_vec(&addrs).unwrap_or_default();
+            if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+                tracing::error!(file = %path.display(), error = %e, "cannot write --addrs-file");
+                return ExitCode::from(1);
+            }
+        }
         let signal = shutdown.clone();
         tokio::spawn(async move {
             fleetgate::app::wait_for_signal().await;
@@ -401,7 +414,8 @@ fn main() -> ExitCode {
         Command::Serve {
             config,
             insecure_admin,
-        } => serve(config, insecure_admin),
+            addrs_file,
+        } => serve(config, insecure_admin, addrs_file),
         Command::CheckConfig {
             file,
             no_file_checks,

@@ -119,15 +119,6 @@ fn capture(stream: impl Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>, ec
     });
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    let start = line.find(&format!("{key}="))? + key.len() + 1;
-    let value: String = line[start..]
-        .chars()
-        .take_while(|c| !c.is_whitespace())
-        .collect();
-    (value != "off").then_some(value)
-}
-
 impl Server {
     pub fn start(config: &Value) -> Server {
         Server::start_with_env(config, &[])
@@ -138,9 +129,12 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let addrs_path = dir.path().join("addrs.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
             .args(["serve", "--config"])
             .arg(&path)
+            .arg("--addrs-file")
+            .arg(&addrs_path)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -152,20 +146,17 @@ impl Server {
         capture(child.stderr.take().unwrap(), stderr.clone(), true);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let listening = stderr
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains("listening vehicles="))
-                .cloned();
-            if let Some(line) = listening {
-                let line = line.as_str();
+            // the addresses the server bound, as it reports them (not parsed from a log line)
+            if let Ok(text) = std::fs::read_to_string(&addrs_path) {
+                let addrs: fleetgate::app::BoundAddrs =
+                    serde_json::from_str(&text).expect("--addrs-file is BoundAddrs JSON");
+                let shown = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
                 return Server {
-                    vehicles: field(line, "vehicles").unwrap(),
-                    metrics: field(line, "metrics"),
-                    status: field(line, "status"),
-                    admin: field(line, "admin"),
-                    proxy: field(line, "proxy"),
+                    vehicles: addrs.vehicles.to_string(),
+                    metrics: shown(addrs.metrics),
+                    status: shown(addrs.status),
+                    admin: shown(addrs.admin),
+                    proxy: shown(addrs.proxy),
                     child,
                     stdout,
                     stderr,
