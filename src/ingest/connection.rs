@@ -171,10 +171,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Handles one binary websocket message: the pipeline decides, this sends.
     async fn on_frame(&mut self, message: Bytes) -> Result<(), CloseReason> {
         let received_at_ms = now_ms();
-        let identity = self.info.identity.clone();
+        // borrowed, not cloned: the fields of `self` used here are disjoint
         let source = Source {
-            device_id: &identity.device_id,
-            sender_id: &identity.sender_id,
+            device_id: &self.info.identity.device_id,
+            sender_id: &self.info.identity.sender_id,
             client_version: &self.info.client_version,
         };
         let pipeline = &self.settings.pipeline;
