@@ -251,6 +251,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A body that could not be read: too large (413) or otherwise unreadable (400).
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
+    let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "bad_request"
+    };
+    ApiError::new(status, error, text)
+}
+
+/// `400 bad_json` unless `bytes` is well-formed JSON (whatever its shape).
+fn json_syntax(bytes: &[u8]) -> Result<(), ApiError> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the body is not valid JSON: {e}"),
+            )
+        })
+}
+
 /// A JSON request body: malformed JSON is `400 bad_json`; well-formed JSON that does not fit
 /// the type is `422 invalid_body` (axum's own `Json` reports whichever error it meets first,
 /// so `{"unknown_key":` would be a 422).
@@ -278,22 +301,8 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
         }
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|r| {
-                let status = r.status();
-                let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    "body_too_large"
-                } else {
-                    "bad_request"
-                };
-                ApiError::new(status, error, r.body_text())
-            })?;
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_json",
-                format!("the body is not valid JSON: {e}"),
-            ));
-        }
+            .map_err(|r| body_rejection(r.status(), r.body_text()))?;
+        json_syntax(&bytes)?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(&mut de)
             .map(JsonBody)
@@ -680,23 +689,9 @@ async fn import_sites(
     State(state): State<AdminState>,
     body: Result<String, axum::extract::rejection::StringRejection>,
 ) -> ApiResult<Json<Imported>> {
-    let text = body.map_err(|r| {
-        let status = r.status();
-        let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "body_too_large"
-        } else {
-            "bad_request"
-        };
-        ApiError::new(status, error, r.body_text())
-    })?;
+    let text = body.map_err(|r| body_rejection(r.status(), r.body_text()))?;
     // malformed JSON is a bad request (400); well-formed but invalid GeoJSON is 422 below
-    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("the body is not valid JSON: {e}"),
-        ));
-    }
+    json_syntax(text.as_bytes())?;
     let sites =
         sites_from_geojson(&text, state.fleet.config.default_radius_m).map_err(|errors| {
             let list: Vec<Value> = errors
