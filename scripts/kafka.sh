@@ -85,7 +85,10 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 start() {
-  if running; then say "already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return; fi
+  if running; then
+    if port_open "$sport"; then say "already running (pid $(cat "$pidfile")) on 127.0.0.1:$port"; return; fi
+    say "running without its SASL_SSL listener (an older start): restarting"; stop
+  fi
   fetch_jars
   mkdir -p "$home/data" "$home/logs"
   make_tls
@@ -165,7 +168,11 @@ kill9() {
 }
 
 status() {
-  if running && port_open "$port"; then say "running (pid $(cat "$pidfile")) on 127.0.0.1:$port, log: $log"; else say "not running"; return 1; fi
+  if running && port_open "$port" && port_open "$sport"; then
+    say "running (pid $(cat "$pidfile")) on 127.0.0.1:$port, SASL_SSL on 127.0.0.1:$sport, log: $log"
+  elif running; then
+    say "running without its SASL_SSL listener on $sport (an older start): run scripts/kafka.sh restart"; return 1
+  else say "not running"; return 1; fi
 }
 
 case "${1:-}" in
