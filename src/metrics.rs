@@ -65,7 +65,8 @@ pub const KAFKA_DELIVERED_TOTAL: &str = "fleetgate_kafka_delivered_total";
 pub const KAFKA_DELIVERY_ERRORS_TOTAL: &str = "fleetgate_kafka_delivery_errors_total";
 /// Records the producer refused at once, by reason (`queue_full`, …).
 pub const KAFKA_PRODUCE_ERRORS_TOTAL: &str = "fleetgate_kafka_produce_errors_total";
-/// Errors reported by the Kafka client (connection loss, …).
+/// Errors reported by the Kafka client, by reason (`authentication`, `tls`, `authorization`,
+/// `transport`, `all_brokers_down`, `resolve`, `other`).
 pub const KAFKA_CLIENT_ERRORS_TOTAL: &str = "fleetgate_kafka_client_errors_total";
 /// Seconds from produce to delivery report.
 pub const KAFKA_DELIVERY_SECONDS: &str = "fleetgate_kafka_delivery_seconds";
@@ -142,7 +143,7 @@ pub const FAMILIES: &[Family] = &[
     family(KAFKA_DELIVERED_TOTAL, Kind::Counter, "Records Kafka confirmed, by topic"),
     family(KAFKA_DELIVERY_ERRORS_TOTAL, Kind::Counter, "Records Kafka failed to deliver after its retries, by topic"),
     family(KAFKA_PRODUCE_ERRORS_TOTAL, Kind::Counter, "Records the Kafka producer refused at once, by reason"),
-    family(KAFKA_CLIENT_ERRORS_TOTAL, Kind::Counter, "Errors reported by the Kafka client (connection loss, authentication, ...)"),
+    family(KAFKA_CLIENT_ERRORS_TOTAL, Kind::Counter, "Errors reported by the Kafka client, by reason (authentication, tls, authorization, transport, all_brokers_down, resolve, other)"),
     family(KAFKA_DELIVERY_SECONDS, Kind::Histogram, "Seconds from produce to Kafka's delivery report (every record)"),
     family(SINK_REFUSED_TOTAL, Kind::Counter, "Records a sink refused at once, by sink (the frame is not acked)"),
     family(CHANGES_SUPPRESSED_DATUMS_TOTAL, Kind::Counter, "Datums not forwarded because their value did not change (changes_only)"),
@@ -257,7 +258,9 @@ pub fn register_zeros(what: &Registered<'_>) {
         for reason in ["queue_full", "too_large", "other"] {
             zero(metrics::counter!(KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason));
         }
-        zero(metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL));
+        for reason in crate::sinks::kafka::CLIENT_ERROR_REASONS {
+            zero(metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => *reason));
+        }
     }
     if what.proxy {
         for result in [
