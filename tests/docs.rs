@@ -139,3 +139,41 @@ fn the_readme_layout_matches_src() {
         }
     }
 }
+
+#[test]
+fn docs_and_comments_speak_of_the_product_only() {
+    // no tracker references ("issue 11") and no files that are not in the repository
+    let re =
+        regex::Regex::new(r"(?i)\bissue #?\d+|\bWIRE\.md\b|\bDESIGN\.md\b|\bSTYLE\.md\b").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut offenders = Vec::new();
+    let mut stack = vec![
+        root.join("src"),
+        root.join("docs"),
+        root.join("tests"),
+        root.join("benches"),
+        root.join("scripts"),
+        root.join("README.md"),
+    ];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+            continue;
+        }
+        // this test names the patterns it looks for
+        if path.ends_with("tests/docs.rs") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for (n, line) in text.lines().enumerate() {
+            if re.is_match(line) {
+                offenders.push(format!("{}:{}: {line}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "{offenders:#?}");
+}
