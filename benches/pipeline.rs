@@ -1,0 +1,215 @@
+//! One frame through `Pipeline::on_frame`, without a socket: verify, decode and transform a
+//! `V` frame (location, speed, SoC), update the table, run the rules over 100,000 sites, hand
+//! the record to a sink that drops it, decide the ack. Reports time per frame (criterion) and
+//! heap allocations per frame (a counting allocator around mimalloc), the number the frame-path
+//! goal "no per-frame allocation on the ok path" is measured by.
+//! Run: `cargo bench --bench pipeline`.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use fleetgate::event::Event;
+use fleetgate::metrics::FrameMetrics;
+use fleetgate::pipeline::{Answer, FrameState, Pipeline, RateLimit, Slot, Source};
+use fleetgate::rules::sites::{Shape, Site};
+use fleetgate::rules::{Fleet, RulesConfig};
+use fleetgate::sinks::{DeliveryTicket, PublishError, Sink, SinkRecord, SinkRouter};
+use fleetgate::wire::proto::vehicle_data::{
+    value::Value as V, Datum, Field, LocationValue, Payload, Value,
+};
+use fleetgate::wire::{EnvelopeWriter, StreamView, Timestamp};
+use prost::Message;
+
+/// mimalloc, counting every allocation.
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Takes every record and event, stores nothing.
+struct Discard;
+impl Sink for Discard {
+    fn name(&self) -> &'static str {
+        "drop"
+    }
+    fn publish(&self, _: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
+        ticket.complete(true);
+        Ok(())
+    }
+    fn publish_event(
+        &self,
+        _: &Event,
+        _: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        ticket.complete(true);
+        Ok(())
+    }
+    fn flush(&self, _: Duration) -> usize {
+        0
+    }
+}
+
+const VIN: &str = "5YJ3E1EA7KF000001";
+
+/// 100,000 circle sites over a 1° × 1° area around the drive (dense, like the load bench).
+fn sites() -> Vec<Site> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..100_000)
+        .map(|i| Site {
+            id: format!("site-{i}"),
+            name: format!("Site {i}"),
+            kind: "merchant".into(),
+            tags: Default::default(),
+            shape: Shape::Circle {
+                lat: 30.0 + next(),
+                lon: -98.0 + next(),
+                radius_m: 250.0,
+            },
+        })
+        .collect()
+}
+
+/// The `i`-th frame of a drive across the site area.
+fn frame(i: u64) -> Vec<u8> {
+    let datum = |field: Field, value: V| Datum {
+        key: field as i32,
+        value: Some(Value { value: Some(value) }),
+    };
+    let payload = Payload {
+        data: vec![
+            datum(
+                Field::Location,
+                V::LocationValue(LocationValue {
+                    latitude: 30.2 + (i % 10_000) as f64 * 0.00005,
+                    longitude: -97.8 + (i % 10_000) as f64 * 0.00005,
+                }),
+            ),
+            datum(Field::VehicleSpeed, V::DoubleValue(40.0)),
+            datum(Field::Soc, V::DoubleValue(60.0 + (i % 30) as f64)),
+        ],
+        created_at: Some(Timestamp {
+            seconds: 1_764_000_000 + i as i64,
+            nanos: 0,
+        }),
+        vin: VIN.into(),
+        is_resend: false,
+    }
+    .encode_to_vec();
+    EnvelopeWriter::new()
+        .stream(
+            format!("tx-{i}").as_bytes(),
+            b"V",
+            b"",
+            &StreamView {
+                created_at: 1_764_000_000 + i as u32,
+                sender_id: b"vehicle_device.5YJ3E1EA7KF000001",
+                payload: &payload,
+                device_type: b"vehicle_device",
+                device_id: VIN.as_bytes(),
+                delivered_at_epoch_ms: 0,
+            },
+        )
+        .to_vec()
+}
+
+fn bench(c: &mut Criterion) {
+    let records: BTreeMap<String, Vec<String>> =
+        [("V".to_string(), vec!["drop".to_string()])].into();
+    let available: Vec<Arc<dyn Sink>> = vec![Arc::new(Discard)];
+    let sinks = SinkRouter::new(&records, &BTreeMap::new(), &available)
+        .and_then(|r| r.with_event_sinks(&["drop".to_string()]))
+        .unwrap();
+    let pipeline = Pipeline {
+        sinks,
+        rate_limit: RateLimit {
+            enabled: false,
+            message_limit: 1_000_000,
+            interval: Duration::from_secs(1),
+        },
+        inflight_slots: Arc::new(tokio::sync::Semaphore::new(1000)),
+        metrics: Arc::new(FrameMetrics::new(&["drop"])),
+        fleet: Some(Fleet::new(RulesConfig::default(), sites())),
+        changes_only: None,
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut state = FrameState::new(&pipeline, tx);
+    let source = Source {
+        device_id: VIN,
+        sender_id: "vehicle_device.5YJ3E1EA7KF000001",
+        client_version: "2024.44",
+    };
+    // frames carry increasing times: a frame older than the state would skip the rules
+    let warm_up: Vec<Vec<u8>> = (0..10_000).map(frame).collect();
+    let counted: Vec<Vec<u8>> = (10_000..20_000).map(frame).collect();
+    let mut next = 20_000u64;
+
+    // allocations per frame, over one pass of the drive (after a warm-up pass)
+    let mut run = |frames: &[Vec<u8>]| {
+        for bytes in frames {
+            let answer = pipeline.on_frame(
+                &mut state,
+                source,
+                bytes,
+                1_764_000_000_000,
+                Instant::now(),
+                Slot::First,
+            );
+            assert!(matches!(answer, Answer::Ack { .. }), "{answer:?}");
+        }
+    };
+    run(&warm_up);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    run(&counted);
+    let per_frame = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / counted.len() as f64;
+    println!("pipeline: {per_frame:.1} heap allocations per V frame (location, speed, SoC; 100,000 sites; a sink that drops)");
+
+    c.bench_function("pipeline/on_frame V, 100k sites", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                frame(next)
+            },
+            |bytes| {
+                let answer = pipeline.on_frame(
+                    &mut state,
+                    source,
+                    &bytes,
+                    1_764_000_000_000,
+                    Instant::now(),
+                    Slot::First,
+                );
+                matches!(answer, Answer::Ack { .. })
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
