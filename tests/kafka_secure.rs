@@ -33,6 +33,17 @@ fn secure_config(pki: &Pki, broker: &SaslBroker, ns: &str, kafka_extra: Value) -
     config
 }
 
+/// Both broker listeners must answer; a fresh PKI and a config for a new namespace starting
+/// with `prefix` (the ACLs allow `fgsasl*` only), with `kafka_extra` merged in.
+fn secure_setup(prefix: &str, kafka_extra: Value) -> (Pki, Value) {
+    require_broker();
+    let broker = require_sasl_broker();
+    let pki = Pki::new();
+    let ns = unique_namespace(prefix);
+    let config = secure_config(&pki, &broker, &ns, kafka_extra);
+    (pki, config)
+}
+
 fn password_file(pki: &Pki, password: &str) -> String {
     write_file(pki.dir.path(), "kafka-password", &format!("{password}\n"))
         .display()
@@ -101,14 +112,8 @@ async fn sasl_ssl_scram_zstd_delivers_records_connectivity_and_events_with_relia
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_with_the_password_from_the_environment() {
-    require_broker();
-    let broker = require_sasl_broker();
-    let pki = Pki::new();
-    let ns = unique_namespace("fgsasl");
-    let config = secure_config(
-        &pki,
-        &broker,
-        &ns,
+    let (pki, config) = secure_setup(
+        "fgsasl",
         json!({"sasl.mechanisms": "PLAIN", "sasl.username": "fgplain"}),
     );
     let server = Server::start_with_env(
@@ -121,16 +126,7 @@ async fn sasl_plain_with_the_password_from_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_is_a_clear_counted_error_and_never_an_ack() {
-    require_broker();
-    let broker = require_sasl_broker();
-    let pki = Pki::new();
-    let ns = unique_namespace("fgsasl");
-    let config = secure_config(
-        &pki,
-        &broker,
-        &ns,
-        json!({"sasl.password": "not-the-password"}),
-    );
+    let (pki, config) = secure_setup("fgsasl", json!({"sasl.password": "not-the-password"}));
     let server = Server::start(&config);
     assert!(
         !reliable_frame_acked(&server, &pki, "wrong-1", Duration::from_secs(6)).await,
@@ -145,17 +141,9 @@ async fn a_wrong_password_is_a_clear_counted_error_and_never_an_ack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_broker_certificate_is_a_clear_counted_error_and_never_an_ack() {
-    require_broker();
-    let broker = require_sasl_broker();
-    let pki = Pki::new();
-    let ns = unique_namespace("fgsasl");
+    let (pki, mut config) = secure_setup("fgsasl", json!({"sasl.password": PASSWORD}));
     // the dev PKI's root did not sign the broker's certificate
-    let config = secure_config(
-        &pki,
-        &broker,
-        &ns,
-        json!({"ssl.ca.location": pki.path("ca.pem"), "sasl.password": PASSWORD}),
-    );
+    config["kafka"]["ssl.ca.location"] = json!(pki.path("ca.pem"));
     let server = Server::start(&config);
     assert!(!reliable_frame_acked(&server, &pki, "tls-1", Duration::from_secs(6)).await);
     assert_sink_unhealthy(&server, "tls").await;
@@ -163,12 +151,8 @@ async fn an_untrusted_broker_certificate_is_a_clear_counted_error_and_never_an_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_the_acls_refuse_is_never_acked() {
-    require_broker();
-    let broker = require_sasl_broker();
-    let pki = Pki::new();
     // outside the user's `fgsasl` prefix
-    let ns = unique_namespace("fgdenied");
-    let config = secure_config(&pki, &broker, &ns, json!({"sasl.password": PASSWORD}));
+    let (pki, config) = secure_setup("fgdenied", json!({"sasl.password": PASSWORD}));
     let server = Server::start(&config);
     assert!(!reliable_frame_acked(&server, &pki, "acl-1", Duration::from_secs(10)).await);
     // Kafka refused the topic: a delivery error, and the frame is failed (the vehicle resends)
