@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LoadedConfig};
+use crate::control::Change;
 use crate::ingest::connection::ConnectionSettings;
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
@@ -44,6 +45,9 @@ pub enum ServeError {
     /// Something else in the config.
     #[error("config: {0}")]
     Config(String),
+    /// Cluster mode could not start (Kafka unreachable, topics unusable).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Addresses the running server listens on (`serve --addrs-file` writes them as JSON).
@@ -201,15 +205,17 @@ pub fn build_fleet(
                 list.join("; ")
             ))
         })?;
+        let changes: Vec<_> = sites.into_iter().map(Change::PutSite).collect();
         store
-            .put_sites(&sites)
+            .apply(&changes)
             .map_err(|e| ServeError::Config(format!("importing fleetgate.sites_file: {e}")))?;
     }
-    for spec in &config.fleetgate.watches {
-        store
-            .put_watch(spec)
-            .map_err(|e| ServeError::Config(format!("fleetgate.watches: {e}")))?;
-    }
+    let watches: Vec<_> = (config.fleetgate.watches.iter().cloned())
+        .map(Change::PutWatch)
+        .collect();
+    store
+        .apply(&watches)
+        .map_err(|e| ServeError::Config(format!("fleetgate.watches: {e}")))?;
     let sites = store
         .sites(rules.default_radius_m)
         .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -230,6 +236,44 @@ pub fn build_fleet(
         "rules ready"
     );
     Ok((fleet, Arc::new(store)))
+}
+
+/// Cluster mode: starts the shared admin state (compacted topics) and waits until this
+/// instance restored it, so no vehicle or admin request is served on a partial state.
+async fn start_shared_log(
+    config: &Config,
+    base: &std::path::Path,
+    cluster: &crate::config::ClusterConfig,
+    live: crate::control::Live,
+) -> Result<Arc<crate::control::shared_log::SharedLog>, ServeError> {
+    use crate::control::shared_log::{host_name, SharedLog, SharedLogSettings, Topics};
+    let properties = config.kafka.as_ref().ok_or_else(|| {
+        ServeError::Config("fleetgate.cluster needs the top-level `kafka` section".into())
+    })?;
+    let properties = crate::sinks::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let settings = SharedLogSettings {
+        properties,
+        namespace: config.namespace.clone(),
+        cluster: cluster.name.clone(),
+        instance_id: cluster.instance_id.clone().unwrap_or_else(host_name),
+        topics: Topics::from_config(&config.namespace, &cluster.topics),
+        write_timeout: Duration::from_secs(cluster.write_timeout_s),
+        default_radius_m: config.fleetgate.rules.default_radius_m,
+    };
+    tracing::info!(
+        cluster = %settings.cluster,
+        instance = %settings.instance_id,
+        sites = %settings.topics.sites,
+        watches = %settings.topics.watches,
+        vins = %settings.topics.vins,
+        "cluster mode: restoring the shared state from Kafka"
+    );
+    let log = SharedLog::start(settings, live)
+        .await
+        .map_err(|e| ServeError::Cluster(e.to_string()))?;
+    log.restored().await;
+    Ok(log)
 }
 
 /// Every `every`, closes stale charging sessions and expires watches, publishing the events.
@@ -382,6 +426,24 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    let live = crate::control::Live {
+        fleet: fleet.clone(),
+        vins: vins.clone(),
+        registry: registry.clone(),
+    };
+    let control = match &config.fleetgate.cluster {
+        None => crate::control::ControlPlane::Local(store.clone()),
+        Some(cluster) => {
+            let log = start_shared_log(config, &base, cluster, live.clone()).await?;
+            // stop the readers with the other background tasks
+            let (stopping, stop) = (log.clone(), shutdown.clone());
+            background.spawn(async move {
+                stop.cancelled().await;
+                let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
+            });
+            crate::control::ControlPlane::Cluster(log)
+        }
+    };
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     background.spawn(run_sweeper(
         fleet.clone(),
@@ -477,7 +539,7 @@ pub async fn start(
         admin_addr = l.local_addr().ok();
         let state = crate::admin::AdminState {
             fleet: fleet.clone(),
-            store: store.clone(),
+            control: control.clone(),
             registry: registry.clone(),
             sinks: sinks.clone(),
             listener_up: listener_up.clone(),

@@ -267,6 +267,50 @@ pub struct FleetgateConfig {
     /// Kafka settings that are not librdkafka properties (secrets from files).
     #[serde(default)]
     pub kafka: KafkaExtrasConfig,
+    /// Cluster mode: instances sharing this name share sites, watches and VIN lists through
+    /// compacted Kafka topics (needs the top-level `kafka` section). Unset = embedded mode.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `fleetgate.cluster`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name: instances with the same name (and namespace) are one fleet.
+    pub name: String,
+    /// This instance's id, unique in the cluster (default: the host name). It names the
+    /// instance's transactional producer, so two live instances must never share it.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Names of the compacted topics (defaults `{namespace}_fleetgate_sites`, `…_watches`,
+    /// `…_vins`).
+    #[serde(default)]
+    pub topics: ClusterTopicsConfig,
+    /// How long an admin write may wait for Kafka (commit and read-back) before 503 (s).
+    #[serde(default = "ClusterConfig::default_write_timeout_s")]
+    pub write_timeout_s: u64,
+}
+
+impl ClusterConfig {
+    fn default_write_timeout_s() -> u64 {
+        10
+    }
+}
+
+/// `fleetgate.cluster.topics`: topic names (unset = the default for the namespace).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTopicsConfig {
+    /// Sites (key: site id, value: GeoJSON Feature).
+    #[serde(default)]
+    pub sites: Option<String>,
+    /// Watches (key: watch id, value: the watch spec).
+    #[serde(default)]
+    pub watches: Option<String>,
+    /// VIN lists (key: `allow:VIN` / `block:VIN`).
+    #[serde(default)]
+    pub vins: Option<String>,
 }
 
 /// `fleetgate.kafka`.
@@ -818,6 +862,44 @@ impl Config {
             }
         }
 
+        if let Some(cluster) = &self.fleetgate.cluster {
+            if cluster.name.trim().is_empty()
+                || !cluster
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                issue(
+                    "fleetgate.cluster.name",
+                    format!(
+                        "`{}`: use letters, digits, `.`, `_` or `-` (it becomes part of Kafka ids)",
+                        cluster.name
+                    ),
+                );
+            }
+            if self.kafka.is_none() {
+                issue(
+                    "fleetgate.cluster",
+                    "cluster mode shares state through Kafka: add the top-level `kafka` section ({\"bootstrap.servers\": \"host:9092\"})".into(),
+                );
+            }
+            if cluster
+                .instance_id
+                .as_deref()
+                .is_some_and(|i| i.trim().is_empty())
+            {
+                issue(
+                    "fleetgate.cluster.instance_id",
+                    "must not be empty (leave it out to use the host name)".into(),
+                );
+            }
+            if cluster.write_timeout_s == 0 {
+                issue(
+                    "fleetgate.cluster.write_timeout_s",
+                    "must be at least 1".into(),
+                );
+            }
+        }
         match &self.tls {
             None => issue(
                 "tls",
@@ -1336,6 +1418,33 @@ mod tests {
                 "fleetgate.proxy_mtls.listen",
                 "fleetgate.proxy_mtls.trusted_proxies"
             ]
+        );
+    }
+
+    #[test]
+    fn cluster_mode_needs_kafka_and_a_usable_name() {
+        let c = parse(
+            r#"{"fleetgate": {"cluster": {"name": "bad name!", "instance_id": " ", "write_timeout_s": 0}}}"#,
+        );
+        let (issues, _) = c.validate(Path::new("/"));
+        let keys: Vec<&str> = issues.iter().map(|i| i.key.as_str()).collect();
+        for expected in [
+            "fleetgate.cluster",
+            "fleetgate.cluster.name",
+            "fleetgate.cluster.instance_id",
+            "fleetgate.cluster.write_timeout_s",
+        ] {
+            assert!(keys.contains(&expected), "{expected} not in {keys:?}");
+        }
+        let ok = parse(
+            r#"{"kafka": {"bootstrap.servers": "k:9092"}, "fleetgate": {"cluster": {"name": "eu-1"}}}"#,
+        );
+        let (issues, _) = ok.validate(Path::new("/"));
+        assert!(
+            !issues
+                .iter()
+                .any(|i| i.key.starts_with("fleetgate.cluster")),
+            "{issues:?}"
         );
     }
 

@@ -27,6 +27,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod geometry;
 pub mod ingest;

@@ -89,6 +89,23 @@ pub const WATCHES: &str = "fleetgate_watches";
 /// Vehicles in the vehicle table.
 pub const VEHICLES_KNOWN: &str = "fleetgate_vehicles_known";
 
+/// Cluster mode: shared-state records applied by this instance, by topic kind (`sites`,
+/// `watches`, `vins`).
+pub const CLUSTER_SHARED_APPLIED_TOTAL: &str = "fleetgate_cluster_shared_applied_total";
+/// Cluster mode: shared-state records that could not be read (skipped), by topic kind.
+pub const CLUSTER_SHARED_BAD_RECORDS_TOTAL: &str = "fleetgate_cluster_shared_bad_records_total";
+/// Cluster mode: seconds this instance took to restore the shared state at start.
+pub const CLUSTER_RESTORE_SECONDS: &str = "fleetgate_cluster_restore_seconds";
+/// Cluster mode: 1 once the shared state is restored.
+pub const CLUSTER_RESTORED: &str = "fleetgate_cluster_restored";
+/// Cluster mode: seconds an admin write took (transaction commit and read-back).
+pub const CLUSTER_WRITE_SECONDS: &str = "fleetgate_cluster_write_seconds";
+/// Cluster mode: admin write transactions aborted, by reason (`produce`, `commit`,
+/// `read_back_timeout`).
+pub const CLUSTER_TRANSACTION_ABORTS_TOTAL: &str = "fleetgate_cluster_transaction_aborts_total";
+/// Cluster mode: age of the newest shared-state record when this instance applied it (s).
+pub const CLUSTER_REPLICATION_LAG_SECONDS: &str = "fleetgate_cluster_replication_lag_seconds";
+
 /// What kind of series a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -117,6 +134,13 @@ const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
 
 /// Every metric family fleetgate exports (process metrics aside), with its HELP text.
 pub const FAMILIES: &[Family] = &[
+    family(CLUSTER_SHARED_APPLIED_TOTAL, Kind::Counter, "Cluster mode: shared-state records (sites, watches, vins) applied by this instance, by kind"),
+    family(CLUSTER_SHARED_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: shared-state records that could not be read and were skipped, by kind"),
+    family(CLUSTER_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds this instance took to restore the shared state at start"),
+    family(CLUSTER_RESTORED, Kind::Gauge, "Cluster mode: 1 once the shared state is restored (readiness waits for it)"),
+    family(CLUSTER_WRITE_SECONDS, Kind::Histogram, "Cluster mode: seconds an admin write took, transaction commit and read-back by this instance"),
+    family(CLUSTER_TRANSACTION_ABORTS_TOTAL, Kind::Counter, "Cluster mode: admin write transactions aborted, by reason (produce, commit, read_back_timeout)"),
+    family(CLUSTER_REPLICATION_LAG_SECONDS, Kind::Histogram, "Cluster mode: age of a shared-state record when this instance applied it (replication lag)"),
     family(CONNECTIONS_OPEN, Kind::Gauge, "Open vehicle websocket connections"),
     family(CONNECTIONS_TOTAL, Kind::Counter, "TCP connections at accept by result (accepted, over_capacity, ip_rate_limited)"),
     family(HANDSHAKES_TOTAL, Kind::Counter, "TLS handshakes by result: ok or the failure reason"),

@@ -1,8 +1,11 @@
 //! The admin API (axum, its own listener): health and readiness, the OpenAPI document, and
 //! bearer-token-protected `/v1` routes for sites, watches, vehicles and connections.
 //!
-//! Writes go to the durable store first; only after the commit is the fleet updated and a 2xx
-//! returned, so an acknowledged write survives `kill -9`. Every error is `{error, detail}` JSON.
+//! Writes go through the control plane (`control`): made durable first — the SQLite store in
+//! embedded mode, a Kafka transaction on the shared compacted topics in cluster mode — and
+//! applied to the live fleet before a 2xx is returned, so an acknowledged write survives
+//! `kill -9` and is visible to the next read on this instance. Every error is
+//! `{error, detail}` JSON.
 
 pub mod openapi;
 
@@ -24,6 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
+use crate::control::{Change, ControlPlane, Live, VinList, WriteError};
 use crate::ingest::registry::{ConnectionEntry, Registry};
 use crate::ingest::vins::VinLists;
 use crate::rules::arrival::{Watch, WatchSpec};
@@ -32,7 +36,7 @@ use crate::rules::sites::{Site, MAX_RADIUS_M};
 use crate::rules::Fleet;
 use crate::sinks::{Readiness, SinkRouter};
 use crate::state::VehicleState;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Largest body of ordinary requests.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -44,8 +48,8 @@ pub const MAX_IMPORT_BYTES: usize = 32 * 1024 * 1024;
 pub struct AdminState {
     /// The fleet: table, sites, watches.
     pub fleet: Fleet,
-    /// Durable store.
-    pub store: Arc<Store>,
+    /// Where writes are made durable (the store, or the cluster's shared topics).
+    pub control: ControlPlane,
     /// Open connections.
     pub registry: Arc<Registry>,
     /// Sinks (for readiness).
@@ -335,19 +339,39 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Store(e) => e.into(),
+            WriteError::Cluster(e) => {
+                tracing::error!(error = %e, "admin write to the cluster's shared state failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    e.to_string(),
+                )
+            }
+            WriteError::Task(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        }
+    }
+}
+
+impl AdminState {
+    /// Makes `changes` durable and applies them; returns connections closed by VIN changes.
+    async fn write(&self, changes: Vec<Change>) -> ApiResult<usize> {
+        let live = Live {
+            fleet: self.fleet.clone(),
+            vins: self.vins.clone(),
+            registry: self.registry.clone(),
+        };
+        Ok(self.control.write(&live, changes).await?)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 fn query_error(r: QueryRejection) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_query", r.body_text())
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(ApiError::from)
 }
 
 /// Bearer-token check for `/v1`, compared in constant time.
@@ -642,10 +666,7 @@ async fn put_site(
 ) -> ApiResult<Response> {
     let site = site_from_body(&id, body, state.fleet.config.default_radius_m)?;
     let existed = state.fleet.sites.load().get(&id).is_some();
-    let store = state.store.clone();
-    let to_store = site.clone();
-    blocking(move || store.put_sites(&[to_store])).await?;
-    state.fleet.sites.upsert(site.clone());
+    state.write(vec![Change::PutSite(site.clone())]).await?;
     let status = if existed {
         StatusCode::OK
     } else {
@@ -666,12 +687,10 @@ async fn delete_site(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let store = state.store.clone();
-    let key = id.clone();
-    let existed = blocking(move || store.delete_site(&key)).await?;
-    if !state.fleet.sites.remove(&id) && !existed {
+    if state.fleet.sites.load().get(&id).is_none() {
         return Err(ApiError::not_found("site", &id));
     }
+    state.write(vec![Change::DeleteSite(id)]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -710,21 +729,9 @@ async fn import_sites(
             err
         })?;
     let n = sites.len();
-    let store = state.store.clone();
-    let to_store = sites.clone();
-    blocking(move || store.put_sites(&to_store)).await?;
-    let mut all: BTreeMap<String, Site> = state
-        .fleet
-        .sites
-        .load()
-        .all()
-        .iter()
-        .map(|s| (s.id.clone(), (**s).clone()))
-        .collect();
-    for s in sites {
-        all.insert(s.id.clone(), s);
-    }
-    state.fleet.sites.replace(all.into_values().collect());
+    state
+        .write(sites.into_iter().map(Change::PutSite).collect())
+        .await?;
     Ok(Json(Imported { imported: n }))
 }
 
@@ -788,10 +795,7 @@ async fn create_watch(
             format!("watch `{}` exists; delete it first", spec.watch_id),
         ));
     }
-    let store = state.store.clone();
-    let to_store = spec.clone();
-    blocking(move || store.put_watch(&to_store)).await?;
-    state.fleet.add_watch(watch.clone());
+    state.write(vec![Change::PutWatch(spec)]).await?;
     Ok((StatusCode::CREATED, Json(watch)))
 }
 
@@ -856,10 +860,10 @@ async fn delete_watch(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let store = state.store.clone();
-    let key = id.clone();
-    let existed = blocking(move || store.delete_watch(&key)).await?;
-    if state.fleet.watches.remove(&id).is_none() && !existed {
+    let existed = state.fleet.watches.get(&id).is_some();
+    // written even when not live: an expired watch may still be stored
+    state.write(vec![Change::DeleteWatch(id.clone())]).await?;
+    if !existed {
         return Err(ApiError::not_found("watch", &id));
     }
     Ok(StatusCode::NO_CONTENT)
@@ -878,11 +882,9 @@ async fn get_vins(State(state): State<AdminState>) -> Json<VinListsView> {
     })
 }
 
-fn vin_list(list: &str, vin: &str) -> ApiResult<&'static str> {
-    let list = match list {
-        "allow" => "allow",
-        "block" => "block",
-        _ => return Err(ApiError::not_found("list", list)),
+fn vin_list(list: &str, vin: &str) -> ApiResult<VinList> {
+    let Some(list) = VinList::parse(list) else {
+        return Err(ApiError::not_found("list", list));
     };
     if vin.trim().is_empty() || vin.len() > 64 {
         return Err(ApiError::new(
@@ -894,13 +896,13 @@ fn vin_list(list: &str, vin: &str) -> ApiResult<&'static str> {
     Ok(list)
 }
 
-/// Re-reads the stored lists into the policy and closes connections they now refuse.
-async fn apply_vin_lists(state: &AdminState) -> ApiResult<usize> {
-    let store = state.store.clone();
-    let lists = blocking(move || store.vin_lists()).await?;
-    state.vins.set_admin(lists);
-    let vins = state.vins.clone();
-    Ok(state.registry.kick(|vin| vins.refusal(vin).is_some()))
+/// True when `vin` is on the admin API's `list`.
+fn on_admin_list(state: &AdminState, list: VinList, vin: &str) -> bool {
+    let lists = state.vins.admin_lists();
+    match list {
+        VinList::Allow => lists.allow.contains(vin),
+        VinList::Block => lists.block.contains(vin),
+    }
 }
 
 /// Add a VIN to the allow or block list; connections the lists now refuse are closed.
@@ -919,10 +921,8 @@ async fn put_vin(
     Path((list, vin)): Path<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<VinChange>)> {
     let list = vin_list(&list, &vin)?;
-    let store = state.store.clone();
-    let key = vin.clone();
-    let added = blocking(move || store.put_vin(list, &key)).await?;
-    let closed = apply_vin_lists(&state).await?;
+    let added = !on_admin_list(&state, list, &vin);
+    let closed = state.write(vec![Change::PutVin(list, vin.clone())]).await?;
     let status = if added {
         StatusCode::CREATED
     } else {
@@ -931,7 +931,7 @@ async fn put_vin(
     Ok((
         status,
         Json(VinChange {
-            list,
+            list: list.as_str(),
             vin,
             connections_closed: closed,
         }),
@@ -953,12 +953,10 @@ async fn delete_vin(
     Path((list, vin)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let list = vin_list(&list, &vin)?;
-    let store = state.store.clone();
-    let key = vin.clone();
-    if !blocking(move || store.delete_vin(list, &key)).await? {
+    if !on_admin_list(&state, list, &vin) {
         return Err(ApiError::not_found("vin", &vin));
     }
-    apply_vin_lists(&state).await?;
+    state.write(vec![Change::DeleteVin(list, vin)]).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -230,8 +230,49 @@ pub fn client_config(
             config.set(*key, *value);
         }
     }
-    // OpenSSL is built in, so its compiled-in CA path is not the system's: find the system
-    // bundle unless the user names one
+    with_ca_probe(&mut config, properties);
+    Ok(config)
+}
+
+/// Prefixes of the librdkafka properties that say how to reach and authenticate to the
+/// cluster (not how to produce): what consumers and admin clients take from `kafka`.
+const CONNECTION_PREFIXES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "security.protocol",
+    "sasl.",
+    "ssl.",
+    "ssl_",
+    "enable.ssl",
+    "client.id",
+    "client.dns.lookup",
+    "socket.",
+    "broker.",
+    "api.version",
+    "reconnect.",
+    "allow.auto.create.topics",
+    "https.",
+    "enable.sasl",
+];
+
+/// A client configuration with only the connection and security properties of `kafka`
+/// (for consumers and admin clients, which refuse or warn about producer properties).
+pub fn connection_config(
+    properties: &serde_json::Map<String, Value>,
+) -> Result<ClientConfig, KafkaSetupError> {
+    let mut config = ClientConfig::new();
+    for (key, value) in properties {
+        if CONNECTION_PREFIXES.iter().any(|p| key.starts_with(p)) {
+            config.set(key, property_value(key, value)?);
+        }
+    }
+    with_ca_probe(&mut config, properties);
+    Ok(config)
+}
+
+/// OpenSSL is built in, so its compiled-in CA path is not the system's: find the system
+/// bundle unless the user names one.
+fn with_ca_probe(config: &mut ClientConfig, properties: &serde_json::Map<String, Value>) {
     let tls = properties
         .get("security.protocol")
         .and_then(Value::as_str)
@@ -240,7 +281,6 @@ pub fn client_config(
     {
         config.set("ssl.ca.location", "probe");
     }
-    Ok(config)
 }
 
 /// The user's properties with the SASL password filled in from the environment

@@ -1,4 +1,4 @@
-//! The durable store for sites and watches: SQLite (bundled) in WAL mode with
+//! The durable store of embedded mode for sites, watches and the admin VIN lists: SQLite (bundled) in WAL mode with
 //! `synchronous=FULL`, so a write that returned is on disk and survives `kill -9`.
 //! Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call from
 //! `spawn_blocking` in async code.
@@ -112,31 +112,52 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Inserts or replaces sites in one transaction (all or nothing).
-    pub fn put_sites(&self, sites: &[Site]) -> Result<(), StoreError> {
+    /// Makes admin changes durable in one transaction (all or nothing).
+    pub fn apply(&self, changes: &[crate::control::Change]) -> Result<(), StoreError> {
+        use crate::control::Change;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO sites (id, feature, updated_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET feature = excluded.feature, updated_at_ms = excluded.updated_at_ms",
-            )?;
-            let now = now_ms();
-            for site in sites {
-                let feature = serde_json::to_string(&site_to_feature(site)).unwrap_or_default();
-                stmt.execute(params![site.id, feature, now])?;
+        let now = now_ms();
+        for change in changes {
+            match change {
+                Change::PutSite(site) => {
+                    let feature = serde_json::to_string(&site_to_feature(site)).unwrap_or_default();
+                    tx.prepare_cached(
+                        "INSERT INTO sites (id, feature, updated_at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(id) DO UPDATE SET feature = excluded.feature, updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![site.id, feature, now])?;
+                }
+                Change::DeleteSite(id) => {
+                    tx.prepare_cached("DELETE FROM sites WHERE id = ?1")?
+                        .execute(params![id])?;
+                }
+                Change::PutWatch(spec) => {
+                    let text = serde_json::to_string(spec).unwrap_or_default();
+                    tx.prepare_cached(
+                        "INSERT INTO watches (watch_id, spec, updated_at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(watch_id) DO UPDATE SET spec = excluded.spec, updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![spec.watch_id, text, now])?;
+                }
+                Change::DeleteWatch(id) => {
+                    tx.prepare_cached("DELETE FROM watches WHERE watch_id = ?1")?
+                        .execute(params![id])?;
+                }
+                Change::PutVin(list, vin) => {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO vin_lists (list, vin) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![list.as_str(), vin])?;
+                }
+                Change::DeleteVin(list, vin) => {
+                    tx.prepare_cached("DELETE FROM vin_lists WHERE list = ?1 AND vin = ?2")?
+                        .execute(params![list.as_str(), vin])?;
+                }
             }
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// Deletes a site; true when it existed.
-    pub fn delete_site(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM sites WHERE id = ?1", params![id])?
-            > 0)
     }
 
     /// Every site.
@@ -175,41 +196,6 @@ impl Store {
             };
         }
         Ok(lists)
-    }
-
-    /// Adds a VIN to `list` (`allow` or `block`); false when it was there already.
-    pub fn put_vin(&self, list: &str, vin: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "INSERT OR IGNORE INTO vin_lists (list, vin) VALUES (?1, ?2)",
-            params![list, vin],
-        )? > 0)
-    }
-
-    /// Removes a VIN from `list`; true when it was there.
-    pub fn delete_vin(&self, list: &str, vin: &str) -> Result<bool, StoreError> {
-        Ok(self.conn().execute(
-            "DELETE FROM vin_lists WHERE list = ?1 AND vin = ?2",
-            params![list, vin],
-        )? > 0)
-    }
-
-    /// Inserts or replaces a watch.
-    pub fn put_watch(&self, spec: &WatchSpec) -> Result<(), StoreError> {
-        let text = serde_json::to_string(spec).unwrap_or_default();
-        self.conn().execute(
-            "INSERT INTO watches (watch_id, spec, updated_at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(watch_id) DO UPDATE SET spec = excluded.spec, updated_at_ms = excluded.updated_at_ms",
-            params![spec.watch_id, text, now_ms()],
-        )?;
-        Ok(())
-    }
-
-    /// Deletes a watch; true when it existed.
-    pub fn delete_watch(&self, watch_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM watches WHERE watch_id = ?1", params![watch_id])?
-            > 0)
     }
 
     /// A watch by id.
@@ -253,6 +239,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::{Change, VinList};
     use crate::rules::sites::Shape;
 
     #[test]
@@ -271,16 +258,19 @@ mod tests {
                     radius_m: 30.0,
                 },
             };
-            store.put_sites(&[site]).unwrap();
             store
-                .put_watch(&WatchSpec {
-                    watch_id: "w".into(),
-                    vin: "V".into(),
-                    site_id: "a".into(),
-                    target_soc: Some(80.0),
-                    notify_eta_minutes: None,
-                    expires_at: "2030-01-01T00:00:00Z".into(),
-                })
+                .apply(&[
+                    Change::PutSite(site),
+                    Change::PutWatch(WatchSpec {
+                        watch_id: "w".into(),
+                        vin: "V".into(),
+                        site_id: "a".into(),
+                        target_soc: Some(80.0),
+                        notify_eta_minutes: None,
+                        expires_at: "2030-01-01T00:00:00Z".into(),
+                    }),
+                    Change::PutVin(VinList::Block, "B".into()),
+                ])
                 .unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -288,7 +278,16 @@ mod tests {
         assert_eq!(sites.len(), 1);
         assert_eq!(sites[0].kind, "charger");
         assert_eq!(store.watches().unwrap()[0].target_soc, Some(80.0));
-        assert!(store.delete_site("a").unwrap());
-        assert!(!store.delete_site("a").unwrap());
+        assert!(store.vin_lists().unwrap().block.contains("B"));
+        store
+            .apply(&[
+                Change::DeleteSite("a".into()),
+                Change::DeleteWatch("w".into()),
+                Change::DeleteVin(VinList::Block, "B".into()),
+            ])
+            .unwrap();
+        assert!(store.sites(250.0).unwrap().is_empty());
+        assert!(store.watch("w").unwrap().is_none());
+        assert!(store.vin_lists().unwrap().block.is_empty());
     }
 }
