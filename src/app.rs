@@ -238,42 +238,100 @@ pub fn build_fleet(
     Ok((fleet, Arc::new(store)))
 }
 
-/// Cluster mode: starts the shared admin state (compacted topics) and waits until this
-/// instance restored it, so no vehicle or admin request is served on a partial state.
-async fn start_shared_log(
+/// Cluster mode: the shared admin state (restored before this returns, so no vehicle or
+/// admin request is served on a partial state), the partitioned rules and the vehicle view.
+async fn start_cluster(
     config: &Config,
     base: &std::path::Path,
     cluster: &crate::config::ClusterConfig,
     live: crate::control::Live,
-) -> Result<Arc<crate::control::shared_log::SharedLog>, ServeError> {
-    use crate::control::shared_log::{host_name, SharedLog, SharedLogSettings, Topics};
+    sinks: &SinkRouter,
+) -> Result<crate::cluster::Cluster, ServeError> {
+    use crate::cluster::rules::{RulesProcessor, RulesSettings};
+    use crate::cluster::shared_log::{host_name, SharedLog, SharedLogSettings, Topics};
+    let fail = |e: crate::cluster::shared_log::ClusterError| ServeError::Cluster(e.to_string());
     let properties = config.kafka.as_ref().ok_or_else(|| {
         ServeError::Config("fleetgate.cluster needs the top-level `kafka` section".into())
     })?;
     let properties = crate::sinks::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    let settings = SharedLogSettings {
-        properties,
-        namespace: config.namespace.clone(),
-        cluster: cluster.name.clone(),
-        instance_id: cluster.instance_id.clone().unwrap_or_else(host_name),
-        topics: Topics::from_config(&config.namespace, &cluster.topics),
-        write_timeout: Duration::from_secs(cluster.write_timeout_s),
-        default_radius_m: config.fleetgate.rules.default_radius_m,
-    };
+    let instance_id = cluster.instance_id.clone().unwrap_or_else(host_name);
+    let timeout = Duration::from_secs(cluster.write_timeout_s);
+    let topics = Topics::from_config(&config.namespace, &cluster.topics);
+    let state_topic =
+        cluster.topics.state.clone().unwrap_or_else(|| {
+            crate::sinks::kafka::topic_name(&config.namespace, "fleetgate_state")
+        });
     tracing::info!(
-        cluster = %settings.cluster,
-        instance = %settings.instance_id,
-        sites = %settings.topics.sites,
-        watches = %settings.topics.watches,
-        vins = %settings.topics.vins,
+        cluster = %cluster.name,
+        instance = %instance_id,
+        sites = %topics.sites,
+        watches = %topics.watches,
+        vins = %topics.vins,
+        state = %state_topic,
         "cluster mode: restoring the shared state from Kafka"
     );
-    let log = SharedLog::start(settings, live)
-        .await
-        .map_err(|e| ServeError::Cluster(e.to_string()))?;
+    let log = SharedLog::start(
+        SharedLogSettings {
+            properties: properties.clone(),
+            namespace: config.namespace.clone(),
+            cluster: cluster.name.clone(),
+            instance_id: instance_id.clone(),
+            topics: topics.clone(),
+            write_timeout: timeout,
+            default_radius_m: config.fleetgate.rules.default_radius_m,
+        },
+        live.clone(),
+    )
+    .await
+    .map_err(fail)?;
     log.restored().await;
-    Ok(log)
+    let local_sinks: Vec<Arc<dyn Sink>> = sinks
+        .event_sinks()
+        .iter()
+        .filter(|s| s.name() != "kafka")
+        .cloned()
+        .collect();
+    let rules = RulesProcessor::start(
+        RulesSettings {
+            properties: properties.clone(),
+            namespace: config.namespace.clone(),
+            cluster: cluster.name.clone(),
+            instance_id: instance_id.clone(),
+            frames_topic: crate::sinks::kafka::topic_name(&config.namespace, "V"),
+            state_topic: state_topic.clone(),
+            events_topic: config.events_topic(),
+            watches_topic: topics.watches.clone(),
+            event_mode: config.fleetgate.events.kafka_content_mode,
+            session_timeout: Duration::from_secs(cluster.session_timeout_s),
+            transaction_timeout: Duration::from_secs(cluster.transaction_timeout_s),
+            timeout,
+            offset_reset: cluster.rules_offset_reset.clone(),
+            sweep_every: Duration::from_secs(10),
+            partitions: 0,
+        },
+        live.fleet.clone(),
+        local_sinks,
+    )
+    .await
+    .map_err(fail)?;
+    let view = crate::cluster::view::ClusterView::start(
+        &properties,
+        &format!(
+            "fleetgate-{}-{}-{}-view",
+            config.namespace, cluster.name, instance_id
+        ),
+        &state_topic,
+        timeout,
+    )
+    .map_err(fail)?;
+    Ok(crate::cluster::Cluster {
+        name: cluster.name.clone(),
+        instance_id,
+        log,
+        rules,
+        view,
+    })
 }
 
 /// Every `every`, closes stale charging sessions and expires watches, publishing the events.
@@ -281,6 +339,7 @@ pub async fn run_sweeper(
     fleet: Fleet,
     sinks: SinkRouter,
     every: Duration,
+    sweep: bool,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -293,7 +352,11 @@ pub async fn run_sweeper(
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let events = fleet.sweep(now_ms);
+        let events = if sweep {
+            fleet.sweep(now_ms)
+        } else {
+            Vec::new()
+        };
         if !events.is_empty() {
             sinks.publish_events(&events, None, crate::sinks::DeliveryTicket::untracked);
         }
@@ -431,24 +494,31 @@ pub async fn start(
         vins: vins.clone(),
         registry: registry.clone(),
     };
-    let control = match &config.fleetgate.cluster {
-        None => crate::control::ControlPlane::Local(store.clone()),
-        Some(cluster) => {
-            let log = start_shared_log(config, &base, cluster, live.clone()).await?;
-            // stop the readers with the other background tasks
-            let (stopping, stop) = (log.clone(), shutdown.clone());
+    let cluster = match &config.fleetgate.cluster {
+        None => None,
+        Some(settings) => {
+            let cluster = start_cluster(config, &base, settings, live.clone(), &sinks).await?;
+            // stop the rules (after their batch), the readers and the view with the other
+            // background tasks
+            let (stopping, stop) = (cluster.clone(), shutdown.clone());
             background.spawn(async move {
                 stop.cancelled().await;
                 let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
             });
-            crate::control::ControlPlane::Cluster(log)
+            Some(cluster)
         }
+    };
+    let control = match &cluster {
+        None => crate::control::ControlPlane::Local(store.clone()),
+        Some(c) => crate::control::ControlPlane::Cluster(c.log.clone()),
     };
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     background.spawn(run_sweeper(
         fleet.clone(),
         sinks.clone(),
         Duration::from_secs(10),
+        // cluster mode: each vehicle is swept by the owner of its rules
+        cluster.is_none(),
         shutdown.clone(),
     ));
 
@@ -471,7 +541,8 @@ pub async fn start(
                     limits.max_pending_acks_total,
                 )),
                 metrics: Arc::new(FrameMetrics::new(&sink_names)),
-                fleet: Some(fleet.clone()),
+                // cluster mode: the rules run where Kafka's group puts each vehicle
+                fleet: cluster.is_none().then(|| fleet.clone()),
                 changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
                     let co = &config.fleetgate.changes_only;
                     Arc::new(ChangesOnly {
@@ -540,6 +611,7 @@ pub async fn start(
         let state = crate::admin::AdminState {
             fleet: fleet.clone(),
             control: control.clone(),
+            cluster: cluster.clone(),
             registry: registry.clone(),
             sinks: sinks.clone(),
             listener_up: listener_up.clone(),

@@ -290,11 +290,32 @@ pub struct ClusterConfig {
     /// How long an admin write may wait for Kafka (commit and read-back) before 503 (s).
     #[serde(default = "ClusterConfig::default_write_timeout_s")]
     pub write_timeout_s: u64,
+    /// The rules' consumer group session timeout: how long a crashed instance keeps its
+    /// vehicles' rules before another instance takes them over (s).
+    #[serde(default = "ClusterConfig::default_session_timeout_s")]
+    pub session_timeout_s: u64,
+    /// Kafka transaction timeout of the rules: how long a crashed owner's open transaction
+    /// holds back readers of events before the broker aborts it (s).
+    #[serde(default = "ClusterConfig::default_transaction_timeout_s")]
+    pub transaction_timeout_s: u64,
+    /// Where a new rules group starts reading `V`: `latest` (default) or `earliest` (the whole
+    /// retained history, once).
+    #[serde(default = "ClusterConfig::default_rules_offset_reset")]
+    pub rules_offset_reset: String,
 }
 
 impl ClusterConfig {
     fn default_write_timeout_s() -> u64 {
         10
+    }
+    fn default_session_timeout_s() -> u64 {
+        10
+    }
+    fn default_transaction_timeout_s() -> u64 {
+        10
+    }
+    fn default_rules_offset_reset() -> String {
+        "latest".into()
     }
 }
 
@@ -311,6 +332,10 @@ pub struct ClusterTopicsConfig {
     /// VIN lists (key: `allow:VIN` / `block:VIN`).
     #[serde(default)]
     pub vins: Option<String>,
+    /// The rules' state changelog and the cluster's vehicle view (key: VIN; default
+    /// `{namespace}_fleetgate_state`; as many partitions as the `V` topic).
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 /// `fleetgate.kafka`.
@@ -899,6 +924,51 @@ impl Config {
                     "must be at least 1".into(),
                 );
             }
+            if !(6..=300).contains(&cluster.session_timeout_s) {
+                issue(
+                    "fleetgate.cluster.session_timeout_s",
+                    "must be within [6, 300] (the broker's group session limits)".into(),
+                );
+            }
+            if !(1..=900).contains(&cluster.transaction_timeout_s) {
+                issue(
+                    "fleetgate.cluster.transaction_timeout_s",
+                    "must be within [1, 900]".into(),
+                );
+            }
+            if !["latest", "earliest"].contains(&cluster.rules_offset_reset.as_str()) {
+                issue(
+                    "fleetgate.cluster.rules_offset_reset",
+                    format!(
+                        "`{}`: use `latest` or `earliest`",
+                        cluster.rules_offset_reset
+                    ),
+                );
+            }
+            // the rules read the V records from Kafka: they must be there, whole, as protobuf
+            if !self.sinks_for("V").iter().any(|s| s == "kafka") {
+                issue("records.V", "cluster mode runs the rules from the V records in Kafka: route V to `kafka` (e.g. \"V\": [\"kafka\"])".into());
+            }
+            if self.transmit_decoded_records {
+                issue(
+                    "transmit_decoded_records",
+                    "cluster mode reads the V records back as protobuf: set it to false".into(),
+                );
+            }
+            if self.fleetgate.changes_only.enabled_for_v() {
+                issue(
+                    "fleetgate.changes_only.topics",
+                    "cluster mode's rules need every V datum in Kafka: remove V from changes_only"
+                        .into(),
+                );
+            }
+            if !self.event_sinks().iter().any(|s| s == "kafka") {
+                issue(
+                    "fleetgate.events.sinks",
+                    "cluster mode commits events to Kafka with the rule state: include `kafka`"
+                        .into(),
+                );
+            }
         }
         match &self.tls {
             None => issue(
@@ -1437,7 +1507,8 @@ mod tests {
             assert!(keys.contains(&expected), "{expected} not in {keys:?}");
         }
         let ok = parse(
-            r#"{"kafka": {"bootstrap.servers": "k:9092"}, "fleetgate": {"cluster": {"name": "eu-1"}}}"#,
+            r#"{"kafka": {"bootstrap.servers": "k:9092"}, "records": {"V": ["kafka"]},
+                "fleetgate": {"cluster": {"name": "eu-1"}}}"#,
         );
         let (issues, _) = ok.validate(Path::new("/"));
         assert!(

@@ -106,6 +106,20 @@ pub const CLUSTER_TRANSACTION_ABORTS_TOTAL: &str = "fleetgate_cluster_transactio
 /// Cluster mode: age of the newest shared-state record when this instance applied it (s).
 pub const CLUSTER_REPLICATION_LAG_SECONDS: &str = "fleetgate_cluster_replication_lag_seconds";
 
+/// Cluster mode: `V` partitions whose rules this instance owns.
+pub const CLUSTER_RULES_PARTITIONS: &str = "fleetgate_cluster_rules_partitions";
+/// Cluster mode: seconds the last restore of assigned partitions' rule state took.
+pub const CLUSTER_RULES_RESTORE_SECONDS: &str = "fleetgate_cluster_rules_restore_seconds";
+/// Cluster mode: `V` records the rules processed (committed).
+pub const CLUSTER_RULES_FRAMES_TOTAL: &str = "fleetgate_cluster_rules_frames_total";
+/// Cluster mode: rules transactions committed.
+pub const CLUSTER_RULES_TRANSACTIONS_TOTAL: &str = "fleetgate_cluster_rules_transactions_total";
+/// Cluster mode: times the rules processor started again after a Kafka failure (its open
+/// transaction aborted).
+pub const CLUSTER_RULES_RESTARTS_TOTAL: &str = "fleetgate_cluster_rules_restarts_total";
+/// Cluster mode: `V` records the rules could not read (skipped).
+pub const CLUSTER_RULES_BAD_RECORDS_TOTAL: &str = "fleetgate_cluster_rules_bad_records_total";
+
 /// What kind of series a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -134,6 +148,12 @@ const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
 
 /// Every metric family fleetgate exports (process metrics aside), with its HELP text.
 pub const FAMILIES: &[Family] = &[
+    family(CLUSTER_RULES_PARTITIONS, Kind::Gauge, "Cluster mode: V partitions whose vehicles' rules this instance owns"),
+    family(CLUSTER_RULES_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds the last restore of assigned partitions' rule state took"),
+    family(CLUSTER_RULES_FRAMES_TOTAL, Kind::Counter, "Cluster mode: V records processed by the rules and committed"),
+    family(CLUSTER_RULES_TRANSACTIONS_TOTAL, Kind::Counter, "Cluster mode: rules transactions committed (events, rule state and offsets together)"),
+    family(CLUSTER_RULES_RESTARTS_TOTAL, Kind::Counter, "Cluster mode: rules processor restarts after a Kafka failure (the open transaction is aborted)"),
+    family(CLUSTER_RULES_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: V records the rules could not read and skipped"),
     family(CLUSTER_SHARED_APPLIED_TOTAL, Kind::Counter, "Cluster mode: shared-state records (sites, watches, vins) applied by this instance, by kind"),
     family(CLUSTER_SHARED_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: shared-state records that could not be read and were skipped, by kind"),
     family(CLUSTER_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds this instance took to restore the shared state at start"),

@@ -9,6 +9,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use fleetgate::event::{event_id, EventType};
+use fleetgate::wire::proto::vehicle_data::{
+    value::Value as V, DetailedChargeStateValue as Dcs, Field, LocationValue,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message as _;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,9 +28,14 @@ fn cluster_config(pki: &Pki, broker: &str, namespace: &str, instance: &str) -> V
         &json!({
             "namespace": namespace,
             "kafka": {"bootstrap.servers": broker},
+            // the rules read V back from Kafka; acks wait until the record is there
+            "records": {"V": ["kafka"]},
+            "reliable_ack_sources": {"V": "kafka"},
             "fleetgate": {
                 "data_dir": pki.dir.path().join(format!("data-{instance}")).display().to_string(),
-                "cluster": {"name": "test", "instance_id": instance, "write_timeout_s": 15},
+                "events": {"sinks": ["kafka"]},
+                "cluster": {"name": "test", "instance_id": instance, "write_timeout_s": 15,
+                            "session_timeout_s": 6, "transaction_timeout_s": 5},
             },
         }),
     );
@@ -207,4 +218,275 @@ async fn a_write_kafka_cannot_take_is_refused_and_nothing_is_applied() {
             + a.metric("fleetgate_cluster_transaction_aborts_total{reason=\"commit\"}")
             >= 1.0
     );
+}
+
+/// Waits until the instances own every `V` partition between them (the group is stable) and
+/// each is ready; returns who owns what.
+fn wait_for_rules(servers: &[&Server], partitions: usize) -> Vec<Vec<i64>> {
+    let started = Instant::now();
+    loop {
+        let owned: Vec<Vec<i64>> = servers
+            .iter()
+            .map(|s| {
+                let (_, v) = s.admin("GET", "/v1/cluster", None);
+                v["rules_partitions"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let total: usize = owned.iter().map(Vec::len).sum();
+        let ready = servers
+            .iter()
+            .all(|s| http(s.admin.as_deref().unwrap(), "GET", "/readyz", None, None).0 == 200);
+        if total == partitions && ready {
+            return owned;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the rules group did not settle: {owned:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every committed event on `topic`, read until `done` holds for them (or 90 s pass).
+fn committed_events(broker: &str, topic: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", uuid::Uuid::new_v4().to_string())
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("test consumer");
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut out = Vec::new();
+    while !done(&out) && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
+        }
+    }
+    // linger to catch duplicates
+    let linger = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < linger {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
+        }
+    }
+    out
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["type"] == json!(kind)).count()
+}
+
+const CAFE: (f64, f64) = (30.2672, -97.7431);
+const HEADERS: &[(&str, &str)] = &[("Version", "2025.44.1")];
+const T0: i64 = 1_764_000_000;
+
+/// The visit, frame by frame: (seconds after T0, datums).
+fn visit() -> Vec<(i64, Vec<fleetgate::wire::proto::vehicle_data::Datum>)> {
+    let loc = |lat: f64, lon: f64| {
+        datum(
+            Field::Location,
+            V::LocationValue(LocationValue {
+                latitude: lat,
+                longitude: lon,
+            }),
+        )
+    };
+    let soc = |v: f64| datum(Field::Soc, V::DoubleValue(v));
+    let charge = |s: Dcs| {
+        datum(
+            Field::DetailedChargeState,
+            V::DetailedChargeStateValue(s as i32),
+        )
+    };
+    vec![
+        (0, vec![loc(CAFE.0 + 0.01, CAFE.1), soc(50.0)]),
+        (60, vec![loc(CAFE.0 + 0.005, CAFE.1), soc(50.0)]),
+        (120, vec![loc(CAFE.0, CAFE.1), soc(49.0)]), // arrives
+        (
+            180,
+            vec![
+                loc(CAFE.0, CAFE.1),
+                charge(Dcs::DetailedChargeStateCharging),
+                soc(55.0),
+            ],
+        ),
+        (240, vec![loc(CAFE.0, CAFE.1), soc(62.0)]),
+        // the instance holding the vehicle (and its rules) dies here
+        (300, vec![loc(CAFE.0, CAFE.1), soc(71.0)]),
+        (360, vec![loc(CAFE.0, CAFE.1), soc(81.0)]), // charge complete (target 80)
+        (
+            420,
+            vec![
+                loc(CAFE.0, CAFE.1),
+                charge(Dcs::DetailedChargeStateComplete),
+            ],
+        ),
+        (480, vec![loc(CAFE.0 + 0.003, CAFE.1)]), // 330 m north: beyond radius + margin
+        (540, vec![loc(CAFE.0 + 0.01, CAFE.1)]),
+    ]
+}
+
+async fn send_frames(
+    server: &Server,
+    pki: &Pki,
+    frames: &[(i64, Vec<fleetgate::wire::proto::vehicle_data::Datum>)],
+    first: usize,
+) {
+    let cert = pki.pki.vehicle(VIN).unwrap();
+    let mut ws = connect(server, &pki.ca_pem(), &cert, HEADERS)
+        .await
+        .unwrap();
+    let sender = format!("vehicle_device.{VIN}");
+    for (i, (at, data)) in frames.iter().enumerate() {
+        let txid = format!("visit-{}", first + i);
+        fleetgate::tools::client::send_frame(
+            &mut ws,
+            frame(&txid, "V", &sender, &v_payload(T0 + at, data.clone())),
+        )
+        .await
+        .unwrap();
+        // reliable: acked once the record is in Kafka
+        assert_eq!(
+            answer(&mut ws).await,
+            expected_ack(txid.as_bytes(), b"V", b"")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rules() {
+    let broker = require_broker();
+    let namespace = unique_namespace("fgrules");
+    let pki = Pki::new();
+    let mut servers: Vec<Option<Server>> = ["a", "b", "c"]
+        .iter()
+        .map(|i| {
+            Some(Server::start_with_env(
+                &cluster_config(&pki, &broker, &namespace, i),
+                &[("RUST_LOG", "info,fleetgate::cluster=debug")],
+            ))
+        })
+        .collect();
+    let live = |servers: &[Option<Server>]| -> Vec<usize> {
+        (0..servers.len())
+            .filter(|i| servers[*i].is_some())
+            .collect()
+    };
+    let refs: Vec<&Server> = servers.iter().flatten().collect();
+    let owned = wait_for_rules(&refs, 3);
+
+    let site = json!({"name": "Cafe", "kind": "charger", "radius_m": 100,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    let a = servers[0].as_ref().unwrap();
+    assert_eq!(
+        a.admin("PUT", "/v1/sites/cafe", Some(&site.to_string())).0,
+        201
+    );
+    let watch = json!({"watch_id": "order-1", "vin": VIN, "site_id": "cafe", "target_soc": 80,
+        "expires_at": "2099-01-01T00:00:00Z"});
+    assert_eq!(
+        a.admin("POST", "/v1/watches", Some(&watch.to_string())).0,
+        201
+    );
+    for s in servers.iter().flatten() {
+        until(s, "/v1/watches/order-1", |s, _| s == 200);
+    }
+
+    // the instance that owns the VIN's partition (librdkafka's default partitioner) holds
+    // the socket too: killing it takes both the ingest and the rules of this vehicle
+    let partition = i64::from(fleetgate::cluster::rules::default_partition(VIN, 3));
+    let holder = owned.iter().position(|o| o.contains(&partition)).unwrap();
+    let other = (holder + 1) % 3;
+    let frames = visit();
+    send_frames(servers[holder].as_ref().unwrap(), &pki, &frames[..5], 0).await;
+    servers[holder].as_ref().unwrap().signal("KILL");
+    servers[holder]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(5));
+    servers[holder] = None;
+    send_frames(servers[other].as_ref().unwrap(), &pki, &frames[5..], 5).await;
+
+    let topic = format!("{namespace}_events");
+    let events = committed_events(&broker, &topic, |e| count(e, "fleetgate.site.exited") >= 1);
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| !t.starts_with("fleetgate.vehicle."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "fleetgate.site.entered",
+            "fleetgate.arrival.arrived",
+            "fleetgate.charging.started",
+            "fleetgate.arrival.charge_complete",
+            "fleetgate.charging.stopped",
+            "fleetgate.site.exited",
+        ],
+        "each event once, in order, across the kill: {events:?}"
+    );
+    let arrived = events
+        .iter()
+        .find(|e| e["type"] == json!("fleetgate.arrival.arrived"))
+        .unwrap();
+    assert_eq!(
+        arrived["id"],
+        json!(event_id(
+            EventType::ArrivalArrived,
+            VIN,
+            "order-1",
+            (T0 + 120) * 1000
+        )),
+        "the id a single node gives the same frames"
+    );
+    assert_eq!(arrived["data"]["soc_at_arrival"], json!(49.0));
+    let ids: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(ids.len(), events.len(), "no id twice");
+
+    // every instance restarts: nothing fires again, the vehicle's rules pick up where they were
+    for i in live(&servers) {
+        let s = servers[i].as_ref().unwrap();
+        s.signal("TERM");
+        servers[i]
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(20));
+        servers[i] = None;
+    }
+    let fresh: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|i| Server::start(&cluster_config(&pki, &broker, &namespace, i)))
+        .collect();
+    wait_for_rules(&fresh.iter().collect::<Vec<_>>(), 3);
+    // the vehicle's rules remember it is outside: a frame further out fires nothing
+    send_frames(&fresh[0], &pki, &[(600, frames[9].1.clone())], 10).await;
+    // ... and that the watch arrived: back at the site, only the geofence fires
+    send_frames(&fresh[1], &pki, &[(660, frames[2].1.clone())], 11).await;
+    let after = committed_events(&broker, &topic, |e| count(e, "fleetgate.site.entered") >= 2);
+    let kinds: Vec<&str> = after
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| !t.starts_with("fleetgate.vehicle."))
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        7,
+        "one new site.entered, nothing else: {kinds:?}"
+    );
+    assert_eq!(count(&after, "fleetgate.arrival.arrived"), 1);
+    // the cluster-wide view answers on every instance
+    for s in &fresh {
+        until(s, &format!("/v1/vehicles/{VIN}"), |st, v| {
+            st == 200 && v["sites_inside"] == json!(["cafe"])
+        });
+    }
 }

@@ -50,6 +50,8 @@ pub struct AdminState {
     pub fleet: Fleet,
     /// Where writes are made durable (the store, or the cluster's shared topics).
     pub control: ControlPlane,
+    /// Cluster mode's parts (None in embedded mode).
+    pub cluster: Option<crate::cluster::Cluster>,
     /// Open connections.
     pub registry: Arc<Registry>,
     /// Sinks (for readiness).
@@ -214,6 +216,25 @@ pub struct NearList {
     pub vehicles: Vec<NearVehicle>,
 }
 
+/// `GET /v1/cluster`: this instance's place in the cluster.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClusterInfo {
+    /// `embedded` or `cluster`.
+    pub mode: &'static str,
+    /// The cluster's name (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// This instance's id (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The `V` partitions whose vehicles' rules this instance owns now.
+    pub rules_partitions: Vec<i32>,
+    /// The rules joined their group and restored their first assignment.
+    pub rules_joined: bool,
+    /// A restore of assigned partitions is running now.
+    pub restoring: bool,
+}
+
 /// `GET /v1/connections`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConnectionPage {
@@ -357,6 +378,15 @@ impl From<WriteError> for ApiError {
 }
 
 impl AdminState {
+    /// The table vehicle reads answer from: the cluster-wide view in cluster mode (a vehicle's
+    /// rules may run on another instance), else this process's table.
+    fn vehicle_table(&self) -> &crate::state::VehicleTable {
+        match &self.cluster {
+            Some(c) => &c.view.vehicles,
+            None => &self.fleet.vehicles,
+        }
+    }
+
     /// Makes `changes` durable and applies them; returns connections closed by VIN changes.
     async fn write(&self, changes: Vec<Change>) -> ApiResult<usize> {
         let live = Live {
@@ -413,6 +443,7 @@ pub fn api(state: AdminState) -> (Router<AdminState>, utoipa::openapi::OpenApi) 
         .routes(routes!(vehicles_near))
         .routes(routes!(get_vehicle))
         .routes(routes!(list_connections))
+        .routes(routes!(cluster_info))
         .routes(routes!(get_vins))
         .routes(routes!(put_vin, delete_vin))
         .route_layer(middleware::from_fn_with_state(state, require_token));
@@ -485,6 +516,18 @@ async fn healthz() -> Json<Health> {
     (status = 503, description = "Listener not bound or shutting down", body = ErrorBody)))]
 async fn readyz(State(state): State<AdminState>) -> Response {
     let (_, sinks) = sink_health(&state);
+    let rules_joined = state
+        .cluster
+        .as_ref()
+        .is_none_or(|c| c.rules.status().joined.load(Ordering::Relaxed));
+    if !rules_joined {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "cluster mode: joining the rules group and restoring the assigned vehicles' state",
+        )
+        .into_response();
+    }
     if state.listener_up.load(Ordering::Relaxed) {
         Json(ReadyBody { ready: true, sinks }).into_response()
     } else {
@@ -960,6 +1003,36 @@ async fn delete_vin(
     Ok(StatusCode::NO_CONTENT)
 }
 
+// ---------- cluster ----------
+
+/// This instance's place in the cluster: mode, name, id, the partitions whose rules it owns.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", security(("bearer" = [])), responses(
+    (status = 200, description = "Mode and ownership", body = ClusterInfo),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
+async fn cluster_info(State(state): State<AdminState>) -> Json<ClusterInfo> {
+    Json(match &state.cluster {
+        None => ClusterInfo {
+            mode: "embedded",
+            name: None,
+            instance: None,
+            rules_partitions: Vec::new(),
+            rules_joined: true,
+            restoring: false,
+        },
+        Some(c) => {
+            let status = c.rules.status();
+            ClusterInfo {
+                mode: "cluster",
+                name: Some(c.name.clone()),
+                instance: Some(c.instance_id.clone()),
+                rules_partitions: status.owned(),
+                rules_joined: status.joined.load(Ordering::Relaxed),
+                restoring: status.restoring.load(Ordering::Relaxed),
+            }
+        }
+    })
+}
+
 // ---------- vehicles and connections ----------
 
 /// Latest state of a vehicle, connected or not.
@@ -973,8 +1046,7 @@ async fn get_vehicle(
     Path(vin): Path<String>,
 ) -> ApiResult<Json<VehicleView>> {
     let s = state
-        .fleet
-        .vehicles
+        .vehicle_table()
         .get(&vin)
         .ok_or_else(|| ApiError::not_found("vehicle", &vin))?;
     Ok(Json(VehicleView {
@@ -1038,8 +1110,7 @@ async fn vehicles_near(
         return Err(bad("limit must be within [1, 1000]"));
     }
     let found: Vec<NearVehicle> = state
-        .fleet
-        .vehicles
+        .vehicle_table()
         .near(lat, lon, radius, limit)
         .into_iter()
         .map(|(vin, d, s)| NearVehicle {

@@ -5,14 +5,12 @@
 //! - **embedded** ([`ControlPlane::Local`]): the SQLite store; a change is committed there,
 //!   then applied to this process's fleet;
 //! - **cluster** ([`ControlPlane::Cluster`]): compacted Kafka topics shared by every instance
-//!   of the cluster ([`shared_log`]); a change is committed to Kafka in a transaction, and
+//!   of the cluster ([`crate::cluster::shared_log`]); a change is committed to Kafka in a transaction, and
 //!   each instance's reader applies it — the writer answers once its own reader has applied
 //!   it (read-your-writes).
 //!
 //! Either way [`Live::apply`] is the only code that changes the live sites, watches and VIN
 //! lists from a change. Must not touch sockets or the frame path.
-
-pub mod shared_log;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -171,7 +169,7 @@ pub enum WriteError {
     Store(#[from] StoreError),
     /// Kafka did not take the change (or it could not be read back in time).
     #[error("{0}")]
-    Cluster(#[from] shared_log::SharedLogError),
+    Cluster(#[from] crate::cluster::shared_log::ClusterError),
     /// The blocking write task died.
     #[error("the write task failed: {0}")]
     Task(String),
@@ -183,7 +181,7 @@ pub enum ControlPlane {
     /// Embedded mode: the SQLite store, applied to this process.
     Local(Arc<Store>),
     /// Cluster mode: the shared compacted topics.
-    Cluster(Arc<shared_log::SharedLog>),
+    Cluster(Arc<crate::cluster::shared_log::SharedLog>),
 }
 
 impl ControlPlane {

@@ -31,7 +31,7 @@ pub struct WatchSpec {
 }
 
 /// Where a watch stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WatchProgress {
     /// `arrival.approaching` was emitted.
     pub approached: bool,
@@ -133,6 +133,31 @@ impl WatchSet {
         }
         self.by_vin.retain(|_, v| !v.is_empty());
         found
+    }
+
+    /// The progress of the VIN's watches, by watch id.
+    pub fn progress_of(&self, vin: &str) -> std::collections::BTreeMap<String, WatchProgress> {
+        self.by_vin
+            .get(vin)
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| (w.spec.watch_id.clone(), w.progress.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sets the progress of the VIN's watches from `progress` (watches not in it start over).
+    pub fn set_progress_of(
+        &self,
+        vin: &str,
+        progress: &std::collections::BTreeMap<String, WatchProgress>,
+    ) {
+        if let Some(mut ws) = self.by_vin.get_mut(vin) {
+            for w in ws.iter_mut() {
+                w.progress = progress.get(&w.spec.watch_id).cloned().unwrap_or_default();
+            }
+        }
     }
 
     /// A copy of a watch.

@@ -432,9 +432,18 @@ impl FleetData {
     /// Closes charging sessions without frames for `charging_stale_s` and expires watches whose
     /// time passed (wall clock `now_ms`). Call periodically.
     pub fn sweep(&self, now_ms: i64) -> Vec<Event> {
+        self.sweep_where(now_ms, |_| true)
+    }
+
+    /// [`FleetData::sweep`] over the vehicles `owned` accepts only (cluster mode: the VINs
+    /// whose rules this instance owns).
+    pub fn sweep_where(&self, now_ms: i64, owned: impl Fn(&str) -> bool) -> Vec<Event> {
         let mut events = Vec::new();
         let stale_ms = (self.config.charging_stale_s * 1000) as i64;
         for (vin, state) in self.vehicles.snapshot() {
+            if !owned(&vin) {
+                continue;
+            }
             if state.tracking.session.is_some() && now_ms - state.last_seen_ms >= stale_ms {
                 self.vehicles.with(&vin, |s| {
                     // re-check under the guard: a frame may have arrived since the snapshot
@@ -446,6 +455,9 @@ impl FleetData {
             }
         }
         for vin in self.watches.vins() {
+            if !owned(&vin) {
+                continue;
+            }
             self.watches.with_vin(&vin, |watches| {
                 watches.retain(|w| {
                     if now_ms >= w.expires_at_ms {
@@ -466,6 +478,55 @@ impl FleetData {
     pub fn add_watch(&self, watch: Watch) {
         self.watches.upsert(watch);
     }
+
+    /// The vehicle's rule state in durable form (None for a vehicle never seen).
+    pub fn rule_state(&self, vin: &str) -> Option<RuleState> {
+        let vehicle = self.vehicles.get(vin)?;
+        Some(RuleState {
+            tracking: vehicle.tracking.clone(),
+            vehicle,
+            watches: self.watches.progress_of(vin),
+        })
+    }
+
+    /// Puts a vehicle's rule state back (after a restart, or when its rules move here).
+    pub fn restore(&self, vin: &str, record: RuleState) {
+        let mut vehicle = record.vehicle;
+        vehicle.tracking = record.tracking;
+        self.vehicles.put(vin, vehicle);
+        self.watches.set_progress_of(vin, &record.watches);
+    }
+
+    /// Forgets a vehicle's rule state (its rules moved to another instance).
+    pub fn forget(&self, vin: &str) {
+        self.vehicles.remove(vin);
+        self.watches.set_progress_of(vin, &Default::default());
+    }
+}
+
+/// A vehicle's rule state in durable form: its table entry with the rules' bookkeeping
+/// (sites inside with entry times, a held GPS jump, the open charging session) and the
+/// progress of its watches. Written after the events it explains (embedded: the local store;
+/// cluster: the compacted state topic, in the same transaction as the events), read back on
+/// restart or when the vehicle's rules move to another instance, so no event fires twice
+/// and none is skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleState {
+    /// Latest signals, position, last frame time.
+    pub vehicle: VehicleState,
+    /// The rules' bookkeeping.
+    pub tracking: crate::state::Tracking,
+    /// Progress of the vehicle's watches, by watch id.
+    #[serde(default)]
+    pub watches: std::collections::BTreeMap<String, arrival::WatchProgress>,
+}
+
+/// The watch ids that `events` expired (their watches are gone and must be deleted durably).
+pub fn expired_watch_ids(events: &[Event]) -> impl Iterator<Item = &str> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventType::ArrivalExpired)
+        .filter_map(|e| e.data.get("watch_id").and_then(|v| v.as_str()))
 }
 
 fn expired_event(vin: &str, w: &Watch) -> Event {

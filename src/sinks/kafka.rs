@@ -460,6 +460,52 @@ impl KafkaSink {
     }
 }
 
+/// An event as a Kafka record (the CloudEvents Kafka binding): the value and the headers for
+/// `mode`, keyed by the caller with the VIN. Shared by the sink and cluster mode's rules.
+pub fn event_message<'a>(
+    event: &Event,
+    json: &'a [u8],
+    mode: EventContentMode,
+) -> Result<(std::borrow::Cow<'a, [u8]>, OwnedHeaders), PublishError> {
+    let vin = Header {
+        key: "vin",
+        value: Some(event.vin.as_str()),
+    };
+    match mode {
+        EventContentMode::Structured => {
+            // the whole event in the value; no ce_ headers (a partial set reads as binary)
+            let headers = OwnedHeaders::new_with_capacity(2)
+                .insert(Header {
+                    key: "content-type",
+                    value: Some(crate::event::STRUCTURED_CONTENT_TYPE),
+                })
+                .insert(vin);
+            Ok((std::borrow::Cow::Borrowed(json), headers))
+        }
+        EventContentMode::Binary => {
+            let data =
+                serde_json::to_vec(&event.data).map_err(|e| PublishError::Encode(e.to_string()))?;
+            let time = event.time_rfc3339();
+            let mut headers = OwnedHeaders::new_with_capacity(8);
+            for (key, value) in [
+                ("ce_specversion", crate::event::SPEC_VERSION),
+                ("ce_id", event.id.as_str()),
+                ("ce_source", crate::event::SOURCE),
+                ("ce_type", event.kind.as_str()),
+                ("ce_subject", event.vin.as_str()),
+                ("ce_time", time.as_str()),
+                ("content-type", crate::event::DATA_CONTENT_TYPE),
+            ] {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            Ok((std::borrow::Cow::Owned(data), headers.insert(vin)))
+        }
+    }
+}
+
 impl Sink for KafkaSink {
     fn name(&self) -> &'static str {
         "kafka"
@@ -531,51 +577,12 @@ impl Sink for KafkaSink {
             label: "events",
             started: Instant::now(),
         });
-        let vin = Header {
-            key: "vin",
-            value: Some(event.vin.as_str()),
-        };
-        match self.event_mode {
-            EventContentMode::Structured => {
-                // the whole event in the value; no ce_ headers (a partial set reads as binary)
-                let headers = OwnedHeaders::new_with_capacity(2)
-                    .insert(Header {
-                        key: "content-type",
-                        value: Some(crate::event::STRUCTURED_CONTENT_TYPE),
-                    })
-                    .insert(vin);
-                let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
-                    .key(event.vin.as_str())
-                    .payload(json)
-                    .headers(headers);
-                self.send(message)
-            }
-            EventContentMode::Binary => {
-                let data = serde_json::to_vec(&event.data)
-                    .map_err(|e| PublishError::Encode(e.to_string()))?;
-                let time = event.time_rfc3339();
-                let mut headers = OwnedHeaders::new_with_capacity(8);
-                for (key, value) in [
-                    ("ce_specversion", crate::event::SPEC_VERSION),
-                    ("ce_id", event.id.as_str()),
-                    ("ce_source", crate::event::SOURCE),
-                    ("ce_type", event.kind.as_str()),
-                    ("ce_subject", event.vin.as_str()),
-                    ("ce_time", time.as_str()),
-                    ("content-type", crate::event::DATA_CONTENT_TYPE),
-                ] {
-                    headers = headers.insert(Header {
-                        key,
-                        value: Some(value),
-                    });
-                }
-                let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
-                    .key(event.vin.as_str())
-                    .payload(&data)
-                    .headers(headers.insert(vin));
-                self.send(message)
-            }
-        }
+        let (value, headers) = event_message(event, json, self.event_mode)?;
+        let message = BaseRecord::with_opaque_to(&self.events_topic, delivery)
+            .key(event.vin.as_str())
+            .payload(value.as_ref())
+            .headers(headers);
+        self.send(message)
     }
 
     fn flush(&self, timeout: Duration) -> usize {

@@ -6,7 +6,7 @@
 //! entry: callers get copies ([`VehicleState`] is small and `Clone`).
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::proto::vehicle_data::{
     value::Value as V, DetailedChargeStateValue, Field, Payload,
@@ -16,7 +16,7 @@ use crate::wire::proto::vehicle_data::{
 const MAX_UNIX_S: i64 = 253_402_300_799;
 
 /// A GPS fix.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Position {
     /// Latitude (degrees).
     pub lat: f64,
@@ -27,7 +27,7 @@ pub struct Position {
 }
 
 /// Detailed charge state, as far as the rules care.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChargeState {
     /// Starting or charging: a session is open.
@@ -57,7 +57,7 @@ macro_rules! signals {
         }
 
         /// The latest known state of one vehicle.
-        #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
         pub struct VehicleState {
             /// Last accepted GPS fix.
             pub position: Option<Position>,
@@ -65,6 +65,7 @@ macro_rules! signals {
             /// Time of the newest frame applied (ms since the epoch).
             pub last_seen_ms: i64,
             /// A socket of this vehicle is open.
+            #[serde(default)]
             pub connected: bool,
             /// Rule bookkeeping: sites inside, a held GPS jump, the open charging session.
             #[serde(skip)]
@@ -189,7 +190,7 @@ impl VehicleUpdate {
 }
 
 /// What the rules remember per vehicle between frames.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tracking {
     /// Sites the vehicle is inside, with the time it entered (ms).
     pub inside: Vec<(std::sync::Arc<str>, i64)>,
@@ -200,7 +201,7 @@ pub struct Tracking {
 }
 
 /// An open charging session.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChargingSession {
     /// When it started (ms).
     pub started_ms: i64,
@@ -303,6 +304,16 @@ impl VehicleTable {
         out.sort_by(|a, b| a.1.total_cmp(&b.1));
         out.truncate(limit);
         out
+    }
+
+    /// Replaces (or adds) a vehicle's whole state (restored from a durable record).
+    pub fn put(&self, vin: &str, state: VehicleState) {
+        self.map.insert(vin.to_owned(), state);
+    }
+
+    /// Forgets a vehicle (its rules moved to another instance).
+    pub fn remove(&self, vin: &str) -> Option<VehicleState> {
+        self.map.remove(vin).map(|(_, s)| s)
     }
 
     /// VINs and states of every vehicle (copies; for sweeps and admin listings).

@@ -33,14 +33,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Change, Live, VinList};
+use crate::control::{Change, Live, VinList};
 use crate::metrics as m;
 use crate::rules::geojson::{site_from_feature, site_to_feature};
 use crate::rules::sites::Site;
 
 /// Why the shared log could not start or could not take a write.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SharedLogError {
+pub enum ClusterError {
     /// A Kafka call failed.
     #[error("cluster shared state: {what}: {error} — check that the brokers in `kafka` are reachable and that this principal may write and read the fleetgate topics (docs/cluster.md)")]
     Kafka {
@@ -67,8 +67,8 @@ pub enum SharedLogError {
     },
 }
 
-fn kafka_err(what: &'static str) -> impl Fn(KafkaError) -> SharedLogError {
-    move |e| SharedLogError::Kafka {
+pub(crate) fn kafka_err(what: &'static str) -> impl Fn(KafkaError) -> ClusterError {
+    move |e| ClusterError::Kafka {
         what,
         error: e.to_string(),
     }
@@ -296,7 +296,7 @@ impl SharedLog {
     pub async fn start(
         settings: SharedLogSettings,
         live: Live,
-    ) -> Result<Arc<SharedLog>, SharedLogError> {
+    ) -> Result<Arc<SharedLog>, ClusterError> {
         ensure_topics(&settings).await?;
         let producer = new_producer(&settings).await?;
         let (tx, rx) = watch::channel(Progress::default());
@@ -317,7 +317,7 @@ impl SharedLog {
             let handle = std::thread::Builder::new()
                 .name(format!("shared-{}", kind.as_str()))
                 .spawn(move || reader.run())
-                .map_err(|e| SharedLogError::Kafka {
+                .map_err(|e| ClusterError::Kafka {
                     what: "starting a reader thread",
                     error: e.to_string(),
                 })?;
@@ -363,7 +363,7 @@ impl SharedLog {
 
     /// Commits `changes` in one transaction and waits until this instance applied them.
     /// Returns the connections this instance closed because of VIN-list changes.
-    pub async fn write(&self, changes: Vec<Change>) -> Result<usize, SharedLogError> {
+    pub async fn write(&self, changes: Vec<Change>) -> Result<usize, ClusterError> {
         let started = Instant::now();
         let limit = self.settings.write_timeout;
         let delivered = {
@@ -387,7 +387,7 @@ impl SharedLog {
                         .increment(1);
                     // the transaction may still be open: a fresh producer fences it
                     *slot = None;
-                    return Err(SharedLogError::Timeout {
+                    return Err(ClusterError::Timeout {
                         what: "the transaction",
                         after: limit,
                     });
@@ -410,7 +410,7 @@ impl SharedLog {
                 .sum(),
             _ => {
                 metrics::counter!(m::CLUSTER_TRANSACTION_ABORTS_TOTAL, "reason" => "read_back_timeout").increment(1);
-                return Err(SharedLogError::Timeout {
+                return Err(ClusterError::Timeout {
                     what: "reading the committed write back",
                     after: limit,
                 });
@@ -426,7 +426,7 @@ impl SharedLog {
         &self,
         producer: &FutureProducer,
         changes: &[Change],
-    ) -> Result<Vec<(String, i32, i64)>, (SharedLogError, bool)> {
+    ) -> Result<Vec<(String, i32, i64)>, (ClusterError, bool)> {
         let fatal_of = |e: &KafkaError| matches!(e, KafkaError::Transaction(t) if t.is_fatal());
         let timeout = self.settings.write_timeout;
 
@@ -497,7 +497,7 @@ impl SharedLog {
                     } else {
                         format!("{code}: {text}")
                     };
-                    return Err((SharedLogError::Kafka { what, error }, true));
+                    return Err((ClusterError::Kafka { what, error }, true));
                 }
                 let fatal = fatal_of(&e);
                 if !fatal {
@@ -544,10 +544,10 @@ impl Drop for SharedLog {
     }
 }
 
-async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), SharedLogError> {
+async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), ClusterError> {
     let admin: AdminClient<DefaultClientContext> =
         crate::sinks::kafka::connection_config(&settings.properties)
-            .map_err(|e| SharedLogError::Kafka {
+            .map_err(|e| ClusterError::Kafka {
                 what: "configuring the admin client",
                 error: e.to_string(),
             })?
@@ -569,7 +569,7 @@ async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), SharedLogErro
             Ok(topic) => tracing::info!(topic, "created compacted shared-state topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(SharedLogError::Topic {
+                return Err(ClusterError::Topic {
                     topic,
                     problem: format!("could not be created ({code}): create it with cleanup.policy=compact, or grant this principal CREATE on it"),
                 })
@@ -587,7 +587,7 @@ async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), SharedLogErro
                     .and_then(|e| e.value.clone())
                     .unwrap_or_default();
                 if !policy.split(',').any(|p| p.trim() == "compact") {
-                    return Err(SharedLogError::Topic {
+                    return Err(ClusterError::Topic {
                         topic: name.to_owned(),
                         problem: format!("has cleanup.policy={policy}: shared state would expire with retention; set cleanup.policy=compact (kafka-configs --alter --entity-type topics --entity-name {name} --add-config cleanup.policy=compact)"),
                     });
@@ -601,9 +601,9 @@ async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), SharedLogErro
     Ok(())
 }
 
-async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, SharedLogError> {
+async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, ClusterError> {
     let mut config = crate::sinks::kafka::client_config(&settings.properties).map_err(|e| {
-        SharedLogError::Kafka {
+        ClusterError::Kafka {
             what: "configuring the admin-state producer",
             error: e.to_string(),
         }
@@ -635,7 +635,7 @@ async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, Sh
 }
 
 /// The readers' client context: end-of-partition is how restore is detected, not an error.
-struct ReaderContext;
+pub(crate) struct ReaderContext;
 
 impl rdkafka::ClientContext for ReaderContext {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -651,23 +651,40 @@ impl rdkafka::ClientContext for ReaderContext {
 
 impl rdkafka::consumer::ConsumerContext for ReaderContext {}
 
-type ReaderConsumer = BaseConsumer<ReaderContext>;
+/// A plain reader's consumer.
+pub(crate) type ReaderConsumer = BaseConsumer<ReaderContext>;
 
-fn new_reader(settings: &SharedLogSettings, topic: &str) -> Result<ReaderConsumer, SharedLogError> {
-    let mut config = crate::sinks::kafka::connection_config(&settings.properties).map_err(|e| {
-        SharedLogError::Kafka {
-            what: "configuring a shared-state reader",
+fn new_reader(settings: &SharedLogSettings, topic: &str) -> Result<ReaderConsumer, ClusterError> {
+    let group = format!(
+        "fleetgate-{}-{}-{}-shared",
+        settings.namespace, settings.cluster, settings.instance_id
+    );
+    topic_reader(
+        &settings.properties,
+        &group,
+        topic,
+        None,
+        settings.write_timeout,
+    )
+}
+
+/// A consumer of `topic` from the beginning — every partition, or only `partitions` — with
+/// manual assignment (no group membership; `group_id` only names it), committed records only,
+/// and end-of-partition events (how restore knows it is done).
+pub(crate) fn topic_reader(
+    properties: &serde_json::Map<String, Value>,
+    group_id: &str,
+    topic: &str,
+    partitions: Option<&[i32]>,
+    timeout: Duration,
+) -> Result<ReaderConsumer, ClusterError> {
+    let mut config =
+        crate::sinks::kafka::connection_config(properties).map_err(|e| ClusterError::Kafka {
+            what: "configuring a reader",
             error: e.to_string(),
-        }
-    })?;
+        })?;
     config
-        .set(
-            "group.id",
-            format!(
-                "fleetgate-{}-{}-{}-shared",
-                settings.namespace, settings.cluster, settings.instance_id
-            ),
-        )
+        .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
@@ -676,27 +693,38 @@ fn new_reader(settings: &SharedLogSettings, topic: &str) -> Result<ReaderConsume
         .set("fetch.wait.max.ms", "10");
     let consumer: ReaderConsumer = config
         .create_with_context(ReaderContext)
-        .map_err(kafka_err("creating a shared-state reader"))?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), settings.write_timeout)
-        .map_err(kafka_err("reading the shared-state topics' metadata"))?;
+        .map_err(kafka_err("creating a reader"))?;
     let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            assignment
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
-                .map_err(kafka_err("assigning a shared-state partition"))?;
+    match partitions {
+        Some(list) => {
+            for p in list {
+                assignment
+                    .add_partition_offset(topic, *p, Offset::Beginning)
+                    .map_err(kafka_err("assigning a partition"))?;
+            }
         }
-    }
-    if assignment.count() == 0 {
-        return Err(SharedLogError::Topic {
-            topic: topic.to_owned(),
-            problem: "has no partitions in the metadata".into(),
-        });
+        None => {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(kafka_err("reading a topic's metadata"))?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    assignment
+                        .add_partition_offset(topic, p.id(), Offset::Beginning)
+                        .map_err(kafka_err("assigning a partition"))?;
+                }
+            }
+            if assignment.count() == 0 {
+                return Err(ClusterError::Topic {
+                    topic: topic.to_owned(),
+                    problem: "has no partitions in the metadata".into(),
+                });
+            }
+        }
     }
     consumer
         .assign(&assignment)
-        .map_err(kafka_err("assigning the shared-state partitions"))?;
+        .map_err(kafka_err("assigning partitions"))?;
     Ok(consumer)
 }
 
