@@ -229,9 +229,21 @@ pub fn build_fleet(
             Err(e) => tracing::warn!(watch_id = %spec.watch_id, error = %e, "stored watch skipped"),
         }
     }
+    // embedded mode: the rules pick up where they were (cluster mode restores from Kafka)
+    let mut restored = 0;
+    if config.fleetgate.cluster.is_none() {
+        for (vin, state) in store
+            .rule_states()
+            .map_err(|e| ServeError::Config(e.to_string()))?
+        {
+            fleet.restore(&vin, state);
+            restored += 1;
+        }
+    }
     tracing::info!(
         sites = fleet.sites.load().len(),
         watches = fleet.watches.len(),
+        vehicles = restored,
         durable = store.is_durable(),
         "rules ready"
     );
@@ -462,6 +474,14 @@ pub async fn start(
         proxy: proxy_settings.is_some(),
     });
     let (fleet, store) = build_fleet(config, &base)?;
+    // embedded mode with a data_dir: every event's vehicle has its rule state journaled
+    let sinks = if config.fleetgate.cluster.is_none() && store.is_durable() {
+        let journal = crate::store::journal::RuleJournal::start(store.clone(), fleet.clone())
+            .map_err(|e| ServeError::Config(format!("starting the rule journal: {e}")))?;
+        sinks.with_event_tap(journal)
+    } else {
+        sinks
+    };
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     // every task that outlives start-up: stopped and awaited at shutdown
     let background = tokio_util::task::TaskTracker::new();

@@ -493,6 +493,8 @@ impl FleetData {
     pub fn restore(&self, vin: &str, record: RuleState) {
         let mut vehicle = record.vehicle;
         vehicle.tracking = record.tracking;
+        // sockets are this process's: none is open for a restored vehicle yet
+        vehicle.connected = false;
         self.vehicles.put(vin, vehicle);
         self.watches.set_progress_of(vin, &record.watches);
     }

@@ -1,7 +1,10 @@
-//! The durable store of embedded mode for sites, watches and the admin VIN lists: SQLite (bundled) in WAL mode with
+//! The durable store of embedded mode for sites, watches, the admin VIN lists and the
+//! vehicles' rule state (written by [`journal`]): SQLite (bundled) in WAL mode with
 //! `synchronous=FULL`, so a write that returned is on disk and survives `kill -9`.
 //! Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call from
 //! `spawn_blocking` in async code.
+
+pub mod journal;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -63,6 +66,11 @@ CREATE TABLE IF NOT EXISTS vin_lists (
 CREATE TABLE IF NOT EXISTS watches (
     watch_id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rule_state (
+    vin TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL
 );
 ";
@@ -196,6 +204,45 @@ impl Store {
             };
         }
         Ok(lists)
+    }
+
+    /// Writes vehicles' rule states in one transaction.
+    pub fn put_rule_states(
+        &self,
+        states: &[(String, crate::rules::RuleState)],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let now = now_ms();
+        for (vin, state) in states {
+            let record = serde_json::to_string(state).unwrap_or_default();
+            tx.prepare_cached(
+                "INSERT INTO rule_state (vin, record, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(vin) DO UPDATE SET record = excluded.record, updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![vin, record, now])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored rule state (an unreadable row is skipped with a warning: that vehicle's
+    /// rules start over).
+    pub fn rule_states(&self) -> Result<Vec<(String, crate::rules::RuleState)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT vin, record FROM rule_state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (vin, text) = row?;
+            match serde_json::from_str(&text) {
+                Ok(state) => out.push((vin, state)),
+                Err(e) => {
+                    tracing::warn!(vin, error = %e, "stored rule state unreadable; the vehicle's rules start over")
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A watch by id.
