@@ -25,6 +25,8 @@ out="$(mktemp -d)"
 "$helm_bin" template ci "$chart" -f "$chart/ci/full-values.yaml" >"$out/full.yaml"
 grep -q '^kind: Deployment' "$out/default.yaml" || { echo "helm-check: default values must render a Deployment" >&2; exit 1; }
 grep -q '^kind: StatefulSet' "$out/full.yaml" || { echo "helm-check: persistence must render a StatefulSet" >&2; exit 1; }
+grep -q '"cluster": {' "$out/default.yaml" || { echo "helm-check: default values must run in cluster mode" >&2; exit 1; }
+"$helm_bin" template ci "$chart" --set admin.token=ci-token --set cluster.enabled=false | grep -q '"cluster"' && { echo "helm-check: cluster.enabled=false must render no cluster section" >&2; exit 1; }
 grep -q '^kind: ServiceMonitor' "$out/full.yaml" || { echo "helm-check: serviceMonitor.enabled must render a ServiceMonitor" >&2; exit 1; }
 grep -q 'name: proxy-mtls' "$out/full.yaml" && grep -q '"trusted_proxies"' "$out/full.yaml" || { echo "helm-check: proxyMtls.enabled must render the listener, its port and its config" >&2; exit 1; }
 if "$helm_bin" template ci "$chart" --set admin.token=ci-token --set proxyMtls.enabled=true >/dev/null 2>&1; then

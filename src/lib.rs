@@ -16,7 +16,10 @@
 //! - [`event`]: the event model and its CloudEvents form, shared by rules and sinks.
 //! - [`sinks`]: delivery only (logger, Kafka), with tickets for reliable acks.
 //! - [`geometry`]: distances on the Earth, for the table and the rules.
-//! - [`admin`], [`store`]: the admin API and its durable SQLite store.
+//! - [`admin`]: the admin API; [`control`]: its changes, made durable and applied to the fleet.
+//! - [`store`]: embedded mode's SQLite store and the rule journal (rule state across restarts).
+//! - [`cluster`]: cluster mode — shared admin state in compacted Kafka topics, rules
+//!   partitioned by VIN (changelog, transactions), the cluster-wide vehicle view.
 //! - [`config`]: Tesla's keys and the `fleetgate` section, validated; [`metrics`]: every metric
 //!   family; [`app`]: `serve` wiring and the ordered shutdown.
 //! - [`tools`]: apart from the product — dev PKI, vehicle client, simulator, load bench,

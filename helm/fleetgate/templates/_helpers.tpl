@@ -42,6 +42,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.sitesGeoJson }}{{- $_ := set $fg "sites_file" "/etc/fleetgate/config/sites.geojson" -}}{{- end -}}
 {{- if and .Values.proxyMtls.enabled (empty .Values.proxyMtls.trustedProxies) }}{{- fail "proxyMtls.enabled needs proxyMtls.trustedProxies: the load balancer's address ranges (CIDR)" -}}{{- end -}}
 {{- if .Values.proxyMtls.enabled }}{{- $_ := set $fg "proxy_mtls" (dict "listen" (printf "0.0.0.0:%v" .Values.proxyMtls.port) "header" .Values.proxyMtls.header "trusted_proxies" .Values.proxyMtls.trustedProxies "tls" .Values.proxyMtls.tls) -}}{{- end -}}
+{{- if .Values.cluster.enabled }}{{- $_ := set $fg "cluster" (dict "name" (default .Release.Name .Values.cluster.name) "session_timeout_s" .Values.cluster.sessionTimeoutSeconds "transaction_timeout_s" .Values.cluster.transactionTimeoutSeconds) -}}{{- end -}}
 {{- $_ := set $cfg "fleetgate" $fg -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
