@@ -166,6 +166,21 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Frame → event latency and events/s as a Kafka consumer sees them (run beside a load).
+    Events {
+        /// Kafka bootstrap servers.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        kafka: String,
+        /// The server's `namespace` (topics `{ns}_V` and `{ns}_events`).
+        #[arg(long)]
+        namespace: String,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The bare comparison server: mTLS websocket, envelope check, ack; nothing else.
     BareServer {
         /// Dev PKI folder (ca.pem, server.pem, server.key).
@@ -254,6 +269,33 @@ fn bench(command: BenchCommand) -> ExitCode {
                 )
                 .await?;
                 print!("{}", fleetgate::tools::bench::scenario::table(&report));
+                write_json(&json, &report)
+            }
+            BenchCommand::Events {
+                kafka,
+                namespace,
+                duration,
+                json,
+            } => {
+                let report = tokio::task::spawn_blocking(move || {
+                    fleetgate::tools::bench::events::run(
+                        &kafka,
+                        &namespace,
+                        std::time::Duration::from_secs(duration),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                println!(
+                    "frames/s {:.0}  events/s {:.0}  matched {}/{}  frame→event p50 {} ms  p99 {} ms  max {} ms",
+                    report.frames_per_s,
+                    report.events_per_s,
+                    report.matched,
+                    report.events,
+                    report.latency_p50_ms,
+                    report.latency_p99_ms,
+                    report.latency_max_ms
+                );
                 write_json(&json, &report)
             }
             BenchCommand::BareServer { pki, listen } => {

@@ -490,3 +490,115 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
         });
     }
 }
+
+/// Writes `V` records as ingest does (key VIN, protobuf payload, `timestamp` header in ms).
+fn produce_v(
+    producer: &rdkafka::producer::BaseProducer,
+    topic: &str,
+    vin: &str,
+    at_s: i64,
+    lat: f64,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let payload = v_payload(
+        at_s,
+        vec![datum(
+            Field::Location,
+            V::LocationValue(LocationValue {
+                latitude: lat,
+                longitude: CAFE.1,
+            }),
+        )],
+    );
+    let ts = (at_s * 1000).to_string();
+    let mut record = rdkafka::producer::BaseRecord::to(topic)
+        .key(vin)
+        .payload(&payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "timestamp",
+            value: Some(&ts),
+        }));
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_under_load_of_1000_vehicles_loses_no_event_and_doubles_none() {
+    use rdkafka::producer::Producer;
+    let broker = require_broker();
+    let namespace = unique_namespace("fgload");
+    let pki = Pki::new();
+    let start = |id: &str| Server::start(&cluster_config(&pki, &broker, &namespace, id));
+    let a = start("a");
+    let mut b = Some(start("b"));
+    wait_for_rules(&[&a, b.as_ref().unwrap()], 3);
+    let site = json!({"name": "Depot", "kind": "merchant", "radius_m": 150,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    assert_eq!(
+        a.admin("PUT", "/v1/sites/depot", Some(&site.to_string())).0,
+        201
+    );
+    until(b.as_ref().unwrap(), "/v1/sites/depot", |s, _| s == 200);
+
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let topic = format!("{namespace}_V");
+    let vins: Vec<String> = (0..1000).map(|i| format!("LOADVIN{i:010}")).collect();
+    // each vehicle: far, inside, inside, far → one entry and one exit
+    let rounds = [CAFE.0 + 0.01, CAFE.0, CAFE.0, CAFE.0 + 0.01];
+    let mut c = None;
+    for (r, lat) in rounds.iter().enumerate() {
+        for vin in &vins {
+            produce_v(&producer, &topic, vin, T0 + 60 * r as i64, *lat);
+        }
+        producer.flush(Duration::from_secs(10)).unwrap();
+        match r {
+            // a third instance joins: every partition is revoked, assigned and restored
+            0 => c = Some(start("c")),
+            // an owner dies mid-stream: its partitions move after the session timeout
+            1 => {
+                let mut dead = b.take().unwrap();
+                dead.signal("KILL");
+                dead.wait_exit(Duration::from_secs(5));
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let events = committed_events(&broker, &format!("{namespace}_events"), |e| {
+        count(e, "fleetgate.site.exited") >= vins.len()
+    });
+    let entered = count(&events, "fleetgate.site.entered");
+    let exited = count(&events, "fleetgate.site.exited");
+    let ids: std::collections::BTreeSet<&str> =
+        events.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert_eq!(
+        (entered, exited),
+        (1000, 1000),
+        "one entry and one exit per vehicle"
+    );
+    assert_eq!(ids.len(), events.len(), "no event twice");
+    let mut per_vin: std::collections::BTreeMap<&str, usize> = Default::default();
+    for e in &events {
+        *per_vin.entry(e["subject"].as_str().unwrap()).or_default() += 1;
+    }
+    assert!(per_vin.values().all(|n| *n == 2), "two events per vehicle");
+    let c = c.unwrap();
+    let owned = wait_for_rules(&[&a, &c], 3);
+    eprintln!(
+        "after the rebalances: a owns {:?}, c owns {:?}",
+        owned[0], owned[1]
+    );
+}

@@ -3,6 +3,7 @@
 //! server by pid ([`procstat`]) and the scenarios that run both side by side ([`scenario`]).
 
 pub mod bare;
+pub mod events;
 pub mod load;
 pub mod procstat;
 pub mod scenario;
