@@ -337,12 +337,29 @@ async fn start_cluster(
         timeout,
     )
     .map_err(fail)?;
+    let presence_topic = cluster.topics.presence.clone().unwrap_or_else(|| {
+        crate::sinks::kafka::topic_name(&config.namespace, "fleetgate_presence")
+    });
+    let presence = crate::cluster::presence::Presence::start(
+        &properties,
+        &format!(
+            "fleetgate-{}-{}-{}-presence",
+            config.namespace, cluster.name, instance_id
+        ),
+        &presence_topic,
+        &instance_id,
+        live.registry.clone(),
+        timeout,
+    )
+    .await
+    .map_err(fail)?;
     Ok(crate::cluster::Cluster {
         name: cluster.name.clone(),
         instance_id,
         log,
         rules,
         view,
+        presence,
     })
 }
 

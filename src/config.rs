@@ -336,6 +336,9 @@ pub struct ClusterTopicsConfig {
     /// `{namespace}_fleetgate_state`; as many partitions as the `V` topic).
     #[serde(default)]
     pub state: Option<String>,
+    /// Which instance holds which socket (default `{namespace}_fleetgate_presence`).
+    #[serde(default)]
+    pub presence: Option<String>,
 }
 
 /// `fleetgate.kafka`.

@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The longest an admin write may take to reach another instance in these tests.
+/// (Socket presence is published every 2 s.)
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
 
 fn cluster_config(pki: &Pki, broker: &str, namespace: &str, instance: &str) -> Value {
@@ -122,6 +123,14 @@ async fn admin_writes_on_one_instance_reach_every_instance_and_a_late_one_restor
     let cert = pki.pki.vehicle(VIN).unwrap();
     let mut ws = connect(&a, &ca, &cert, &[]).await.unwrap();
     assert_eq!(connected_vins(&a, 1).await, vec![VIN.to_owned()]);
+    // every instance lists the socket and names the instance holding it
+    for other in [&b, &c] {
+        until(other, "/v1/connections", |_, v| {
+            v["count"] == json!(1)
+                && v["connections"][0]["vin"] == json!(VIN)
+                && v["connections"][0]["instance"] == json!("a")
+        });
+    }
     let (s, v) = c.admin("PUT", &format!("/v1/vins/block/{VIN}"), None);
     assert_eq!(
         (s, v["connections_closed"].clone()),
@@ -138,6 +147,8 @@ async fn admin_writes_on_one_instance_reach_every_instance_and_a_late_one_restor
     slowest = slowest.max(until(&b, "/v1/vins", |_, v| {
         v["admin"]["block"] == json!([VIN])
     }));
+    // the closed socket leaves every instance's list
+    until(&c, "/v1/connections", |_, v| v["count"] == json!(0));
 
     // deletes are tombstones: gone everywhere
     assert_eq!(c.admin("DELETE", "/v1/sites/s1", None).0, 204);

@@ -387,6 +387,16 @@ impl AdminState {
         }
     }
 
+    /// Open sockets (optionally one VIN's): the whole cluster's in cluster mode, each naming
+    /// the instance that holds it; else this process's.
+    fn connections(&self, vin: Option<&str>) -> Vec<ConnectionEntry> {
+        match (&self.cluster, vin) {
+            (Some(c), _) => c.presence.connections(vin),
+            (None, Some(vin)) => self.registry.of_vin(vin),
+            (None, None) => self.registry.list(),
+        }
+    }
+
     /// Makes `changes` durable and applies them; returns connections closed by VIN changes.
     async fn write(&self, changes: Vec<Change>) -> ApiResult<usize> {
         let live = Live {
@@ -1057,7 +1067,7 @@ async fn get_vehicle(
             .map(|(id, _)| id.to_string())
             .collect(),
         charging_session_open: s.tracking.session.is_some(),
-        connections: state.registry.of_vin(&vin),
+        connections: state.connections(Some(&vin)),
         state: s,
         vin,
     }))
@@ -1154,7 +1164,7 @@ async fn list_connections(
             "limit must be within [1, 10000]",
         ));
     }
-    let all = state.registry.list();
+    let all = state.connections(None);
     let page: Vec<_> = all
         .iter()
         .skip(p.offset.unwrap_or(0))

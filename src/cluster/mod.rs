@@ -8,10 +8,12 @@
 //!   changelog and consumed offsets committed in one Kafka transaction (exactly once).
 //! - [`view`]: the cluster-wide read view of every vehicle, built from the changelog, for the
 //!   admin API's vehicle reads on any instance.
+//! - [`presence`]: which instance holds which vehicle socket, for `/v1/connections` anywhere.
 //!
 //! Must not touch sockets or the frame path: ingest stays stateless per instance and hands
 //! `V` records to Kafka like any sink.
 
+pub mod presence;
 pub mod rules;
 pub mod shared_log;
 pub mod view;
@@ -31,12 +33,15 @@ pub struct Cluster {
     pub rules: Arc<rules::RulesProcessor>,
     /// Every vehicle of the cluster, for reads.
     pub view: Arc<view::ClusterView>,
+    /// Every instance's sockets.
+    pub presence: Arc<presence::Presence>,
 }
 
 impl Cluster {
     /// Stops the rules (after their current batch), then the readers. Blocking.
     pub fn stop(&self) {
         self.rules.stop();
+        self.presence.stop();
         self.view.stop();
         self.log.stop();
     }

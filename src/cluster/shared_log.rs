@@ -545,17 +545,26 @@ impl Drop for SharedLog {
 }
 
 async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), ClusterError> {
+    let names = settings.topics.all().map(|(_, t)| t);
+    ensure_compacted(&settings.properties, &names, settings.write_timeout).await
+}
+
+/// Creates `names` if missing — one partition each (changes stay in order), compacted — and
+/// fails when one exists without compaction (its state would expire with retention).
+pub(crate) async fn ensure_compacted(
+    properties: &serde_json::Map<String, Value>,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<(), ClusterError> {
     let admin: AdminClient<DefaultClientContext> =
-        crate::sinks::kafka::connection_config(&settings.properties)
+        crate::sinks::kafka::connection_config(properties)
             .map_err(|e| ClusterError::Kafka {
                 what: "configuring the admin client",
                 error: e.to_string(),
             })?
             .create()
             .map_err(kafka_err("creating the admin client"))?;
-    let opts = AdminOptions::new().operation_timeout(Some(settings.write_timeout));
-    let names = settings.topics.all().map(|(_, t)| t);
-    // one partition each: admin changes are few, and one partition keeps them in order
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
     let new: Vec<NewTopic<'_>> = names
         .iter()
         .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact"))
@@ -580,7 +589,7 @@ async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), ClusterError>
         names.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
     match admin.describe_configs(specs.iter(), &opts).await {
         Ok(configs) => {
-            for (config, name) in configs.into_iter().zip(names) {
+            for (config, name) in configs.into_iter().zip(names.iter().copied()) {
                 let Ok(config) = config else { continue };
                 let policy = config
                     .get("cleanup.policy")

@@ -1,10 +1,10 @@
 //! Open vehicle connections, for the admin API (`/v1/connections`, vehicle lookups).
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One open connection.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConnectionEntry {
     /// The vehicle.
     pub vin: String,
@@ -15,10 +15,13 @@ pub struct ConnectionEntry {
     /// `X-Network-Interface` of the connection.
     pub network_interface: String,
     /// Client type from the certificate.
-    pub client_type: &'static str,
+    pub client_type: String,
     /// The client's `X-TXID` header, when it sent one (not an id: sockets may share it).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_txid: Option<String>,
+    /// Cluster mode: the instance holding the socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// A vehicle's presence across its sockets (wifi and cellular can overlap).
@@ -199,7 +202,8 @@ mod tests {
             connection_id: id.into(),
             since_ms: 1000,
             network_interface: "wifi".into(),
-            client_type: "vehicle_device",
+            client_type: "vehicle_device".into(),
+            instance: None,
             client_txid: None,
         }
     }

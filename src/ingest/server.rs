@@ -336,7 +336,8 @@ async fn serve_request<S, F>(
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
             network_interface: info.network_interface.clone(),
-            client_type: info.identity.client_type,
+            client_type: info.identity.client_type.to_owned(),
+            instance: None,
             client_txid: (!info.client_txid.is_empty()).then(|| info.client_txid.clone()),
         },
         superseded.clone(),
