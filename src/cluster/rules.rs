@@ -33,7 +33,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use super::shared_log::{kafka_err, topic_reader, ClusterError};
+use super::shared_log::{group_metadata, kafka_err, topic_reader, ClusterError};
 use crate::event::Event;
 use crate::metrics as m;
 use crate::rules::{expired_watch_ids, Fleet, RuleState};
@@ -373,12 +373,7 @@ impl RulesContext {
                 .map_err(kafka_err("setting a start offset"))?;
         }
         if first.count() > 0 {
-            let cgm = consumer
-                .group_metadata()
-                .ok_or_else(|| ClusterError::Kafka {
-                    what: "reading the group metadata",
-                    error: "not a group member".into(),
-                })?;
+            let cgm = group_metadata(consumer)?;
             self.producer
                 .begin_transaction()
                 .map_err(kafka_err("beginning the start-offset transaction"))?;
@@ -594,28 +589,18 @@ fn run(
 const BATCH: usize = 500;
 
 fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, ClusterError> {
-    let mut config = crate::sinks::kafka::client_config(&settings.properties).map_err(|e| {
-        ClusterError::Kafka {
-            what: "configuring the rules producer",
-            error: e.to_string(),
-        }
-    })?;
+    let ids = (
+        settings.namespace.as_str(),
+        settings.cluster.as_str(),
+        settings.instance_id.as_str(),
+    );
+    let mut config = super::shared_log::transactional_config(&settings.properties, ids, "rules")?;
     config
-        .set(
-            "transactional.id",
-            format!(
-                "fleetgate-{}-{}-{}-rules",
-                settings.namespace, settings.cluster, settings.instance_id
-            ),
-        )
         .set(
             "transaction.timeout.ms",
             settings.transaction_timeout.as_millis().to_string(),
         )
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .remove("statistics.interval.ms");
+        .set("linger.ms", "1");
     let producer: BaseProducer = config
         .create()
         .map_err(kafka_err("creating the rules producer"))?;
@@ -706,12 +691,7 @@ impl<'a> Outbox<'a> {
         }
         let timeout = self.settings.timeout;
         if let Some((tpl, consumer)) = offsets {
-            let cgm = consumer
-                .group_metadata()
-                .ok_or_else(|| ClusterError::Kafka {
-                    what: "reading the group metadata",
-                    error: "not a group member".into(),
-                })?;
+            let cgm = group_metadata(consumer)?;
             self.producer
                 .send_offsets_to_transaction(tpl, &cgm, timeout)
                 .map_err(kafka_err("adding the consumed offsets to the transaction"))?;

@@ -610,25 +610,51 @@ pub(crate) async fn ensure_compacted(
     Ok(())
 }
 
-async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, ClusterError> {
-    let mut config = crate::sinks::kafka::client_config(&settings.properties).map_err(|e| {
-        ClusterError::Kafka {
-            what: "configuring the admin-state producer",
+/// A transactional producer's configuration: the `kafka` properties, the transactional id
+/// `fleetgate-{namespace}-{cluster}-{instance}-{role}` (one per instance and role, so a
+/// restarted instance fences its previous life), idempotence and `acks=all`.
+pub(crate) fn transactional_config(
+    properties: &serde_json::Map<String, Value>,
+    ids: (&str, &str, &str),
+    role: &str,
+) -> Result<rdkafka::ClientConfig, ClusterError> {
+    let (namespace, cluster, instance) = ids;
+    let mut config =
+        crate::sinks::kafka::client_config(properties).map_err(|e| ClusterError::Kafka {
+            what: "configuring a transactional producer",
             error: e.to_string(),
-        }
-    })?;
+        })?;
     config
         .set(
             "transactional.id",
-            format!(
-                "fleetgate-{}-{}-{}-admin",
-                settings.namespace, settings.cluster, settings.instance_id
-            ),
+            format!("fleetgate-{namespace}-{cluster}-{instance}-{role}"),
         )
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "0")
         .remove("statistics.interval.ms");
+    Ok(config)
+}
+
+/// The consumer group's metadata, for `send_offsets_to_transaction`.
+pub(crate) fn group_metadata<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+) -> Result<rdkafka::consumer::ConsumerGroupMetadata, ClusterError> {
+    consumer
+        .group_metadata()
+        .ok_or_else(|| ClusterError::Kafka {
+            what: "reading the group metadata",
+            error: "not a group member".into(),
+        })
+}
+
+async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, ClusterError> {
+    let ids = (
+        settings.namespace.as_str(),
+        settings.cluster.as_str(),
+        settings.instance_id.as_str(),
+    );
+    let mut config = transactional_config(&settings.properties, ids, "admin")?;
+    config.set("linger.ms", "0");
     let producer: FutureProducer = config
         .create()
         .map_err(kafka_err("creating the admin-state producer"))?;
