@@ -7,6 +7,7 @@
 # instance) hands them to the partitioned rules processor (consumer group, changelog,
 # transactions). Starts the test broker when none answers on 127.0.0.1:9092.
 #   benches/cluster.sh [VEHICLES] [SECONDS]      # defaults: 10000 vehicles, 30 s
+#   MODES=cluster benches/cluster.sh             # one mode only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vehicles="${1:-10000}"
@@ -47,7 +48,7 @@ PY
 fi
 
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-for mode in embedded cluster; do
+for mode in ${MODES:-embedded cluster}; do
   ns="benchc_${mode}_${stamp}"
   config="$work/$mode.json"
   python3 - "$config" "$mode" "$ns" "$PWD/$work" <<'PY'

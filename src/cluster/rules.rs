@@ -28,7 +28,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
@@ -540,7 +540,9 @@ fn run(
         .map_err(kafka_err("subscribing to the V topic"))?;
     tracing::info!(group = %settings.group_id(), topic = %settings.frames_topic, "cluster rules: joining the group");
     let mut last_sweep = Instant::now();
-    let mut batch: Vec<OwnedMessage> = Vec::with_capacity(BATCH);
+    // borrowed: the records stay in librdkafka's buffers, no copy per record
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    let mut written: HashMap<String, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         consumer
             .context()
@@ -550,7 +552,7 @@ fn run(
         let mut wait = Duration::from_millis(100);
         while batch.len() < BATCH {
             match consumer.poll(wait) {
-                Some(Ok(msg)) => batch.push(msg.detach()),
+                Some(Ok(msg)) => batch.push(msg),
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "cluster rules: poll error");
                     break;
@@ -574,7 +576,16 @@ fn run(
             continue;
         }
         if !batch.is_empty() {
-            process(settings, fleet, sinks, &producer, &consumer, owned, &batch)?;
+            process(
+                settings,
+                fleet,
+                sinks,
+                &producer,
+                &consumer,
+                owned,
+                &batch,
+                &mut written,
+            )?;
         }
         if last_sweep.elapsed() >= settings.sweep_every {
             last_sweep = Instant::now();
@@ -586,7 +597,13 @@ fn run(
 }
 
 /// Records per transaction at most.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
+
+/// A vehicle whose frames change no rule bookkeeping (no event) has its state written to the
+/// changelog at most this often: every event writes it at once, so what decides events —
+/// sites inside, the charging session, watch progress — is always exact in the changelog;
+/// the latest signals and last fix a new owner restores are at most this old.
+const STATE_REFRESH: Duration = Duration::from_secs(5);
 
 fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, ClusterError> {
     let ids = (
@@ -719,6 +736,7 @@ fn publish_local(sinks: &[Arc<dyn Sink>], events: &[Event]) {
 }
 
 /// One batch of `V` records in one transaction.
+#[allow(clippy::too_many_arguments)]
 fn process(
     settings: &RulesSettings,
     fleet: &Fleet,
@@ -726,8 +744,10 @@ fn process(
     producer: &BaseProducer,
     consumer: &RulesConsumer,
     owned: &Mutex<HashMap<String, i32>>,
-    batch: &[OwnedMessage],
+    batch: &[BorrowedMessage<'_>],
+    written: &mut HashMap<String, Instant>,
 ) -> Result<(), ClusterError> {
+    let now = Instant::now();
     producer
         .begin_transaction()
         .map_err(kafka_err("beginning a rules transaction"))?;
@@ -750,11 +770,18 @@ fn process(
         };
         let update = VehicleUpdate::from_payload(&payload, envelope_created_at_s(msg));
         let events = fleet.apply(vin, &update);
-        owned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(vin.to_owned(), msg.partition());
-        outbox.dirty.insert(vin.to_owned(), msg.partition());
+        {
+            let mut owned = owned.lock().unwrap_or_else(|e| e.into_inner());
+            if !owned.contains_key(vin) {
+                owned.insert(vin.to_owned(), msg.partition());
+            }
+        }
+        let due = written
+            .get(vin)
+            .is_none_or(|at| now.duration_since(*at) >= STATE_REFRESH);
+        if due || !events.is_empty() {
+            outbox.dirty.insert(vin.to_owned(), msg.partition());
+        }
         if !events.is_empty() {
             outbox.add_events(events)?;
         }
@@ -764,7 +791,11 @@ fn process(
         tpl.add_partition_offset(&settings.frames_topic, p, Offset::Offset(offset))
             .map_err(kafka_err("building the offsets"))?;
     }
+    let dirty: Vec<String> = outbox.dirty.keys().cloned().collect();
     let events = outbox.commit(fleet, Some((&tpl, consumer)))?;
+    for vin in dirty {
+        written.insert(vin, now);
+    }
     tracing::debug!(
         records = batch.len(),
         events = events.len(),
@@ -777,7 +808,7 @@ fn process(
 
 /// The vehicle's creation time of a `V` record: its `timestamp` header (ms), else the
 /// record's timestamp.
-fn envelope_created_at_s(msg: &OwnedMessage) -> u32 {
+fn envelope_created_at_s(msg: &impl Message) -> u32 {
     let from_header = msg.headers().and_then(|h| {
         h.iter()
             .find(|h| h.key == "timestamp")
