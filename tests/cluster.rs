@@ -231,6 +231,52 @@ async fn a_write_kafka_cannot_take_is_refused_and_nothing_is_applied() {
     );
 }
 
+/// A shared-state topic someone created with the default `delete` policy would lose sites and
+/// watches to retention: the instance refuses to start, names the topic and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_state_topic_that_is_not_compacted_is_refused_at_start() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let broker = require_broker();
+    let namespace = unique_namespace("fgdelete");
+    let topic = format!("{namespace}_fleetgate_watches");
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .create()
+        .unwrap();
+    let created =
+        admin
+            .create_topics(
+                [&NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+                    .set("cleanup.policy", "delete")],
+                &AdminOptions::new(),
+            )
+            .await
+            .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "config.json",
+        &cluster_config(&pki, &broker, &namespace, "a").to_string(),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "refused to start: {stderr}");
+    assert!(
+        stderr.contains(&topic)
+            && stderr.contains("cleanup.policy=delete")
+            && stderr.contains("--add-config cleanup.policy=compact"),
+        "names the topic, its policy and the fix: {stderr}"
+    );
+}
+
 /// Waits until the instances own every `V` partition between them (the group is stable) and
 /// each is ready; returns who owns what.
 fn wait_for_rules(servers: &[&Server], partitions: usize) -> Vec<Vec<i64>> {

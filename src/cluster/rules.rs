@@ -191,28 +191,44 @@ async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError>
         }
         Err(e) => return Err(kafka_err("creating the V topic")(e)),
     }
-    let partitions = |topic: &str| -> Result<Option<usize>, ClusterError> {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(Some(topic), settings.timeout)
-            .map_err(kafka_err("reading topic metadata"))?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().len())
-            .filter(|n| *n > 0))
+    // a topic created a moment ago may not be in the metadata yet: ask again until it is
+    let partitions = |topic: &str| {
+        let admin = &admin;
+        let topic = topic.to_owned();
+        let timeout = settings.timeout;
+        async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                let metadata = admin
+                    .inner()
+                    .fetch_metadata(Some(&topic), timeout)
+                    .map_err(kafka_err("reading topic metadata"))?;
+                let n = metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+                    .filter(|n| *n > 0);
+                if n.is_some() || tokio::time::Instant::now() >= deadline {
+                    return Ok::<_, ClusterError>(n);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     };
-    let n = partitions(&settings.frames_topic)?.ok_or_else(|| ClusterError::Topic {
-        topic: settings.frames_topic.clone(),
-        problem: "has no partitions in the metadata".into(),
-    })?;
+    let n = partitions(&settings.frames_topic)
+        .await?
+        .ok_or_else(|| ClusterError::Topic {
+            topic: settings.frames_topic.clone(),
+            problem: "has no partitions in the metadata".into(),
+        })?;
     let state = NewTopic::new(&settings.state_topic, n as i32, TopicReplication::Fixed(-1))
         .set("cleanup.policy", "compact");
     let results = admin
         .create_topics([&state], &opts)
         .await
         .map_err(kafka_err("creating the state topic"))?;
+    let mut state_existed = false;
     for r in results {
         match r {
             Ok(t) => tracing::info!(
@@ -220,7 +236,7 @@ async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError>
                 partitions = n,
                 "created the compacted rule-state topic"
             ),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => state_existed = true,
             Err((t, code)) => {
                 return Err(ClusterError::Topic {
                     topic: t,
@@ -231,7 +247,11 @@ async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError>
             }
         }
     }
-    let state_n = partitions(&settings.state_topic)?.unwrap_or(0);
+    if state_existed {
+        super::shared_log::require_compacted(&admin, &[&settings.state_topic], settings.timeout)
+            .await?;
+    }
+    let state_n = partitions(&settings.state_topic).await?.unwrap_or(0);
     if state_n != n {
         return Err(ClusterError::Topic {
             topic: settings.state_topic.clone(),

@@ -573,10 +573,14 @@ pub(crate) async fn ensure_compacted(
         .create_topics(new.iter(), &opts)
         .await
         .map_err(kafka_err("creating the shared-state topics"))?;
+    // the topics created here are compacted by construction; those that were there are checked
+    let mut existing: Vec<&str> = Vec::new();
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "created compacted shared-state topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                existing.extend(names.iter().copied().filter(|n| *n == topic))
+            }
             Err((topic, code)) => {
                 return Err(ClusterError::Topic {
                     topic,
@@ -585,17 +589,44 @@ pub(crate) async fn ensure_compacted(
             }
         }
     }
-    let specs: Vec<ResourceSpecifier<'_>> =
-        names.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-    match admin.describe_configs(specs.iter(), &opts).await {
-        Ok(configs) => {
-            for (config, name) in configs.into_iter().zip(names.iter().copied()) {
-                let Ok(config) = config else { continue };
-                let policy = config
-                    .get("cleanup.policy")
-                    .and_then(|e| e.value.clone())
-                    .unwrap_or_default();
-                if !policy.split(',').any(|p| p.trim() == "compact") {
+    require_compacted(&admin, &existing, timeout).await
+}
+
+/// Refuses to go on when one of `names` is not compacted (its records would expire with
+/// retention and the state they carry with them). A topic created a moment ago may not show
+/// its settings yet (the broker answers DescribeConfigs from metadata that lags the creation):
+/// this asks again until every topic shows a `cleanup.policy` or `timeout` passes, and only
+/// warns when the broker cannot say.
+pub(crate) async fn require_compacted(
+    admin: &AdminClient<DefaultClientContext>,
+    names: &[&str],
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let opts = AdminOptions::new().operation_timeout(Some(timeout));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pending: Vec<&str> = names.to_vec();
+    while !pending.is_empty() {
+        let specs: Vec<ResourceSpecifier<'_>> = pending
+            .iter()
+            .map(|t| ResourceSpecifier::Topic(t))
+            .collect();
+        let configs = match admin.describe_configs(specs.iter(), &opts).await {
+            Ok(configs) => configs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the shared-state topics' settings (DescribeConfigs); make sure they are compacted");
+                return Ok(());
+            }
+        };
+        let mut unknown = Vec::new();
+        for (config, name) in configs.into_iter().zip(pending.iter().copied()) {
+            let policy = config
+                .ok()
+                .and_then(|c| c.get("cleanup.policy").and_then(|e| e.value.clone()))
+                .filter(|p| !p.trim().is_empty());
+            match policy {
+                None => unknown.push(name),
+                Some(policy) if policy.split(',').any(|p| p.trim() == "compact") => {}
+                Some(policy) => {
                     return Err(ClusterError::Topic {
                         topic: name.to_owned(),
                         problem: format!("has cleanup.policy={policy}: shared state would expire with retention; set cleanup.policy=compact (kafka-configs --alter --entity-type topics --entity-name {name} --add-config cleanup.policy=compact)"),
@@ -603,8 +634,14 @@ pub(crate) async fn ensure_compacted(
                 }
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the shared-state topics' settings (DescribeConfigs); make sure they are compacted")
+        pending = unknown;
+        if !pending.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(topics = ?pending, "the broker did not show these topics' cleanup.policy in time; make sure they are compacted");
+                return Ok(());
+            }
+            tracing::debug!(topics = ?pending, "cleanup.policy not shown yet; asking again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     Ok(())
@@ -739,21 +776,29 @@ pub(crate) fn topic_reader(
             }
         }
         None => {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(kafka_err("reading a topic's metadata"))?;
-            for t in metadata.topics() {
-                for p in t.partitions() {
-                    assignment
-                        .add_partition_offset(topic, p.id(), Offset::Beginning)
-                        .map_err(kafka_err("assigning a partition"))?;
+            // a topic created a moment ago may not be in the metadata yet: ask again until it is
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let metadata = consumer
+                    .fetch_metadata(Some(topic), timeout)
+                    .map_err(kafka_err("reading a topic's metadata"))?;
+                for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+                    for p in t.partitions() {
+                        assignment
+                            .add_partition_offset(topic, p.id(), Offset::Beginning)
+                            .map_err(kafka_err("assigning a partition"))?;
+                    }
                 }
-            }
-            if assignment.count() == 0 {
-                return Err(ClusterError::Topic {
-                    topic: topic.to_owned(),
-                    problem: "has no partitions in the metadata".into(),
-                });
+                if assignment.count() > 0 {
+                    break;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(ClusterError::Topic {
+                        topic: topic.to_owned(),
+                        problem: format!("has no partitions in the metadata after {timeout:?}"),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
