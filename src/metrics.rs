@@ -422,13 +422,10 @@ pub struct FrameMetrics {
     pub reliable_pending: Gauge,
     /// Rule evaluation time.
     pub rules_seconds: Histogram,
-    /// `fleetgate_sink_publish_seconds` of the built-in sinks in use, by [`SINK_LABELS`] index
-    /// (a sink that is not configured has no series).
-    sink_publish: [Option<Histogram>; 2],
+    /// `fleetgate_sink_publish_seconds` of each sink in use, registered up front (a sink that
+    /// is not configured has no series).
+    sink_publish: Vec<(String, Histogram)>,
 }
-
-/// Sinks whose publish-time histogram handle is registered up front.
-pub const SINK_LABELS: [&str; 2] = ["logger", "kafka"];
 
 /// Topic label values (the fifth is every topic without a known schema).
 pub const TOPIC_LABELS: [&str; 5] = ["V", "alerts", "errors", "connectivity", "other"];
@@ -449,22 +446,21 @@ impl FrameMetrics {
             connections_open: metrics::gauge!(CONNECTIONS_OPEN),
             reliable_pending: metrics::gauge!(RELIABLE_ACKS_PENDING),
             rules_seconds: metrics::histogram!(RULES_SECONDS),
-            sink_publish: SINK_LABELS.map(|s| {
-                sinks
-                    .contains(&s)
-                    .then(|| metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => s))
-            }),
+            sink_publish: sinks
+                .iter()
+                .map(|s| {
+                    let h = metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => s.to_string());
+                    (s.to_string(), h)
+                })
+                .collect(),
         }
     }
 
-    /// Records how long a sink's `publish` took (a registry lookup only for other sinks).
+    /// Records how long a sink's `publish` took (a registry lookup only for a sink not named
+    /// at start).
     pub fn sink_published(&self, sink: &'static str, seconds: f64) {
-        match SINK_LABELS
-            .iter()
-            .position(|s| *s == sink)
-            .and_then(|i| self.sink_publish[i].as_ref())
-        {
-            Some(h) => h.record(seconds),
+        match self.sink_publish.iter().find(|(name, _)| name == sink) {
+            Some((_, h)) => h.record(seconds),
             None => metrics::histogram!(SINK_PUBLISH_SECONDS, "sink" => sink).record(seconds),
         }
     }

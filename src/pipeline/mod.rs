@@ -88,6 +88,8 @@ pub struct FrameState {
     mismatch_logged: LogEvery,
     next_seq: u64,
     completions: mpsc::UnboundedSender<Completion>,
+    /// The previous frame's decode memory, reused by the next.
+    buffers: crate::wire::DecodeBuffers,
 }
 
 impl FrameState {
@@ -100,6 +102,7 @@ impl FrameState {
             mismatch_logged: LogEvery::new(Duration::from_secs(60)),
             next_seq: 0,
             completions,
+            buffers: Default::default(),
         }
     }
 }
@@ -254,7 +257,11 @@ impl Pipeline {
             };
         }
 
-        let record = match frame.into_record(source.device_id, received_at_ms) {
+        let record = match frame.into_record_reusing(
+            source.device_id,
+            received_at_ms,
+            &mut state.buffers,
+        ) {
             Ok(record) => record,
             Err(e) => {
                 metrics.frame_refused(frame.topic, e.kind(), len);
@@ -263,132 +270,139 @@ impl Pipeline {
             }
         };
 
-        let topic = record.topic;
-        let sinks = self.sinks.sinks(topic);
-        if sinks.is_empty() {
-            metrics.frame_refused(Some(topic), "not_routed", len);
-            return Answer::Ack {
-                txid,
-                topic: topic_name,
-                message_id,
-            };
-        }
-        let reliable = self.sinks.reliable_sink(topic);
-        if reliable.is_some() && first_pass {
-            // Backpressure: without a free in-flight slot this vehicle is not read further.
-            // Nothing below has run yet, so the repeat call starts from the same state.
-            match self.inflight_slots.clone().try_acquire_owned() {
-                Ok(p) => permit = Some(p),
-                Err(_) => return Answer::NeedSlot,
+        // Everything below reads the record; its heap memory then goes back to the
+        // connection's buffers for the next frame (no per-frame allocation on the ok path).
+        let answer = 'dispatch: {
+            let topic = record.topic;
+            let sinks = self.sinks.sinks(topic);
+            if sinks.is_empty() {
+                metrics.frame_refused(Some(topic), "not_routed", len);
+                break 'dispatch Answer::Ack {
+                    txid,
+                    topic: topic_name,
+                    message_id,
+                };
             }
-        }
-        if let Some(started) = started {
-            metrics
-                .decode_seconds
-                .record(started.elapsed().as_secs_f64());
-        }
-        metrics.frame_ok(Some(topic), len);
-
-        // The typed signals of a V frame, read once for changes-only and the rules.
-        let vehicle = record.decoded.vehicle().map(|p| {
-            (
-                p,
-                crate::state::VehicleUpdate::from_payload(p, record.frame.created_at),
-            )
-        });
-
-        // Changes-only: drop datums whose value did not change; skip the record when none did.
-        // The rules below still see the whole frame.
-        let mut forward_record = true;
-        let filtered;
-        let mut out_payload: &[u8] = &record.payload;
-        if let (Some(co), Some((p, update))) = (&self.changes_only, &vehicle) {
-            let drop = state
-                .changes
-                .suppressed(p, update.at_ms, &co.min_delta, co.max_age_ms);
-            if !drop.is_empty() {
-                metrics::counter!(m::CHANGES_SUPPRESSED_DATUMS_TOTAL).increment(drop.len() as u64);
-                if drop.len() == p.data.len() {
-                    forward_record = false;
-                    metrics::counter!(m::CHANGES_SUPPRESSED_RECORDS_TOTAL).increment(1);
-                } else if let Ok(bytes) =
-                    crate::wire::payload::drop_list_entries(&record.payload, &drop)
-                {
-                    filtered = bytes;
-                    out_payload = &filtered;
+            let reliable = self.sinks.reliable_sink(topic);
+            if reliable.is_some() && first_pass {
+                // Backpressure: without a free in-flight slot this vehicle is not read further.
+                // Nothing below has run yet, so the repeat call starts from the same state.
+                match self.inflight_slots.clone().try_acquire_owned() {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => break 'dispatch Answer::NeedSlot,
                 }
             }
-        }
+            if let Some(started) = started {
+                metrics
+                    .decode_seconds
+                    .record(started.elapsed().as_secs_f64());
+            }
+            metrics.frame_ok(Some(topic), len);
 
-        let sink_record = SinkRecord {
-            topic,
-            vin: record.vin,
-            txid: record.frame.txid,
-            device_type: record.frame.device_type,
-            created_at: record.frame.created_at,
-            received_at_ms,
-            device_client_version: source.client_version,
-            payload: out_payload,
-        };
-        let sinks = if forward_record { sinks } else { &[] };
-        let seq = state.next_seq;
-        let mut refused = false;
-        let mut tracked_record = 0u32;
-        for sink in sinks {
-            let ticket = if reliable == Some(sink.name()) {
-                tracked_record = 1;
-                DeliveryTicket::tracked(state.completions.clone(), seq, permit.take())
-            } else {
-                DeliveryTicket::untracked()
+            // The typed signals of a V frame, read once for changes-only and the rules.
+            let vehicle = record.decoded.vehicle().map(|p| {
+                (
+                    p,
+                    crate::state::VehicleUpdate::from_payload(p, record.frame.created_at),
+                )
+            });
+
+            // Changes-only: drop datums whose value did not change; skip the record when none did.
+            // The rules below still see the whole frame.
+            let mut forward_record = true;
+            let filtered;
+            let mut out_payload: &[u8] = &record.payload;
+            if let (Some(co), Some((p, update))) = (&self.changes_only, &vehicle) {
+                let drop = state
+                    .changes
+                    .suppressed(p, update.at_ms, &co.min_delta, co.max_age_ms);
+                if !drop.is_empty() {
+                    metrics::counter!(m::CHANGES_SUPPRESSED_DATUMS_TOTAL)
+                        .increment(drop.len() as u64);
+                    if drop.len() == p.data.len() {
+                        forward_record = false;
+                        metrics::counter!(m::CHANGES_SUPPRESSED_RECORDS_TOTAL).increment(1);
+                    } else if let Ok(bytes) =
+                        crate::wire::payload::drop_list_entries(&record.payload, &drop)
+                    {
+                        filtered = bytes;
+                        out_payload = &filtered;
+                    }
+                }
+            }
+
+            let sink_record = SinkRecord {
+                topic,
+                vin: record.vin,
+                txid: record.frame.txid,
+                device_type: record.frame.device_type,
+                created_at: record.frame.created_at,
+                received_at_ms,
+                device_client_version: source.client_version,
+                payload: out_payload,
             };
-            let t = timed.then(Instant::now);
-            if let Err(e) = sink.publish(&sink_record, ticket) {
-                refused = true;
-                metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
-                tracing::warn!(vin = %source.device_id, sink = sink.name(), error = %e, "sink refused a record; frame not acked (the vehicle resends)");
+            let sinks = if forward_record { sinks } else { &[] };
+            let seq = state.next_seq;
+            let mut refused = false;
+            let mut tracked_record = 0u32;
+            for sink in sinks {
+                let ticket = if reliable == Some(sink.name()) {
+                    tracked_record = 1;
+                    DeliveryTicket::tracked(state.completions.clone(), seq, permit.take())
+                } else {
+                    DeliveryTicket::untracked()
+                };
+                let t = timed.then(Instant::now);
+                if let Err(e) = sink.publish(&sink_record, ticket) {
+                    refused = true;
+                    metrics::counter!(m::SINK_REFUSED_TOTAL, "sink" => sink.name()).increment(1);
+                    tracing::warn!(vin = %source.device_id, sink = sink.name(), error = %e, "sink refused a record; frame not acked (the vehicle resends)");
+                }
+                if let Some(t) = t {
+                    metrics.sink_published(sink.name(), t.elapsed().as_secs_f64());
+                }
             }
-            if let Some(t) = t {
-                metrics.sink_published(sink.name(), t.elapsed().as_secs_f64());
-            }
-        }
 
-        // The rules see every V frame; the events follow the record to the event sinks.
-        let mut tracked_events = 0;
-        if let (Some(fleet), Some((_, update))) = (&self.fleet, &vehicle) {
-            let t = timed.then(Instant::now);
-            let events = fleet.apply(record.vin, update);
-            if let Some(t) = t {
-                metrics.rules_seconds.record(t.elapsed().as_secs_f64());
+            // The rules see every V frame; the events follow the record to the event sinks.
+            let mut tracked_events = 0;
+            if let (Some(fleet), Some((_, update))) = (&self.fleet, &vehicle) {
+                let t = timed.then(Instant::now);
+                let events = fleet.apply(record.vin, update);
+                if let Some(t) = t {
+                    metrics.rules_seconds.record(t.elapsed().as_secs_f64());
+                }
+                if !events.is_empty() {
+                    let completions = &state.completions;
+                    let (tracked, events_refused) =
+                        self.sinks.publish_events(&events, reliable, || {
+                            DeliveryTicket::tracked(completions.clone(), seq, None)
+                        });
+                    tracked_events = tracked;
+                    refused |= events_refused;
+                }
             }
-            if !events.is_empty() {
-                let completions = &state.completions;
-                let (tracked, events_refused) =
-                    self.sinks.publish_events(&events, reliable, || {
-                        DeliveryTicket::tracked(completions.clone(), seq, None)
-                    });
-                tracked_events = tracked;
-                refused |= events_refused;
+            if refused && reliable.is_none() {
+                break 'dispatch Answer::Nothing;
             }
-        }
-        if refused && reliable.is_none() {
-            return Answer::Nothing;
-        }
-        if reliable.is_some() && tracked_record + tracked_events > 0 {
-            state.next_seq += 1;
-            Answer::AckAfter {
-                seq,
-                deliveries: tracked_record + tracked_events,
-                txid,
-                topic: topic_name,
-                message_id,
+            if reliable.is_some() && tracked_record + tracked_events > 0 {
+                state.next_seq += 1;
+                Answer::AckAfter {
+                    seq,
+                    deliveries: tracked_record + tracked_events,
+                    txid,
+                    topic: topic_name,
+                    message_id,
+                }
+            } else {
+                Answer::Ack {
+                    txid,
+                    topic: topic_name,
+                    message_id,
+                }
             }
-        } else {
-            Answer::Ack {
-                txid,
-                topic: topic_name,
-                message_id,
-            }
-        }
+        };
+        state.buffers.recycle(record.decoded, record.payload);
+        answer
     }
 
     /// Produces a connectivity record (CONNECTED / DISCONNECTED) of one socket to the

@@ -80,16 +80,18 @@ impl SiteIndex {
     /// Calls `f` with every site whose grown box holds the point (each site once).
     pub fn candidates(&self, lat: f64, lon: f64, mut f: impl FnMut(&Arc<Site>)) {
         let mut last = u32::MAX;
-        for e in self
+        // internal iteration: the walk keeps its state on the stack, where the iterator form
+        // allocates once more nodes are open than its inline buffer holds (dense sites)
+        let _ = self
             .tree
-            .locate_in_envelope_intersecting(&AABB::from_point([lon, lat]))
-        {
-            // a site has at most two boxes; they never both contain one point except at ±180
-            if e.site != last {
-                f(&self.sites[e.site as usize]);
-                last = e.site;
-            }
-        }
+            .locate_in_envelope_intersecting_int(&AABB::from_point([lon, lat]), |e| {
+                // a site has at most two boxes; they never both contain one point except at ±180
+                if e.site != last {
+                    f(&self.sites[e.site as usize]);
+                    last = e.site;
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
     }
 
     /// The margin the boxes were grown by.
@@ -109,16 +111,16 @@ impl SiteIndex {
         let dlon = max_m / (M_PER_DEG * lat.to_radians().cos().max(0.01));
         let query = AABB::from_corners([lon - dlon, lat - dlat], [lon + dlon, lat + dlat]);
         let mut best: Option<(Arc<Site>, f64)> = None;
-        for e in self.tree.locate_in_envelope_intersecting(&query) {
+        let _ = self.tree.locate_in_envelope_intersecting_int(&query, |e| {
             let site = &self.sites[e.site as usize];
-            if site.kind != kind {
-                continue;
+            if site.kind == kind {
+                let d = site.edge_distance_m(lat, lon).max(0.0);
+                if d <= max_m && best.as_ref().is_none_or(|(_, bd)| d < *bd) {
+                    best = Some((site.clone(), d));
+                }
             }
-            let d = site.edge_distance_m(lat, lon).max(0.0);
-            if d <= max_m && best.as_ref().is_none_or(|(_, bd)| d < *bd) {
-                best = Some((site.clone(), d));
-            }
-        }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
         best
     }
 }

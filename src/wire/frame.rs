@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::envelope::{read_envelope, EnvelopeError, MESSAGE_TYPE_STREAM};
-use super::payload::{decode_and_transform, Decoded};
+use super::payload::{decode_and_transform_reusing, DecodeBuffers, Decoded};
 use super::topic::Topic;
 
 /// Largest websocket message accepted as a frame (Tesla's limit).
@@ -143,6 +143,17 @@ pub struct Record<'a> {
 impl<'a> Frame<'a> {
     /// Decodes the payload and applies the transforms with `vin`.
     pub fn into_record(self, vin: &'a str, received_at_ms: u64) -> Result<Record<'a>, FrameError> {
+        self.into_record_reusing(vin, received_at_ms, &mut DecodeBuffers::default())
+    }
+
+    /// [`Frame::into_record`] into the memory `buffers` keep from earlier frames (hand the
+    /// record back with [`DecodeBuffers::recycle`]).
+    pub fn into_record_reusing(
+        self,
+        vin: &'a str,
+        received_at_ms: u64,
+        buffers: &mut DecodeBuffers,
+    ) -> Result<Record<'a>, FrameError> {
         let Some(topic) = self.topic else {
             return Err(FrameError::UnknownTopic {
                 txid: Bytes::copy_from_slice(self.txid),
@@ -150,7 +161,7 @@ impl<'a> Frame<'a> {
                 message_id: Bytes::copy_from_slice(self.message_id),
             });
         };
-        match decode_and_transform(topic, self.payload, vin) {
+        match decode_and_transform_reusing(topic, self.payload, vin, buffers) {
             Ok((decoded, payload)) => Ok(Record {
                 frame: self,
                 topic,

@@ -14,6 +14,6 @@ pub mod topic;
 
 pub use envelope::{read_envelope, EnvelopeView, EnvelopeWriter, StreamView};
 pub use frame::{decode_standalone, read_frame, Frame, FrameError, Record, MAX_FRAME_BYTES};
-pub use payload::Decoded;
+pub use payload::{DecodeBuffers, Decoded};
 pub use timestamp::Timestamp;
 pub use topic::Topic;

@@ -48,6 +48,27 @@ impl Decoded {
     }
 }
 
+/// Heap memory a connection keeps from one frame to the next, so that decoding a `V` frame
+/// reuses the previous frame's datum list, vin string and output buffer instead of allocating
+/// them anew. Hand a record's parts back with [`DecodeBuffers::recycle`] when it is done with.
+#[derive(Debug, Default)]
+pub struct DecodeBuffers {
+    vehicle: vehicle_data::Payload,
+    bytes: Vec<u8>,
+}
+
+impl DecodeBuffers {
+    /// Takes back a finished record's typed payload and bytes for the next frame.
+    pub fn recycle(&mut self, decoded: Decoded, mut bytes: Vec<u8>) {
+        if let Decoded::Vehicle(mut p) = decoded {
+            p.clear();
+            self.vehicle = p;
+        }
+        bytes.clear();
+        self.bytes = bytes;
+    }
+}
+
 /// Decodes `raw` as `topic`'s message, applies the transforms with `vin`, and returns the typed
 /// value with the transformed protobuf bytes.
 pub fn decode_and_transform(
@@ -55,11 +76,26 @@ pub fn decode_and_transform(
     raw: &[u8],
     vin: &str,
 ) -> Result<(Decoded, Vec<u8>), prost::DecodeError> {
+    decode_and_transform_reusing(topic, raw, vin, &mut DecodeBuffers::default())
+}
+
+/// [`decode_and_transform`] into the memory `buffers` keep from earlier frames.
+pub fn decode_and_transform_reusing(
+    topic: Topic,
+    raw: &[u8],
+    vin: &str,
+    buffers: &mut DecodeBuffers,
+) -> Result<(Decoded, Vec<u8>), prost::DecodeError> {
     let mut rewritten = Vec::new();
     let had_vin;
     let decoded = match topic {
         Topic::Vehicle => {
-            let mut p = vehicle_data::Payload::decode(raw)?;
+            let mut p = std::mem::take(&mut buffers.vehicle);
+            if let Err(e) = p.merge(raw) {
+                p.clear();
+                buffers.vehicle = p;
+                return Err(e);
+            }
             transform_location(&mut p, &mut rewritten);
             transform_scientific_notation(&mut p, &mut rewritten);
             had_vin = set_vin(&mut p.vin, vin);
@@ -86,15 +122,22 @@ pub fn decode_and_transform(
     if rewritten.is_empty() && !had_vin {
         // Common case: nothing to replace and no vin to drop (proto3 encoders never write an
         // empty string), so the output is the input plus the vin field.
-        let mut out = Vec::with_capacity(raw.len() + vin.len() + 4);
+        let mut out = std::mem::take(&mut buffers.bytes);
+        out.reserve(raw.len() + vin.len() + 4);
         out.extend_from_slice(raw);
         append_vin(&mut out, vin);
         return Ok((decoded, out));
     }
     rewritten.sort_unstable();
     rewritten.dedup();
-    let bytes = splice(raw, &decoded, &rewritten, vin)?;
-    Ok((decoded, bytes))
+    let mut out = std::mem::take(&mut buffers.bytes);
+    match splice(raw, &decoded, &rewritten, vin, &mut out) {
+        Ok(()) => Ok((decoded, out)),
+        Err(e) => {
+            buffers.recycle(decoded, out);
+            Err(e)
+        }
+    }
 }
 
 /// Sets the payload's vin; true when the vehicle had sent a non-empty one.
@@ -242,8 +285,9 @@ fn splice(
     decoded: &Decoded,
     rewritten: &[usize],
     vin: &str,
-) -> Result<Vec<u8>, prost::DecodeError> {
-    let mut out = Vec::with_capacity(raw.len() + vin.len() + 16);
+    out: &mut Vec<u8>,
+) -> Result<(), prost::DecodeError> {
+    out.reserve(raw.len() + vin.len() + 16);
     let mut buf = raw;
     let mut list_index = 0usize;
     while buf.has_remaining() {
@@ -260,10 +304,10 @@ fn splice(
             if rewritten.binary_search(&index).is_ok() {
                 match decoded {
                     Decoded::Vehicle(p) => {
-                        prost::encoding::message::encode(LIST_FIELD, &p.data[index], &mut out)
+                        prost::encoding::message::encode(LIST_FIELD, &p.data[index], out)
                     }
                     Decoded::Alerts(p) => {
-                        prost::encoding::message::encode(LIST_FIELD, &p.alerts[index], &mut out)
+                        prost::encoding::message::encode(LIST_FIELD, &p.alerts[index], out)
                     }
                     _ => out.put_slice(field),
                 }
@@ -272,8 +316,8 @@ fn splice(
         }
         out.put_slice(field);
     }
-    append_vin(&mut out, vin);
-    Ok(out)
+    append_vin(out, vin);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -346,6 +390,48 @@ mod tests {
         assert!(!out.windows(7).any(|w| w == b"SPOOFED"));
         let back = vehicle_data::Payload::decode(out.as_slice()).unwrap();
         assert_eq!((back.vin.as_str(), back.is_resend), ("REAL", true));
+    }
+
+    #[test]
+    fn reused_buffers_decode_each_frame_as_a_fresh_decode_does() {
+        let datum = |key: vehicle_data::Field, value: V| vehicle_data::Datum {
+            key: key as i32,
+            value: Some(vehicle_data::Value { value: Some(value) }),
+        };
+        let big = vehicle_data::Payload {
+            data: vec![
+                datum(vehicle_data::Field::Soc, V::DoubleValue(61.0)),
+                datum(
+                    vehicle_data::Field::VehicleSpeed,
+                    V::StringValue("1e2".into()),
+                ),
+                datum(vehicle_data::Field::Gear, V::StringValue("D".into())),
+            ],
+            vin: "SENT".into(),
+            is_resend: true,
+            ..Default::default()
+        };
+        let small = vehicle_data::Payload {
+            data: vec![datum(vehicle_data::Field::Soc, V::DoubleValue(62.0))],
+            ..Default::default()
+        };
+        let frames = [
+            big.encode_to_vec(),
+            small.encode_to_vec(),
+            vec![0x0a, 0xff], // truncated: refused, and leaves nothing behind
+            small.encode_to_vec(),
+            big.encode_to_vec(),
+        ];
+        let mut buffers = DecodeBuffers::default();
+        for raw in &frames {
+            let fresh = decode_and_transform(Topic::Vehicle, raw, "VIN9");
+            let reused = decode_and_transform_reusing(Topic::Vehicle, raw, "VIN9", &mut buffers);
+            assert_eq!(reused.is_ok(), fresh.is_ok());
+            if let (Ok(fresh), Ok((decoded, bytes))) = (fresh, reused) {
+                assert_eq!((&decoded, &bytes), (&fresh.0, &fresh.1));
+                buffers.recycle(decoded, bytes);
+            }
+        }
     }
 
     #[test]
