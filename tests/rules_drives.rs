@@ -418,3 +418,44 @@ fn charge_state_complete_triggers_charge_complete_without_a_target() {
     assert_eq!(kinds(&e), ["fleetgate.arrival.charge_complete"]);
     assert_eq!(e[0].data["trigger"], "charge_state_complete");
 }
+
+/// The sites a vehicle is inside are found again by id when the site set changes under it
+/// (each frame first tries where they sat in the index before): new sites shifting every
+/// position re-fire nothing, a deleted site is dropped without an exit, the others still exit.
+#[test]
+fn a_changed_site_set_under_a_parked_vehicle_refires_nothing() {
+    let (lat, lon) = (30.2672, -97.7431);
+    let a = circle("a", "merchant", lat, lon, 250.0);
+    let b = circle("b", "merchant", lat + north(50.0), lon, 250.0);
+    let d = Drive::new(vec![a.clone(), b.clone()]);
+    let entered = d.frame(0, &[D::Loc(lat, lon)]);
+    assert_eq!(
+        kinds(&entered),
+        ["fleetgate.site.entered", "fleetgate.site.entered"]
+    );
+    // new sites first: a and b sit at other positions, one of them where the other was
+    let far = |id: &str| circle(id, "merchant", lat + 1.0, lon, 100.0);
+    d.engine
+        .sites
+        .replace(vec![far("x"), far("y"), b.clone(), far("z"), a.clone()]);
+    assert!(
+        d.frame(30, &[D::Loc(lat, lon)]).is_empty(),
+        "still inside a and b"
+    );
+    d.engine.sites.replace(vec![b.clone(), a.clone()]);
+    assert!(d.frame(60, &[D::Loc(lat, lon)]).is_empty(), "swapped back");
+    // a is deleted: dropped quietly, b stays
+    assert!(d.engine.sites.remove("a"));
+    assert!(d.frame(90, &[D::Loc(lat, lon)]).is_empty());
+    // leaving: only b exits
+    let left = d.frame(120, &[D::Loc(lat - north(2_000.0), lon)]);
+    assert_eq!(kinds(&left), ["fleetgate.site.exited"]);
+    assert_eq!(left[0].data["site_id"], "b");
+    // a is back: entering fires for it again (it was left while deleted)
+    d.engine.sites.upsert(a.clone());
+    let back = d.frame(150, &[D::Loc(lat, lon)]);
+    assert_eq!(
+        kinds(&back),
+        ["fleetgate.site.entered", "fleetgate.site.entered"]
+    );
+}

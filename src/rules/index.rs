@@ -72,13 +72,26 @@ impl SiteIndex {
         self.by_id.get(id).map(|i| &self.sites[*i as usize])
     }
 
+    /// The site with `id` and its position, trying `slot` (where it was last seen) before the
+    /// id lookup.
+    pub fn locate(&self, id: &str, slot: u32) -> Option<(u32, &Arc<Site>)> {
+        match self.sites.get(slot as usize) {
+            Some(site) if site.id == id => Some((slot, site)),
+            _ => {
+                let i = *self.by_id.get(id)?;
+                Some((i, &self.sites[i as usize]))
+            }
+        }
+    }
+
     /// Every site.
     pub fn all(&self) -> &[Arc<Site>] {
         &self.sites
     }
 
-    /// Calls `f` with every site whose grown box holds the point (each site once).
-    pub fn candidates(&self, lat: f64, lon: f64, mut f: impl FnMut(&Arc<Site>)) {
+    /// Calls `f` with every site whose grown box holds the point (each site once), with its
+    /// position in the index.
+    pub fn candidates(&self, lat: f64, lon: f64, mut f: impl FnMut(u32, &Arc<Site>)) {
         let mut last = u32::MAX;
         // internal iteration: the walk keeps its state on the stack, where the iterator form
         // allocates once more nodes are open than its inline buffer holds (dense sites)
@@ -87,7 +100,7 @@ impl SiteIndex {
             .locate_in_envelope_intersecting_int(&AABB::from_point([lon, lat]), |e| {
                 // a site has at most two boxes; they never both contain one point except at ±180
                 if e.site != last {
-                    f(&self.sites[e.site as usize]);
+                    f(e.site, &self.sites[e.site as usize]);
                     last = e.site;
                 }
                 std::ops::ControlFlow::<()>::Continue(())
@@ -189,7 +202,7 @@ mod tests {
 
     fn hits(index: &SiteIndex, lat: f64, lon: f64) -> Vec<String> {
         let mut v = Vec::new();
-        index.candidates(lat, lon, |s| {
+        index.candidates(lat, lon, |_, s| {
             if s.edge_distance_m(lat, lon) <= 0.0 {
                 v.push(s.id.clone())
             }

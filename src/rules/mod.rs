@@ -263,15 +263,20 @@ impl FleetData {
     ) {
         let margin = self.config.exit_margin_m;
         // exits: only beyond radius + margin (hysteresis); a deleted site is dropped quietly
+        let tracking = &mut state.tracking;
+        let slots = &mut tracking.inside_slots.0;
+        slots.resize(tracking.inside.len(), u32::MAX);
         let mut i = 0;
-        while i < state.tracking.inside.len() {
-            let (id, entered) = state.tracking.inside[i].clone();
-            match index.get(&id) {
+        while i < tracking.inside.len() {
+            match index.locate(&tracking.inside[i].0, slots[i]) {
                 None => {
-                    state.tracking.inside.swap_remove(i);
+                    tracking.inside.swap_remove(i);
+                    slots.swap_remove(i);
                 }
-                Some(site) if site.edge_distance_m(lat, lon) > margin => {
-                    state.tracking.inside.swap_remove(i);
+                Some((_, site)) if site.edge_distance_m(lat, lon) > margin => {
+                    let entered = tracking.inside[i].1;
+                    tracking.inside.swap_remove(i);
+                    slots.swap_remove(i);
                     events.push(Event::new(
                         EventType::SiteExited,
                         vin,
@@ -281,23 +286,28 @@ impl FleetData {
                             "lat" => lat, "lon" => lon, "dwell_s" => (at_ms - entered) / 1000),
                     ));
                 }
-                Some(_) => i += 1,
+                Some((slot, _)) => {
+                    slots[i] = slot;
+                    i += 1;
+                }
             }
         }
-        // entries: inside the radius / polygon
-        index.candidates(lat, lon, |site| {
-            if state.tracking.inside.iter().any(|(id, _)| **id == *site.id) {
+        // entries: inside the radius / polygon (the slots of the sites inside are current now)
+        let soc = state.soc;
+        index.candidates(lat, lon, |slot, site| {
+            if slots.contains(&slot) {
                 return;
             }
             if site.edge_distance_m(lat, lon) <= 0.0 {
-                state.tracking.inside.push((Arc::from(site.id.as_str()), at_ms));
+                tracking.inside.push((Arc::from(site.id.as_str()), at_ms));
+                slots.push(slot);
                 events.push(Event::new(
                     EventType::SiteEntered,
                     vin,
                     &site.id,
                     at_ms,
                     event_data!("site_id" => site.id.as_str(), "site_name" => site.name.as_str(), "site_kind" => site.kind.as_str(),
-                        "lat" => lat, "lon" => lon, "soc" => state.soc),
+                        "lat" => lat, "lon" => lon, "soc" => soc),
                 ));
             }
         });

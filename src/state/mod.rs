@@ -198,6 +198,22 @@ pub struct Tracking {
     pub held_fix: Option<Position>,
     /// The open charging session.
     pub session: Option<ChargingSession>,
+    /// Where each of `inside` sat in the site index the last frame looked (a cache).
+    #[serde(skip)]
+    pub inside_slots: SiteSlots,
+}
+
+/// Positions of a vehicle's `inside` sites in the current site index, so that a frame checks
+/// them by position instead of hashing and comparing ids. A cache, not state: not stored,
+/// equal to any other, and checked against the site's id before use (the index may have been
+/// swapped since).
+#[derive(Debug, Clone, Default)]
+pub struct SiteSlots(pub Vec<u32>);
+
+impl PartialEq for SiteSlots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// An open charging session.
