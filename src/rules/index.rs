@@ -31,7 +31,13 @@ pub struct SiteIndex {
     by_id: HashMap<String, u32, foldhash::fast::RandomState>,
     tree: RTree<Entry>,
     margin_m: f64,
+    /// Unique per built index (0 for the empty default), so positions remembered against one
+    /// index are never trusted in another.
+    generation: u64,
 }
+
+/// Source of [`SiteIndex`] generations.
+static GENERATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl SiteIndex {
     /// Indexes `sites`, with boxes grown by `margin_m` (the exit margin) so exits are found too.
@@ -54,7 +60,18 @@ impl SiteIndex {
             sites,
             by_id,
             margin_m,
+            generation: GENERATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// This index's generation: positions taken from it are valid exactly while it is current.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The site at `slot`, a position taken from this index.
+    pub fn at(&self, slot: u32) -> Option<&Arc<Site>> {
+        self.sites.get(slot as usize)
     }
 
     /// Number of sites.

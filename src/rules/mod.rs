@@ -264,11 +264,23 @@ impl FleetData {
         let margin = self.config.exit_margin_m;
         // exits: only beyond radius + margin (hysteresis); a deleted site is dropped quietly
         let tracking = &mut state.tracking;
-        let slots = &mut tracking.inside_slots.0;
-        slots.resize(tracking.inside.len(), u32::MAX);
+        let cache = &mut tracking.inside_slots;
+        let current =
+            cache.generation == index.generation() && cache.slots.len() == tracking.inside.len();
+        if !current {
+            cache.slots.clear();
+            cache.slots.resize(tracking.inside.len(), u32::MAX);
+        }
+        cache.generation = index.generation();
+        let slots = &mut cache.slots;
         let mut i = 0;
         while i < tracking.inside.len() {
-            match index.locate(&tracking.inside[i].0, slots[i]) {
+            let found = if current {
+                index.at(slots[i]).map(|site| (slots[i], site))
+            } else {
+                index.locate(&tracking.inside[i].0, slots[i])
+            };
+            match found {
                 None => {
                     tracking.inside.swap_remove(i);
                     slots.swap_remove(i);

@@ -203,12 +203,16 @@ pub struct Tracking {
     pub inside_slots: SiteSlots,
 }
 
-/// Positions of a vehicle's `inside` sites in the current site index, so that a frame checks
-/// them by position instead of hashing and comparing ids. A cache, not state: not stored,
-/// equal to any other, and checked against the site's id before use (the index may have been
-/// swapped since).
+/// Positions of a vehicle's `inside` sites in the site index of `generation`, so that a frame
+/// finds them by position instead of hashing and comparing ids. A cache, not state: not stored,
+/// equal to any other, and used only while that index is current.
 #[derive(Debug, Clone, Default)]
-pub struct SiteSlots(pub Vec<u32>);
+pub struct SiteSlots {
+    /// The [`crate::rules::index::SiteIndex`] generation the positions belong to (0: none).
+    pub generation: u64,
+    /// One position per `inside` entry.
+    pub slots: Vec<u32>,
+}
 
 impl PartialEq for SiteSlots {
     fn eq(&self, _: &Self) -> bool {
