@@ -1,8 +1,11 @@
 //! `fleetgate bench`: the load bench SREs size fleetgate with. A fleet of mTLS websocket
 //! vehicles ([`load`]), the bare ack server it is compared with ([`bare`]), `/proc` sampling of a
-//! server by pid ([`procstat`]) and the scenarios that run both side by side ([`scenario`]).
+//! server by pid ([`procstat`]), the scenarios that run both side by side ([`scenario`]), the
+//! frame → event latency reader ([`events`]) and the socket-free drive through the pipeline that
+//! `benches/pipeline.rs` and `tests/frame_allocations.rs` share ([`drive`]).
 
 pub mod bare;
+pub mod drive;
 pub mod events;
 pub mod load;
 pub mod procstat;

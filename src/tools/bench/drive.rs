@@ -1,0 +1,183 @@
+//! A scripted drive for measuring the frame path without a socket (`benches/pipeline.rs`,
+//! `tests/frame_allocations.rs`): dense circle sites over an area, the `V` frames of one
+//! vehicle crossing it, a pipeline whose only sink keeps nothing and counts the events.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::event::Event;
+use crate::metrics::FrameMetrics;
+use crate::pipeline::{Answer, FrameState, Pipeline, RateLimit, Slot, Source};
+use crate::rules::sites::{Shape, Site};
+use crate::rules::{Fleet, RulesConfig};
+use crate::sinks::{DeliveryTicket, PublishError, Sink, SinkRecord, SinkRouter};
+use crate::wire::proto::vehicle_data::{
+    value::Value as V, Datum, Field, LocationValue, Payload, Value,
+};
+use crate::wire::{EnvelopeWriter, StreamView, Timestamp};
+
+/// The driving vehicle.
+pub const VIN: &str = "5YJ3E1EA7KF000001";
+
+/// Its identity as the pipeline sees it (certificate CN and client version).
+pub const SOURCE: Source<'static> = Source {
+    device_id: VIN,
+    sender_id: "vehicle_device.5YJ3E1EA7KF000001",
+    client_version: "2024.44",
+};
+
+/// The area sites are spread over and the drive crosses: south-west corner and size (°).
+#[derive(Debug, Clone, Copy)]
+pub struct Area {
+    /// Southern edge.
+    pub lat: f64,
+    /// Western edge.
+    pub lon: f64,
+    /// Height and width.
+    pub span: f64,
+}
+
+/// `n` merchant circles of 250 m at pseudo-random places in `area` (the same every run).
+pub fn dense_sites(n: usize, area: Area) -> Vec<Site> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|i| Site {
+            id: format!("site-{i}"),
+            name: format!("Site {i}"),
+            kind: "merchant".into(),
+            tags: Default::default(),
+            shape: Shape::Circle {
+                lat: area.lat + area.span * next(),
+                lon: area.lon + area.span * next(),
+                radius_m: 250.0,
+            },
+        })
+        .collect()
+}
+
+/// The `i`-th frame of a diagonal drive from `start` (lat, lon), ~5.5 m north and east per
+/// frame for `steps` frames, then again: location, speed and SoC, one second apart (a frame
+/// older than the vehicle's state would skip the rules), with the vin the vehicle claims.
+pub fn frame(i: u64, start: (f64, f64), steps: u64) -> Vec<u8> {
+    let datum = |field: Field, value: V| Datum {
+        key: field as i32,
+        value: Some(Value { value: Some(value) }),
+    };
+    let step = (i % steps) as f64 * 0.00005;
+    let payload = Payload {
+        data: vec![
+            datum(
+                Field::Location,
+                V::LocationValue(LocationValue {
+                    latitude: start.0 + step,
+                    longitude: start.1 + step,
+                }),
+            ),
+            datum(Field::VehicleSpeed, V::DoubleValue(40.0)),
+            datum(Field::Soc, V::DoubleValue(60.0 + (i % 30) as f64)),
+        ],
+        created_at: Some(Timestamp {
+            seconds: 1_764_000_000 + i as i64,
+            nanos: 0,
+        }),
+        vin: VIN.into(),
+        is_resend: false,
+    }
+    .encode_to_vec();
+    EnvelopeWriter::new()
+        .stream(
+            format!("tx-{i}").as_bytes(),
+            b"V",
+            b"",
+            &StreamView {
+                created_at: 1_764_000_000 + i as u32,
+                sender_id: SOURCE.sender_id.as_bytes(),
+                payload: &payload,
+                device_type: b"vehicle_device",
+                device_id: VIN.as_bytes(),
+                delivered_at_epoch_ms: 0,
+            },
+        )
+        .to_vec()
+}
+
+/// Takes every record and event and keeps none; counts the events.
+#[derive(Default)]
+pub struct Discard {
+    events: AtomicU64,
+}
+
+impl Discard {
+    /// Events taken so far.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+}
+
+impl Sink for Discard {
+    fn name(&self) -> &'static str {
+        "drop"
+    }
+    fn publish(&self, _: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
+        ticket.complete(true);
+        Ok(())
+    }
+    fn publish_event(
+        &self,
+        _: &Event,
+        _: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        ticket.complete(true);
+        Ok(())
+    }
+    fn flush(&self, _: Duration) -> usize {
+        0
+    }
+}
+
+/// A pipeline with the rules over `sites`, `V` records and events to `sink`, no reliable
+/// acks, no rate limit.
+pub fn pipeline(sites: Vec<Site>, sink: Arc<Discard>) -> Pipeline {
+    let records: BTreeMap<String, Vec<String>> =
+        [("V".to_string(), vec!["drop".to_string()])].into();
+    let available: Vec<Arc<dyn Sink>> = vec![sink];
+    let sinks = SinkRouter::new(&records, &BTreeMap::new(), &available)
+        .and_then(|r| r.with_event_sinks(&["drop".to_string()]))
+        .expect("a router over the discard sink");
+    Pipeline {
+        sinks,
+        rate_limit: RateLimit {
+            enabled: false,
+            message_limit: u32::MAX,
+            interval: Duration::from_secs(1),
+        },
+        inflight_slots: Arc::new(tokio::sync::Semaphore::new(1000)),
+        metrics: Arc::new(FrameMetrics::new(&["drop"])),
+        fleet: Some(Fleet::new(RulesConfig::default(), sites)),
+        changes_only: None,
+    }
+}
+
+/// One frame of the drive through `pipeline`, received now from [`SOURCE`].
+pub fn apply<'m>(pipeline: &Pipeline, state: &mut FrameState, bytes: &'m [u8]) -> Answer<'m> {
+    pipeline.on_frame(
+        state,
+        SOURCE,
+        bytes,
+        1_764_000_000_000,
+        std::time::Instant::now(),
+        Slot::First,
+    )
+}
