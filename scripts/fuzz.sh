@@ -28,6 +28,11 @@ summary=()
 for t in "${targets[@]}"; do
   echo "== fuzz $t for ${seconds}s"
   log="$(mktemp)"
+  if ! "${fuzz[@]}" build "$t" >"$log" 2>&1; then
+    tail -40 "$log"
+    echo "fuzz: target $t does not BUILD (a compile error, not a crash): fix fuzz/fuzz_targets/$t.rs against the library" >&2
+    exit 1
+  fi
   if ! "${fuzz[@]}" run "$t" "fuzz/corpus/$t" -- -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -40 "$log"
     echo "fuzz: target $t FAILED: the crashing input is in fuzz/artifacts/$t; add it as a regression test" >&2
