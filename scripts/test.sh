@@ -7,6 +7,7 @@
 # the SASL_SSL tests then need FLEETGATE_TEST_KAFKA_SASL=host:port and FLEETGATE_TEST_KAFKA_CA,
 # with the users and ACLs scripts/kafka.sh makes).
 # The CloudEvents SDK tests read events with the Python SDK from target/venv (made here).
+# The MQTT tests need Mosquitto (installed here from Debian's packages when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,18 @@ if [ -z "${FLEETGATE_TEST_KAFKA:-}" ]; then
     started_broker=1
   else
     echo "== using the running test Kafka broker"
+  fi
+fi
+
+# The MQTT tests start their own Mosquitto brokers (one per test, on free loopback ports) and
+# read them with mosquitto_sub: both come from Debian's packages.
+if ! { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || ! command -v mosquitto_sub >/dev/null; then
+  echo "== installing Mosquitto (broker and clients, Debian packages) for the MQTT tests"
+  sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
+  if ! { $sudo_ apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 \
+       || { $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq mosquitto mosquitto-clients; }; }; then
+    echo "test.sh: cannot install Mosquitto: run \`apt-get install mosquitto mosquitto-clients\` as root, then rerun" >&2
+    exit 1
   fi
 fi
 

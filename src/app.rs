@@ -162,6 +162,25 @@ pub fn build_sinks(
         .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));
     }
+    if used("mqtt") {
+        let mqtt = config.mqtt.as_ref().ok_or_else(|| {
+            ServeError::Config("records route to `mqtt` but there is no `mqtt` section".into())
+        })?;
+        let settings =
+            crate::sinks::mqtt::MqttSettings::from_config(mqtt, &config.fleetgate.mqtt, base)
+                .map_err(|problems| {
+                    ServeError::Config(
+                        problems
+                            .iter()
+                            .map(|(k, p)| format!("{k}: {p}"))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                })?;
+        let sink = crate::sinks::mqtt::MqttSink::start(settings)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        available.push(Arc::new(sink));
+    }
     let mut router = SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
         .and_then(|r| r.with_event_sinks(&config.event_sinks()))
         .map_err(ServeError::Config)?;

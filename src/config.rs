@@ -12,9 +12,9 @@ use serde_json::Value;
 use crate::wire::Topic;
 
 /// Sink names fleetgate implements.
-pub const SINK_NAMES: &[&str] = &["logger", "kafka"];
+pub const SINK_NAMES: &[&str] = &["logger", "kafka", "mqtt"];
 /// Sink names of the reference server that fleetgate does not implement.
-const REFERENCE_ONLY_SINKS: &[&str] = &["kinesis", "pubsub", "zmq", "mqtt", "redis", "nats"];
+const REFERENCE_ONLY_SINKS: &[&str] = &["kinesis", "pubsub", "zmq", "redis", "nats"];
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -77,9 +77,9 @@ pub struct Config {
     /// Tesla key (ZeroMQ sink): not implemented, warned about.
     #[serde(default)]
     pub zmq: Option<Value>,
-    /// Tesla key (MQTT sink): not implemented, warned about.
+    /// The MQTT sink's broker and layout (Tesla key; `fleetgate.mqtt` adds TLS and v5).
     #[serde(default)]
-    pub mqtt: Option<Value>,
+    pub mqtt: Option<MqttConfig>,
     /// Tesla key (NATS sink): not implemented, warned about.
     #[serde(default)]
     pub nats: Option<Value>,
@@ -267,6 +267,9 @@ pub struct FleetgateConfig {
     /// Kafka settings that are not librdkafka properties (secrets from files).
     #[serde(default)]
     pub kafka: KafkaExtrasConfig,
+    /// MQTT settings Tesla's `mqtt` section has no key for (protocol version, CA file).
+    #[serde(default)]
+    pub mqtt: MqttExtrasConfig,
     /// Cluster mode: instances sharing this name share sites, watches and VIN lists through
     /// compacted Kafka topics (needs the top-level `kafka` section). Unset = embedded mode.
     #[serde(default)]
@@ -339,6 +342,59 @@ pub struct ClusterTopicsConfig {
     /// Which instance holds which socket (default `{namespace}_fleetgate_presence`).
     #[serde(default)]
     pub presence: Option<String>,
+}
+
+/// `mqtt` (Tesla key): the MQTT sink, with the keys and defaults of Tesla's MQTT dispatcher.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct MqttConfig {
+    /// `host:port` of the broker (`ssl://host:port` for TLS).
+    #[serde(default)]
+    pub broker: String,
+    /// MQTT client id (default `fleetgate-<pid>`); unique per instance.
+    #[serde(default)]
+    pub client_id: String,
+    /// Username, when the broker wants one.
+    #[serde(default)]
+    pub username: String,
+    /// Password, when the broker wants one.
+    #[serde(default)]
+    pub password: String,
+    /// Prefix of every topic: `{topic_base}/{VIN}/v/{Field}`.
+    #[serde(default)]
+    pub topic_base: String,
+    /// QoS of every message: 0 (default), 1 or 2; reliable acks need 1 or 2.
+    #[serde(default)]
+    pub qos: u8,
+    /// Publish every message retained.
+    #[serde(default)]
+    pub retained: bool,
+    /// Connection timeout (ms, default 30000).
+    #[serde(default)]
+    pub connect_timeout_ms: u64,
+    /// How long a message may wait for the broker's confirmation (ms, default 2500).
+    #[serde(default)]
+    pub publish_timeout_ms: u64,
+    /// How long shutdown waits for in-flight messages (ms, default 250).
+    #[serde(default)]
+    pub disconnect_timeout_ms: u64,
+    /// Pause between connection attempts (ms, default 10000).
+    #[serde(default)]
+    pub connect_retry_interval_ms: u64,
+    /// MQTT keep-alive (s, default 30).
+    #[serde(default)]
+    pub keep_alive_seconds: u64,
+}
+
+/// `fleetgate.mqtt`: what Tesla's `mqtt` section has no key for.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MqttExtrasConfig {
+    /// `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub protocol_version: Option<String>,
+    /// PEM CA bundle for a TLS broker (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// `fleetgate.kafka`.
@@ -822,7 +878,6 @@ impl Config {
             ("kinesis", self.kinesis.is_some(), "the Kinesis sink"),
             ("pubsub", self.pubsub.is_some(), "the Google Pub/Sub sink"),
             ("zmq", self.zmq.is_some(), "the ZeroMQ sink"),
-            ("mqtt", self.mqtt.is_some(), "the MQTT sink"),
             ("nats", self.nats.is_some(), "the NATS sink"),
             (
                 "airbrake",
@@ -1012,6 +1067,37 @@ impl Config {
             }
         }
 
+        if let Some(mqtt) = &self.mqtt {
+            let routed = self.records.values().any(|s| s.iter().any(|s| s == "mqtt"))
+                || self.event_sinks().iter().any(|s| s == "mqtt");
+            if !routed {
+                warnings.push("config key `mqtt` is set but nothing routes to it: add \"mqtt\" to a topic of `records` (e.g. {\"V\": [\"mqtt\"]}) or to fleetgate.events.sinks".to_owned());
+            }
+            match crate::sinks::mqtt::MqttSettings::from_config(mqtt, &self.fleetgate.mqtt, base) {
+                Err(problems) => {
+                    for (key, problem) in problems {
+                        issue(&key, problem);
+                    }
+                }
+                Ok(settings) => {
+                    if check_files {
+                        if let Some(ca) = &settings.ca_file {
+                            if !ca.is_file() {
+                                issue(
+                                    "fleetgate.mqtt.ca_file",
+                                    format!("{} is not a readable file", ca.display()),
+                                );
+                            }
+                        }
+                    }
+                    for (topic, sink) in &self.reliable_ack_sources {
+                        if sink == "mqtt" && mqtt.qos == 0 {
+                            issue(&format!("reliable_ack_sources.{topic}"), "acks after `mqtt` need the broker's confirmation: set mqtt.qos to 1 (or 2)".into());
+                        }
+                    }
+                }
+            }
+        }
         if self.records.is_empty() {
             warnings.push("`records` is empty: frames are acked but sent nowhere".to_owned());
         }
@@ -1032,6 +1118,9 @@ impl Config {
                     &format!("records.{topic}"),
                     format!("{why}: use one of {SINK_NAMES:?}"),
                 );
+            }
+            if sinks.iter().any(|s| s == "mqtt") && self.mqtt.is_none() {
+                issue(&format!("records.{topic}"), "routes to `mqtt` but there is no `mqtt` section: add {\"broker\": \"host:1883\", \"topic_base\": \"telemetry\", \"qos\": 1}".into());
             }
             if sinks.iter().any(|s| s == "kafka") && self.kafka.is_none() {
                 issue(&format!("records.{topic}"), "routes to `kafka` but there is no `kafka` section: add {\"bootstrap.servers\": \"host:9092\"}".into());
@@ -1147,6 +1236,12 @@ impl Config {
                     issue(
                         "fleetgate.events.sinks",
                         "`kafka` needs a `kafka` section".into(),
+                    );
+                }
+                if sink == "mqtt" && self.mqtt.is_none() {
+                    issue(
+                        "fleetgate.events.sinks",
+                        "`mqtt` needs an `mqtt` section".into(),
                     );
                 }
             }

@@ -8,6 +8,7 @@
 
 pub mod kafka;
 pub mod logger;
+pub mod mqtt;
 
 use std::sync::Arc;
 use std::time::Duration;
