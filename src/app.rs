@@ -662,6 +662,13 @@ pub async fn start(
             }
             tracing::warn!("admin API without a token (--insecure-admin, loopback only)");
         }
+        let smartcar = match &config.fleetgate.sources.smartcar {
+            Some(sc) => Some(Arc::new(crate::admin::SmartcarSource {
+                token: sc.token(&base).map_err(ServeError::Config)?,
+                vehicles: sc.vehicles.clone(),
+            })),
+            None => None,
+        };
         let l = bind("admin", addr).await?;
         admin_addr = l.local_addr().ok();
         let state = crate::admin::AdminState {
@@ -673,6 +680,7 @@ pub async fn start(
             listener_up: listener_up.clone(),
             vins: vins.clone(),
             token: Arc::new(token),
+            smartcar,
         };
         let app = crate::admin::router(state);
         let stop = shutdown.clone();

@@ -267,6 +267,9 @@ pub struct FleetgateConfig {
     /// Kafka settings that are not librdkafka properties (secrets from files).
     #[serde(default)]
     pub kafka: KafkaExtrasConfig,
+    /// Vehicle state from other systems than Tesla's telemetry (Smartcar webhooks).
+    #[serde(default)]
+    pub sources: SourcesConfig,
     /// MQTT settings Tesla's `mqtt` section has no key for (protocol version, CA file).
     #[serde(default)]
     pub mqtt: MqttExtrasConfig,
@@ -383,6 +386,15 @@ pub struct MqttConfig {
     /// MQTT keep-alive (s, default 30).
     #[serde(default)]
     pub keep_alive_seconds: u64,
+}
+
+/// `fleetgate.sources`.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// Smartcar webhooks on `POST /v1/sources/smartcar` of the admin listener (off unless set).
+    #[serde(default)]
+    pub smartcar: Option<crate::sources::smartcar::SmartcarConfig>,
 }
 
 /// `fleetgate.mqtt`: what Tesla's `mqtt` section has no key for.
@@ -1067,6 +1079,28 @@ impl Config {
             }
         }
 
+        if let Some(smartcar) = &self.fleetgate.sources.smartcar {
+            if self.fleetgate.admin.is_none() {
+                issue("fleetgate.sources.smartcar", "Smartcar posts to the admin listener (`POST /v1/sources/smartcar`): configure fleetgate.admin".into());
+            }
+            if check_files {
+                if let Err(e) = smartcar.token(base) {
+                    issue("fleetgate.sources.smartcar.management_token", e);
+                }
+            } else if smartcar.management_token.is_none()
+                && smartcar.management_token_file.is_none()
+            {
+                warnings.push(format!("fleetgate.sources.smartcar: no management token in the config; {} must be set where it runs", crate::sources::smartcar::TOKEN_ENV));
+            }
+            for (id, vin) in &smartcar.vehicles {
+                if vin.trim().is_empty() || vin.len() > 64 {
+                    issue(
+                        &format!("fleetgate.sources.smartcar.vehicles.{id}"),
+                        "must be a VIN (1 to 64 characters)".into(),
+                    );
+                }
+            }
+        }
         if let Some(mqtt) = &self.mqtt {
             let routed = self.records.values().any(|s| s.iter().any(|s| s == "mqtt"))
                 || self.event_sinks().iter().any(|s| s == "mqtt");

@@ -14,7 +14,8 @@
 //! - [`state`]: the vehicle table (data only; the rules read and update it).
 //! - [`rules`]: sites (index, GeoJSON), watches and charging sessions → events.
 //! - [`event`]: the event model and its CloudEvents form, shared by rules and sinks.
-//! - [`sinks`]: delivery only (logger, Kafka), with tickets for reliable acks.
+//! - [`sinks`]: delivery only (logger, Kafka, MQTT), with tickets for reliable acks.
+//! - [`sources`]: vehicle state from elsewhere (Smartcar webhooks) as the rules' typed updates.
 //! - [`geometry`]: distances on the Earth, for the table and the rules.
 //! - [`admin`]: the admin API; [`control`]: its changes, made durable and applied to the fleet.
 //! - [`store`]: embedded mode's SQLite store and the rule journal (rule state across restarts).
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod rules;
 pub mod sinks;
+pub mod sources;
 pub mod state;
 pub mod store;
 pub mod tools;

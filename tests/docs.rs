@@ -25,6 +25,7 @@ fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
                     "records",
                     "reliable_ack_sources",
                     "fleetgate.changes_only.min_delta",
+                    "fleetgate.sources.smartcar.vehicles",
                 ]
                 .contains(&path.as_str())
                 {

@@ -459,3 +459,62 @@ fn a_changed_site_set_under_a_parked_vehicle_refires_nothing() {
         ["fleetgate.site.entered", "fleetgate.site.entered"]
     );
 }
+
+/// A car without a navigation route still gets `arrival.approaching`: straight-line distance
+/// to the site's edge ÷ its recent average speed, once that is within the watch's ETA.
+#[test]
+fn approaching_without_a_route_uses_straight_line_eta() {
+    let d = Drive::new(vec![circle("cafe", "merchant", CAFE.0, CAFE.1, 250.0)]);
+    d.watch("w1", "cafe", None, "2030-01-01T00:00:00Z");
+    let (lat, lon) = CAFE;
+    // 10 m/s straight towards the cafe: 5.25 km from the edge = 8.75 min, then 7.9, 7.1, 6.25
+    for (i, km) in [5.5, 5.0, 4.5, 4.0].iter().enumerate() {
+        let events = d.frame(i as i64 * 50, &[D::Loc(lat + north(km * 1000.0), lon)]);
+        assert!(
+            events.is_empty(),
+            "{km} km out at 10 m/s is over 5 min away"
+        );
+    }
+    let events = d.frame(200, &[D::Loc(lat + north(3500.0), lon)]);
+    assert!(events.is_empty(), "3.5 km: 5.4 min");
+    // 3.0 km out (2.75 km from the edge) at 10 m/s → 4.6 min ≤ 5
+    let events = d.frame(250, &[D::Loc(lat + north(3000.0), lon)]);
+    assert_eq!(kinds(&events), ["fleetgate.arrival.approaching"]);
+    let data = &events[0].data;
+    assert_eq!(data["eta_method"], "straight_line");
+    assert_eq!(data["source"], "fleet_telemetry");
+    let minutes = data["minutes_to_arrival"].as_f64().unwrap();
+    assert!((4.3..=4.9).contains(&minutes), "{minutes} min");
+    assert!(data.get("miles_to_arrival").is_none(), "no route, no miles");
+    // once per watch
+    let events = d.frame(300, &[D::Loc(lat + north(2500.0), lon)]);
+    assert!(events.is_empty());
+}
+
+/// Driving away, standing still near the site, or crawling below walking pace never estimates
+/// an arrival.
+#[test]
+fn straight_line_eta_needs_closing_in_at_driving_speed() {
+    let d = Drive::new(vec![circle("cafe", "merchant", CAFE.0, CAFE.1, 250.0)]);
+    d.watch("w1", "cafe", None, "2030-01-01T00:00:00Z");
+    let (lat, lon) = CAFE;
+    // away from the cafe at 10 m/s, starting 600 m out
+    for (i, m) in [600.0, 1100.0, 1600.0, 2100.0].iter().enumerate() {
+        let events = d.frame(i as i64 * 50, &[D::Loc(lat + north(*m), lon)]);
+        assert!(events.is_empty(), "driving away at {m} m");
+    }
+    // parked 2.1 km out, a fix every minute
+    for i in 0..5 {
+        assert!(d
+            .frame(200 + i * 60, &[D::Loc(lat + north(2100.0), lon)])
+            .is_empty());
+    }
+    // 1 m/s towards it (walking): below the driving-speed floor, whatever the distance
+    for i in 1..6 {
+        let events = d.frame(
+            500 + i * 60,
+            &[D::Loc(lat + north(2100.0 - i as f64 * 60.0), lon)],
+        );
+        assert!(events.is_empty(), "crawling");
+    }
+}

@@ -62,6 +62,17 @@ pub struct AdminState {
     pub vins: Arc<crate::ingest::vins::VinPolicy>,
     /// The bearer token (empty only in `--insecure-admin` mode).
     pub token: Arc<String>,
+    /// The Smartcar webhook source (None unless `fleetgate.sources.smartcar` is set).
+    pub smartcar: Option<Arc<SmartcarSource>>,
+}
+
+/// What `POST /v1/sources/smartcar` needs: the signing token and the vehicle-id → VIN map.
+#[derive(Debug, Clone)]
+pub struct SmartcarSource {
+    /// The application management token.
+    pub token: String,
+    /// Smartcar vehicle id → VIN.
+    pub vehicles: std::collections::BTreeMap<String, String>,
 }
 
 /// An API error: status plus `{error, detail}`.
@@ -159,6 +170,34 @@ pub struct WatchList {
     pub count: usize,
     /// The watches with their progress.
     pub watches: Vec<Watch>,
+}
+
+/// `POST /v1/watches/{id}/arrive` body: the driver's "I'm here".
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArriveBody {
+    /// Why, for the record (e.g. `driver_tapped_im_here`); carried in the event's data.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub reason: Option<String>,
+}
+
+/// What a manual arrival did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArriveResult {
+    /// True when this call emitted `arrival.arrived`; false when another source (or an earlier
+    /// call) saw the arrival first — then it is only recorded on the watch.
+    pub emitted: bool,
+    /// The source that saw the arrival first.
+    pub arrival_source: String,
+    /// The emitted event's id (only when `emitted`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// True when every event sink confirmed the event; false (202) when confirmation is still
+    /// pending after the wait.
+    pub delivered: bool,
+    /// The watch with its progress.
+    pub watch: Watch,
 }
 
 /// `GET /v1/vins`.
@@ -450,6 +489,7 @@ pub fn api(state: AdminState) -> (Router<AdminState>, utoipa::openapi::OpenApi) 
         .routes(routes!(get_site, put_site, delete_site))
         .routes(routes!(list_watches, create_watch))
         .routes(routes!(get_watch, delete_watch))
+        .routes(routes!(arrive_watch))
         .routes(routes!(vehicles_near))
         .routes(routes!(get_vehicle))
         .routes(routes!(list_connections))
@@ -458,6 +498,8 @@ pub fn api(state: AdminState) -> (Router<AdminState>, utoipa::openapi::OpenApi) 
         .routes(routes!(put_vin, delete_vin))
         .route_layer(middleware::from_fn_with_state(state, require_token));
     OpenApiRouter::with_openapi(openapi::base())
+        // signed by Smartcar, not by our bearer token
+        .routes(routes!(smartcar_webhook))
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(sinks_health))
@@ -899,6 +941,265 @@ async fn list_watches(
         count: watches.len(),
         watches,
     }))
+}
+
+/// The driver says the vehicle has arrived ("I'm here"): emits `arrival.arrived` with
+/// `source: "manual"` unless the watch has arrived already (by any source), in which case the
+/// report is recorded on the watch (`later_sources`) and nothing is emitted — at most one
+/// arrival per watch, whichever source comes first. Answers once the event sinks confirmed the
+/// event (up to 10 s).
+#[utoipa::path(post, path = "/v1/watches/{id}/arrive", tag = "watches", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Watch id")), request_body = ArriveBody, responses(
+    (status = 200, description = "Arrived (emitted and confirmed), or had arrived already (not emitted)", body = ArriveResult),
+    (status = 202, description = "Emitted; a sink has not confirmed it yet", body = ArriveResult),
+    (status = 400, description = "Malformed JSON", body = ErrorBody),
+    (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    (status = 404, description = "No such watch", body = ErrorBody),
+    (status = 415, description = "Body is not application/json", body = ErrorBody),
+    (status = 422, description = "Invalid values", body = ErrorBody),
+    (status = 501, description = "Cluster mode: manual arrivals are not available yet", body = ErrorBody),
+    (status = 503, description = "A sink refused the event; nothing changed, retry", body = ErrorBody)))]
+async fn arrive_watch(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ArriveBody>,
+) -> ApiResult<(StatusCode, Json<ArriveResult>)> {
+    if body
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 200)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "reason: at most 200 characters",
+        ));
+    }
+    if state.cluster.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            "manual arrivals are not available in cluster mode yet (the watch's progress lives with the instance that owns the vehicle's rules); see docs/cluster.md",
+        ));
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let outcome = state
+        .fleet
+        .arrive_manually(&id, body.reason.as_deref(), now_ms)
+        .ok_or_else(|| ApiError::not_found("watch", &id))?;
+    let watch = |state: &AdminState| state.fleet.watches.get(&id);
+    match outcome {
+        crate::rules::ManualArrival::AlreadyArrived { source } => Ok((
+            StatusCode::OK,
+            Json(ArriveResult {
+                emitted: false,
+                arrival_source: source,
+                event_id: None,
+                delivered: true,
+                watch: watch(&state).ok_or_else(|| ApiError::not_found("watch", &id))?,
+            }),
+        )),
+        crate::rules::ManualArrival::Arrived(event) => {
+            let delivery = publish_confirmed(&state.sinks, std::slice::from_ref(&*event)).await;
+            if delivery == Delivery::Failed {
+                state.fleet.undo_manual_arrival(&id, now_ms);
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "sink_unavailable",
+                    "an event sink refused or failed to deliver the arrival; nothing changed: retry (see /healthz/sinks)",
+                ));
+            }
+            let delivered = delivery == Delivery::Confirmed;
+            Ok((
+                if delivered {
+                    StatusCode::OK
+                } else {
+                    StatusCode::ACCEPTED
+                },
+                Json(ArriveResult {
+                    emitted: true,
+                    arrival_source: crate::state::Source::Manual.as_str().to_owned(),
+                    event_id: Some(event.id.clone()),
+                    delivered,
+                    watch: watch(&state).ok_or_else(|| ApiError::not_found("watch", &id))?,
+                }),
+            ))
+        }
+    }
+}
+
+/// How the publication of an event made by the API went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Every event sink confirmed it.
+    Confirmed,
+    /// Some sink has not answered yet (it keeps trying).
+    Pending,
+    /// A sink refused it or reported a failure.
+    Failed,
+}
+
+/// Publishes `events` (in order) to every event sink and waits up to 10 s for each one's
+/// confirmation.
+async fn publish_confirmed(sinks: &SinkRouter, events: &[crate::event::Event]) -> Delivery {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiting = 0usize;
+    for event in events {
+        let Ok(json) = serde_json::to_vec(&event.to_cloudevent()) else {
+            return Delivery::Failed;
+        };
+        crate::metrics::count_event(event.kind.as_str());
+        for sink in sinks.event_sinks() {
+            let ticket = crate::sinks::DeliveryTicket::tracked(tx.clone(), waiting as u64, None);
+            if let Err(e) = sink.publish_event(event, &json, ticket) {
+                tracing::warn!(vin = %event.vin, sink = sink.name(), error = %e, "sink refused an event");
+                return Delivery::Failed;
+            }
+            waiting += 1;
+        }
+    }
+    drop(tx);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting > 0 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(c)) if c.delivered => waiting -= 1,
+            Ok(Some(_)) => return Delivery::Failed,
+            Ok(None) => return Delivery::Failed,
+            Err(_) => return Delivery::Pending,
+        }
+    }
+    Delivery::Confirmed
+}
+
+/// What a Smartcar delivery did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SmartcarResult {
+    /// The VIN the delivery was applied to (absent when it was ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vin: Option<String>,
+    /// Types of the events it caused.
+    pub events: Vec<String>,
+    /// True when every event sink confirmed them (202 otherwise: they are on their way).
+    pub delivered: bool,
+    /// Why nothing was applied (an event type fleetgate does not use).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ignored: Option<String>,
+}
+
+/// Smartcar webhooks (`fleetgate.sources.smartcar`): a `VEHICLE_STATE` delivery's location,
+/// SoC and charging signals run through the same rules as Tesla frames (events say `source:
+/// "smartcar"`); a `VERIFY` delivery is answered with `{"challenge": HMAC}`. Every delivery but
+/// VERIFY must carry a valid `SC-Signature` (HMAC-SHA256 of the body, keyed with the
+/// application management token); no bearer token.
+#[utoipa::path(post, path = "/v1/sources/smartcar", tag = "sources",
+    request_body(content = Object, description = "A Smartcar webhook delivery"), responses(
+    (status = 200, description = "Applied and confirmed (or the VERIFY answer, or ignored)", body = SmartcarResult),
+    (status = 202, description = "Applied; a sink has not confirmed the events yet", body = SmartcarResult),
+    (status = 400, description = "Not JSON", body = ErrorBody),
+    (status = 401, description = "Missing or wrong SC-Signature", body = ErrorBody),
+    (status = 404, description = "The Smartcar source is not configured", body = ErrorBody),
+    (status = 422, description = "Not a Smartcar delivery, or a vehicle id without a VIN", body = ErrorBody),
+    (status = 501, description = "Cluster mode: Smartcar state is not available yet", body = ErrorBody)))]
+async fn smartcar_webhook(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    use crate::sources::smartcar;
+    let Some(source) = state.smartcar.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the Smartcar source is not configured: set fleetgate.sources.smartcar",
+        ));
+    };
+    let signature = headers.get("sc-signature").and_then(|v| v.to_str().ok());
+    let signed = signature.is_some_and(|s| smartcar::verify(&source.token, &body, s));
+    if signature.is_some() && !signed {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "SC-Signature does not match the body: check fleetgate.sources.smartcar's management token",
+        ));
+    }
+    let json: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let delivery = smartcar::read_delivery(&json, &source.vehicles, now_ms).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_delivery",
+            e.to_string(),
+        )
+    })?;
+    // VERIFY proves itself (only the token holder can answer); everything else must be signed
+    if let smartcar::Delivery::Verify(challenge) = &delivery {
+        return Ok(Json(
+            serde_json::json!({"challenge": smartcar::sign(&source.token, challenge.as_bytes())}),
+        )
+        .into_response());
+    }
+    if !signed {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "missing SC-Signature: Smartcar signs every delivery",
+        ));
+    }
+    match delivery {
+        smartcar::Delivery::Verify(_) => unreachable!("answered above"),
+        smartcar::Delivery::Ignored(kind) => Ok(Json(SmartcarResult {
+            vin: None,
+            events: Vec::new(),
+            delivered: true,
+            ignored: Some(kind),
+        })
+        .into_response()),
+        smartcar::Delivery::State { vin, update } => {
+            if state.cluster.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "not_implemented",
+                    "Smartcar state is not available in cluster mode yet (the vehicle's rules run on the instance that owns it); see docs/cluster.md",
+                ));
+            }
+            let events = state.fleet.apply(&vin, &update);
+            // the rules moved already: a retry would not re-emit, so a slow sink is a 202
+            // (the sinks keep trying), never an error that invites a pointless retry
+            let delivery = if events.is_empty() {
+                Delivery::Confirmed
+            } else {
+                publish_confirmed(&state.sinks, &events).await
+            };
+            let delivered = delivery == Delivery::Confirmed;
+            let status = if delivered {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            Ok((
+                status,
+                Json(SmartcarResult {
+                    vin: Some(vin),
+                    events: events.iter().map(|e| e.kind.as_str().to_owned()).collect(),
+                    delivered,
+                    ignored: None,
+                }),
+            )
+                .into_response())
+        }
+    }
 }
 
 /// Delete a watch.

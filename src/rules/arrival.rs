@@ -39,6 +39,26 @@ pub struct WatchProgress {
     pub arrived_at_ms: Option<i64>,
     /// `arrival.charge_complete` was emitted.
     pub charge_complete: bool,
+    /// The source that saw the arrival first (`fleet_telemetry`, `smartcar`, `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_source: Option<String>,
+    /// SoC when it arrived, as that source knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soc_at_arrival: Option<f64>,
+    /// Sources that reported the arrival after the first (recorded, never re-emitted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later_sources: Vec<String>,
+}
+
+impl WatchProgress {
+    /// Notes that `source` also saw the arrival (once per source; the first one is not noted).
+    pub fn saw_arrival(&mut self, source: &str) {
+        if self.arrival_source.as_deref() != Some(source)
+            && !self.later_sources.iter().any(|s| s == source)
+        {
+            self.later_sources.push(source.to_owned());
+        }
+    }
 }
 
 /// A watch with its parsed expiry and progress.

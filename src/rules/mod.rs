@@ -126,6 +126,29 @@ struct WatchView {
     destination: Option<(f64, f64)>,
     minutes_to_arrival: Option<f64>,
     miles_to_arrival: Option<f64>,
+    /// The fix of this update and the one before it, when this update moved the vehicle.
+    moved: Option<((f64, f64), (f64, f64))>,
+    avg_speed_mps: Option<f64>,
+    source: crate::state::Source,
+}
+
+/// Bounds of the straight-line ETA (cars without a navigation route): it is only estimated
+/// while the car closes in on the site at a real driving speed, within this horizon.
+const STRAIGHT_LINE_MIN_SPEED_MPS: f64 = 2.0;
+const STRAIGHT_LINE_MAX_MINUTES: f64 = 60.0;
+/// Fixes further apart than this do not update the average speed (a gap, not driving).
+const SPEED_SAMPLE_MAX_S: f64 = 300.0;
+
+/// What a manual arrival did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ManualArrival {
+    /// The watch arrived now; the event to publish.
+    Arrived(Box<Event>),
+    /// The watch had arrived already (by `source`); recorded on the watch, nothing emitted.
+    AlreadyArrived {
+        /// The source that saw the arrival first.
+        source: String,
+    },
 }
 
 /// The fleet: the vehicle table, sites, watches and thresholds, behind a cheap-to-clone
@@ -194,8 +217,13 @@ impl FleetData {
             if state.apply(u) == Applied::Stale {
                 return None;
             }
+            let mut moved = None;
             if let Some((lat, lon)) = u.location {
                 if self.accept_fix(state, lat, lon, u.at_ms) {
+                    if let Some(prev) = state.position {
+                        track_speed(&mut state.tracking, &prev, lat, lon, u.at_ms);
+                        moved = Some(((lat, lon), (prev.lat, prev.lon)));
+                    }
                     state.set_position(lat, lon, u.at_ms);
                     self.geofence(vin, state, &index, lat, lon, u.at_ms, &mut events);
                 }
@@ -215,6 +243,9 @@ impl FleetData {
                 destination: state.destination,
                 minutes_to_arrival: u.minutes_to_arrival,
                 miles_to_arrival: state.miles_to_arrival,
+                moved,
+                avg_speed_mps: state.tracking.avg_speed_mps,
+                source: u.source,
             })
         });
         if let Some(view) = view {
@@ -419,17 +450,28 @@ impl FleetData {
                 if !p.approached && p.arrived_at_ms.is_none() {
                     let eta = w.spec.notify_eta_minutes.unwrap_or(default_eta);
                     let heading_there = v.destination.is_some_and(|(la, lo)| site.edge_distance_m(la, lo) <= 0.0);
-                    if heading_there && v.minutes_to_arrival.is_some_and(|m| m <= eta) {
+                    let estimate = if heading_there && v.minutes_to_arrival.is_some() {
+                        v.minutes_to_arrival.map(|m| (m, "navigation"))
+                    } else {
+                        straight_line_minutes(site, v).map(|m| (m, "straight_line"))
+                    };
+                    if let Some((minutes, method)) = estimate.filter(|(m, _)| *m <= eta) {
                         p.approached = true;
+                        let miles = if method == "navigation" { v.miles_to_arrival } else { None };
                         events.push(Event::new(EventType::ArrivalApproaching, vin, scope, v.at_ms,
-                            event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "minutes_to_arrival" => v.minutes_to_arrival,
-                                "miles_to_arrival" => v.miles_to_arrival, "soc" => v.soc)));
+                            event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "minutes_to_arrival" => Some(crate::event::round(minutes)),
+                                "miles_to_arrival" => miles, "soc" => v.soc, "eta_method" => method, "source" => v.source.as_str())));
                     }
                 }
-                if p.arrived_at_ms.is_none() && v.inside.iter().any(|id| **id == *site.id) {
+                let inside = v.inside.iter().any(|id| **id == *site.id);
+                if p.arrived_at_ms.is_none() && inside {
                     p.arrived_at_ms = Some(v.at_ms);
+                    p.arrival_source = Some(v.source.as_str().to_owned());
+                    p.soc_at_arrival = v.soc;
                     events.push(Event::new(EventType::ArrivalArrived, vin, scope, v.at_ms,
-                        event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "soc_at_arrival" => v.soc, "source" => "fleet_telemetry")));
+                        event_data!("watch_id" => scope, "site_id" => site.id.as_str(), "soc_at_arrival" => v.soc, "source" => v.source.as_str())));
+                } else if inside {
+                    p.saw_arrival(v.source.as_str());
                 }
                 if p.arrived_at_ms.is_some() && !p.charge_complete {
                     let target = w.spec.target_soc.or(v.charge_limit_soc);
@@ -496,6 +538,65 @@ impl FleetData {
         events
     }
 
+    /// The driver says the vehicle of watch `watch_id` has arrived (`reason` for the record):
+    /// arrives now (`now_ms`) unless another source saw the arrival first, which is then only
+    /// noted on the watch. None for an unknown watch.
+    pub fn arrive_manually(
+        &self,
+        watch_id: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Option<ManualArrival> {
+        let vin = self.watches.get(watch_id)?.spec.vin;
+        let soc = self.vehicles.get(&vin).and_then(|v| v.soc);
+        self.watches
+            .with_vin(&vin, |watches| {
+                let w = watches.iter_mut().find(|w| w.spec.watch_id == watch_id)?;
+                let p = &mut w.progress;
+                if p.arrived_at_ms.is_some() {
+                    p.saw_arrival(crate::state::Source::Manual.as_str());
+                    return Some(ManualArrival::AlreadyArrived {
+                        source: p
+                            .arrival_source
+                            .clone()
+                            .unwrap_or_else(|| crate::state::Source::FleetTelemetry.as_str().into()),
+                    });
+                }
+                p.arrived_at_ms = Some(now_ms);
+                p.arrival_source = Some(crate::state::Source::Manual.as_str().to_owned());
+                p.soc_at_arrival = soc;
+                Some(ManualArrival::Arrived(Box::new(Event::new(
+                    EventType::ArrivalArrived,
+                    &vin,
+                    watch_id,
+                    now_ms,
+                    event_data!("watch_id" => watch_id, "site_id" => w.spec.site_id.as_str(), "soc_at_arrival" => soc,
+                        "source" => crate::state::Source::Manual.as_str(), "reason" => reason),
+                ))))
+            })
+            .flatten()
+    }
+
+    /// Takes back a manual arrival whose event could not be delivered, so that the driver's
+    /// retry emits it (nothing else moved the watch since: the arrival must still be manual).
+    pub fn undo_manual_arrival(&self, watch_id: &str, at_ms: i64) {
+        let Some(vin) = self.watches.get(watch_id).map(|w| w.spec.vin) else {
+            return;
+        };
+        self.watches.with_vin(&vin, |watches| {
+            if let Some(w) = watches.iter_mut().find(|w| w.spec.watch_id == watch_id) {
+                let p = &mut w.progress;
+                if p.arrived_at_ms == Some(at_ms)
+                    && p.arrival_source.as_deref() == Some(crate::state::Source::Manual.as_str())
+                {
+                    p.arrived_at_ms = None;
+                    p.arrival_source = None;
+                    p.soc_at_arrival = None;
+                }
+            }
+        });
+    }
+
     /// Adds a watch; if the vehicle is already inside the site, it arrives on its next frame.
     pub fn add_watch(&self, watch: Watch) {
         self.watches.upsert(watch);
@@ -543,6 +644,45 @@ pub struct RuleState {
     /// Progress of the vehicle's watches, by watch id.
     #[serde(default)]
     pub watches: std::collections::BTreeMap<String, arrival::WatchProgress>,
+}
+
+/// Smooths the ground speed between the last accepted fix and this one into
+/// `tracking.avg_speed_mps` (fixes minutes apart are a gap, not a speed).
+fn track_speed(
+    tracking: &mut crate::state::Tracking,
+    prev: &crate::state::Position,
+    lat: f64,
+    lon: f64,
+    at_ms: i64,
+) {
+    let dt = (at_ms - prev.at_ms) as f64 / 1000.0;
+    if !(0.5..=SPEED_SAMPLE_MAX_S).contains(&dt) {
+        if dt > SPEED_SAMPLE_MAX_S {
+            tracking.avg_speed_mps = None;
+        }
+        return;
+    }
+    let speed = haversine_m(prev.lat, prev.lon, lat, lon) / dt;
+    tracking.avg_speed_mps = Some(match tracking.avg_speed_mps {
+        Some(avg) => 0.7 * avg + 0.3 * speed,
+        None => speed,
+    });
+}
+
+/// Minutes to the site's edge at the recent average speed, for a car without a route to it:
+/// only while this update brought it closer at a driving speed, and within the horizon.
+fn straight_line_minutes(site: &Site, v: &WatchView) -> Option<f64> {
+    let ((lat, lon), (plat, plon)) = v.moved?;
+    let speed = v
+        .avg_speed_mps
+        .filter(|s| *s >= STRAIGHT_LINE_MIN_SPEED_MPS)?;
+    let now = site.edge_distance_m(lat, lon);
+    let before = site.edge_distance_m(plat, plon);
+    if now <= 0.0 || now >= before {
+        return None;
+    }
+    let minutes = now / speed / 60.0;
+    (minutes <= STRAIGHT_LINE_MAX_MINUTES).then_some(minutes)
 }
 
 /// The watch ids that `events` expired (their watches are gone and must be deleted durably).

@@ -26,6 +26,30 @@ pub struct Position {
     pub at_ms: i64,
 }
 
+/// Where a vehicle update came from; events it causes name it (`data.source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A `V` frame of Tesla's Fleet Telemetry.
+    #[default]
+    FleetTelemetry,
+    /// A Smartcar webhook.
+    Smartcar,
+    /// A person (the driver's "I'm here", `POST /v1/watches/{id}/arrive`).
+    Manual,
+}
+
+impl Source {
+    /// The name in events and watches.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::FleetTelemetry => "fleet_telemetry",
+            Source::Smartcar => "smartcar",
+            Source::Manual => "manual",
+        }
+    }
+}
+
 /// Detailed charge state, as far as the rules care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +78,8 @@ macro_rules! signals {
             $( #[doc = $doc] pub $name: Option<$ty>, )*
             /// The vehicle says this frame is a resend.
             pub is_resend: bool,
+            /// Where the update came from.
+            pub source: Source,
         }
 
         /// The latest known state of one vehicle.
@@ -198,6 +224,10 @@ pub struct Tracking {
     pub held_fix: Option<Position>,
     /// The open charging session.
     pub session: Option<ChargingSession>,
+    /// Recent ground speed from consecutive accepted fixes (m/s, smoothed): the straight-line
+    /// ETA of watches for cars without a navigation route.
+    #[serde(default)]
+    pub avg_speed_mps: Option<f64>,
     /// Where each of `inside` sat in the site index the last frame looked (a cache).
     #[serde(skip)]
     pub inside_slots: SiteSlots,

@@ -2,6 +2,8 @@
 //! loopback ports, its stdout (logger sink) and stderr captured, and mTLS websocket clients.
 #![allow(dead_code)]
 
+pub mod mosquitto;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

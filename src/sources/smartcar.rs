@@ -1,0 +1,314 @@
+//! Smartcar webhooks as a source of vehicle state: the signature check, the VERIFY challenge,
+//! and `VEHICLE_STATE` signals read into the same [`VehicleUpdate`] a Tesla frame gives, so the
+//! same rules (sites, watches, charging) run on them and their events say `source: smartcar`.
+//!
+//! Facts of Smartcar's scheme: every delivery carries `SC-Signature`, the hex HMAC-SHA256 of the
+//! raw body keyed with the application management token; a `VERIFY` delivery asks for
+//! `{"challenge": hex(HMAC-SHA256(token, challenge))}`. Signals used: `location-preciselocation`
+//! (`latitude`, `longitude`), `tractionbattery-stateofcharge` (`percentage`, or `value` with a
+//! unit; 0-1 fractions are read as such), `charge-ischarging` (`value`: bool) and
+//! `charge-chargingstate`/`charge-state` (`value` or `state`: `CHARGING`, `FULLY_CHARGED`,
+//! `NOT_CHARGING`). Other signals are ignored.
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::state::{ChargeState, Source, VehicleUpdate};
+
+/// `fleetgate.sources.smartcar`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmartcarConfig {
+    /// The application management token (signs deliveries). `FLEETGATE_SMARTCAR_MANAGEMENT_TOKEN`
+    /// wins over it, and over `management_token_file`.
+    #[serde(default)]
+    pub management_token: Option<String>,
+    /// A file holding the token (a mounted secret; a trailing newline is dropped).
+    #[serde(default)]
+    pub management_token_file: Option<String>,
+    /// Smartcar vehicle id → VIN. A delivery for an id not listed uses the VIN in the payload
+    /// when Smartcar sends one, else it is refused (422).
+    #[serde(default)]
+    pub vehicles: BTreeMap<String, String>,
+}
+
+/// The token environment variable.
+pub const TOKEN_ENV: &str = "FLEETGATE_SMARTCAR_MANAGEMENT_TOKEN";
+
+impl SmartcarConfig {
+    /// The token from the environment, the file or the config, in that order.
+    pub fn token(&self, base: &std::path::Path) -> Result<String, String> {
+        if let Ok(t) = std::env::var(TOKEN_ENV) {
+            if !t.is_empty() {
+                return Ok(t);
+            }
+        }
+        if let Some(file) = &self.management_token_file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "fleetgate.sources.smartcar.management_token_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            let t = text.trim_end_matches(['\n', '\r']).to_owned();
+            if !t.is_empty() {
+                return Ok(t);
+            }
+        }
+        match &self.management_token {
+            Some(t) if !t.is_empty() => Ok(t.clone()),
+            _ => Err(format!(
+                "fleetgate.sources.smartcar: no management token: set management_token, management_token_file or {TOKEN_ENV}"
+            )),
+        }
+    }
+}
+
+/// Hex HMAC-SHA256 of `message` keyed with `token`.
+pub fn sign(token: &str, message: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(message);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// True when `signature` (hex, any case) is the body's signature; compared in constant time.
+pub fn verify(token: &str, body: &[u8], signature: &str) -> bool {
+    let Ok(given) = hex::decode(signature.trim()) else {
+        return false;
+    };
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes a key of any length");
+    mac.update(body);
+    mac.verify_slice(&given).is_ok()
+}
+
+/// What a delivery asks of fleetgate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Answer `{"challenge": …}` with this value.
+    Verify(String),
+    /// Apply this update to vehicle `vin`.
+    State {
+        /// The vehicle.
+        vin: String,
+        /// Its signals.
+        update: Box<VehicleUpdate>,
+    },
+    /// Nothing to do (an error report, an unknown event type); acknowledged.
+    Ignored(String),
+}
+
+/// Why a delivery cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Not the JSON Smartcar sends.
+    #[error("{0}")]
+    Malformed(String),
+    /// The vehicle id is not mapped to a VIN and the payload has none.
+    #[error("smartcar vehicle `{0}` has no VIN: add it to fleetgate.sources.smartcar.vehicles")]
+    UnknownVehicle(String),
+}
+
+/// Reads a (signature-checked) delivery. `now_ms` is the fallback time of its signals.
+pub fn read_delivery(
+    body: &Value,
+    vehicles: &BTreeMap<String, String>,
+    now_ms: i64,
+) -> Result<Delivery, DeliveryError> {
+    let kind = body
+        .get("eventType")
+        .or_else(|| body.get("eventName"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| DeliveryError::Malformed("no eventType".into()))?;
+    if kind.eq_ignore_ascii_case("verify") {
+        let challenge = body
+            .pointer("/data/challenge")
+            .or_else(|| body.pointer("/payload/challenge"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| DeliveryError::Malformed("VERIFY without data.challenge".into()))?;
+        return Ok(Delivery::Verify(challenge.to_owned()));
+    }
+    if kind != "VEHICLE_STATE" {
+        return Ok(Delivery::Ignored(kind.to_owned()));
+    }
+    let vehicle = body
+        .pointer("/data/vehicle")
+        .ok_or_else(|| DeliveryError::Malformed("VEHICLE_STATE without data.vehicle".into()))?;
+    let id = vehicle.get("id").and_then(Value::as_str).unwrap_or("");
+    let vin = vehicles
+        .get(id)
+        .cloned()
+        .or_else(|| {
+            vehicle
+                .get("vin")
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| DeliveryError::UnknownVehicle(id.to_owned()))?;
+    let signals = body
+        .pointer("/data/signals")
+        .and_then(Value::as_array)
+        .ok_or_else(|| DeliveryError::Malformed("VEHICLE_STATE without data.signals".into()))?;
+    let mut update = VehicleUpdate {
+        source: Source::Smartcar,
+        ..Default::default()
+    };
+    let mut at_ms: Option<i64> = None;
+    for signal in signals {
+        let code = signal.get("code").and_then(Value::as_str).unwrap_or("");
+        let Some(b) = signal.get("body") else {
+            continue; // an error status instead of data
+        };
+        let used = match code {
+            "location-preciselocation" => {
+                let lat = b.get("latitude").and_then(Value::as_f64);
+                let lon = b.get("longitude").and_then(Value::as_f64);
+                match (lat, lon) {
+                    (Some(lat), Some(lon))
+                        if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
+                    {
+                        update.location = Some((lat, lon));
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            "tractionbattery-stateofcharge" => {
+                let raw = b
+                    .get("percentage")
+                    .or_else(|| b.get("value"))
+                    .and_then(Value::as_f64);
+                // a fraction (0.75) when the unit says so or the value cannot be a percentage
+                let fraction = b.get("unit").and_then(Value::as_str) == Some("fraction");
+                update.soc = raw
+                    .map(|v| if fraction { v * 100.0 } else { v })
+                    .filter(|v| v.is_finite() && (0.0..=100.0).contains(v));
+                update.soc.is_some()
+            }
+            "charge-ischarging" => {
+                update.charge_state = b.get("value").and_then(Value::as_bool).map(|c| {
+                    if c {
+                        ChargeState::Charging
+                    } else {
+                        ChargeState::Idle
+                    }
+                });
+                update.charge_state.is_some()
+            }
+            "charge-chargingstate" | "charge-state" => {
+                let state = b
+                    .get("value")
+                    .or_else(|| b.get("state"))
+                    .and_then(Value::as_str);
+                update.charge_state = state.map(|s| match s {
+                    "CHARGING" => ChargeState::Charging,
+                    "FULLY_CHARGED" => ChargeState::Complete,
+                    _ => ChargeState::Idle,
+                });
+                update.charge_state.is_some()
+            }
+            _ => false,
+        };
+        if used {
+            let t = signal
+                .pointer("/meta/oemUpdatedAt")
+                .or_else(|| signal.pointer("/meta/retrievedAt"))
+                .and_then(Value::as_i64);
+            if let Some(t) = t {
+                at_ms = Some(at_ms.map_or(t, |a| a.max(t)));
+            }
+        }
+    }
+    update.at_ms = at_ms
+        .or_else(|| body.pointer("/meta/deliveredAt").and_then(Value::as_i64))
+        .filter(|t| *t > 0)
+        .unwrap_or(now_ms);
+    Ok(Delivery::State {
+        vin,
+        update: Box::new(update),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_body_keyed_with_the_token() {
+        let body = br#"{"eventType":"VEHICLE_STATE"}"#;
+        let sig = sign("amt-123", body);
+        assert_eq!(sig.len(), 64);
+        assert!(verify("amt-123", body, &sig));
+        assert!(verify("amt-123", body, &sig.to_uppercase()));
+        assert!(!verify("other", body, &sig));
+        assert!(!verify("amt-123", b"{}", &sig));
+        assert!(!verify("amt-123", body, "not hex"));
+    }
+
+    #[test]
+    fn verify_deliveries_of_both_versions_ask_for_the_challenge() {
+        let v4 = json!({"eventId": "e", "eventType": "VERIFY", "data": {"challenge": "c-1"}});
+        let v2 = json!({"version": "2.0", "eventName": "verify", "payload": {"challenge": "c-2"}});
+        let none = BTreeMap::new();
+        assert_eq!(
+            read_delivery(&v4, &none, 0).unwrap(),
+            Delivery::Verify("c-1".into())
+        );
+        assert_eq!(
+            read_delivery(&v2, &none, 0).unwrap(),
+            Delivery::Verify("c-2".into())
+        );
+    }
+
+    #[test]
+    fn vehicle_state_signals_become_an_update_of_the_mapped_vin() {
+        let body = json!({
+            "eventId": "e", "eventType": "VEHICLE_STATE",
+            "data": {
+                "vehicle": {"id": "sc-1", "make": "Test"},
+                "signals": [
+                    {"code": "location-preciselocation", "body": {"latitude": 37.77, "longitude": -122.41},
+                     "meta": {"retrievedAt": 1_700_000_001_000i64, "oemUpdatedAt": 1_700_000_000_000i64}},
+                    {"code": "tractionbattery-stateofcharge", "body": {"unit": "percent", "value": 75}},
+                    {"code": "charge-ischarging", "body": {"value": true}},
+                    {"code": "location-isathome", "status": {"value": "ERROR"}},
+                ],
+            },
+            "meta": {"deliveredAt": 1_700_000_005_000i64},
+        });
+        let map = BTreeMap::from([("sc-1".to_owned(), "VIN1".to_owned())]);
+        let Delivery::State { vin, update } = read_delivery(&body, &map, 9).unwrap() else {
+            panic!("not a state delivery");
+        };
+        assert_eq!(vin, "VIN1");
+        assert_eq!(update.location, Some((37.77, -122.41)));
+        assert_eq!(update.soc, Some(75.0));
+        assert_eq!(update.charge_state, Some(ChargeState::Charging));
+        assert_eq!(update.source, Source::Smartcar);
+        assert_eq!(update.at_ms, 1_700_000_000_000, "the vehicle's own time");
+    }
+
+    #[test]
+    fn an_unmapped_vehicle_without_a_vin_is_refused_and_errors_are_ignored() {
+        let body =
+            json!({"eventType": "VEHICLE_STATE", "data": {"vehicle": {"id": "x"}, "signals": []}});
+        assert_eq!(
+            read_delivery(&body, &BTreeMap::new(), 0),
+            Err(DeliveryError::UnknownVehicle("x".into()))
+        );
+        let err = json!({"eventType": "VEHICLE_ERROR", "data": {}});
+        assert!(matches!(
+            read_delivery(&err, &BTreeMap::new(), 0),
+            Ok(Delivery::Ignored(_))
+        ));
+        assert!(read_delivery(&json!({"x": 1}), &BTreeMap::new(), 0).is_err());
+    }
+}

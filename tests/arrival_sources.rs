@@ -1,0 +1,264 @@
+//! "The driver has arrived", known three ways — Tesla telemetry, a Smartcar webhook, the
+//! driver's "I'm here" — each yields exactly one `arrival.arrived` per watch with its `source`,
+//! delivered through Kafka and MQTT alike (real broker, real Mosquitto, read by clients we did
+//! not write); a later source is recorded on the watch, never re-emitted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::mosquitto::{Broker, Subscriber};
+use common::*;
+use fleetgate::sources::smartcar;
+use fleetgate::wire::proto::vehicle_data::{value::Value as V, Field};
+use serde_json::{json, Value};
+
+const CAFE: &str = r#"{"name":"Cafe","kind":"merchant","radius_m":250,"geometry":{"type":"Point","coordinates":[-97.7431,30.2672]}}"#;
+const AMT: &str = "amt-test-0123456789";
+const VIN_TELEMETRY: &str = "5YJ3E1EA7KF000001";
+const VIN_SMARTCAR: &str = "5YJ3E1EA7KF000002";
+const VIN_MANUAL: &str = "5YJ3E1EA7KF000003";
+
+/// A POST with extra headers; (status, body as JSON or Null).
+fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn smartcar_state(vehicle_id: &str, lat: f64, lon: f64, soc: f64) -> String {
+    json!({
+        "eventId": uuid::Uuid::new_v4().to_string(),
+        "eventType": "VEHICLE_STATE",
+        "data": {
+            "vehicle": {"id": vehicle_id, "make": "TESLA", "model": "Model 3", "year": 2024},
+            "signals": [
+                {"code": "location-preciselocation", "name": "PreciseLocation", "group": "Location",
+                 "body": {"latitude": lat, "longitude": lon}, "status": {"value": "SUCCESS"},
+                 "meta": {"retrievedAt": 1_764_000_100_000i64, "oemUpdatedAt": 1_764_000_100_000i64}},
+                {"code": "tractionbattery-stateofcharge", "name": "StateOfCharge", "group": "TractionBattery",
+                 "body": {"unit": "percent", "value": soc}, "status": {"value": "SUCCESS"}},
+            ],
+        },
+        "triggers": [{"type": "SIGNAL_UPDATED", "signal": {"code": "location-preciselocation"}}],
+        "meta": {"version": "4.0", "deliveryId": "d-1", "deliveredAt": 1_764_000_101_000i64, "mode": "LIVE"},
+    })
+    .to_string()
+}
+
+fn watch(id: &str, vin: &str) -> String {
+    json!({"watch_id": id, "vin": vin, "site_id": "cafe", "expires_at": "2099-01-01T00:00:00Z"})
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_and_mqtt() {
+    let bootstrap = require_broker();
+    let pki = Pki::new();
+    let broker = Broker::plain(pki.dir.path());
+    let port = broker.port.to_string();
+    let sub = Subscriber::start(&["-p", &port, "-t", "orders/+/events/#"]);
+    let ns = unique_namespace("src");
+    let mut config = base_config(&pki);
+    config["namespace"] = json!(ns);
+    config["kafka"] = json!({"bootstrap.servers": bootstrap});
+    config["mqtt"] =
+        json!({"broker": format!("127.0.0.1:{port}"), "topic_base": "orders", "qos": 1});
+    merge(
+        &mut config,
+        &json!({"fleetgate": {
+            "events": {"sinks": ["kafka", "mqtt"]},
+            "sources": {"smartcar": {"management_token": AMT, "vehicles": {"sc-2": VIN_SMARTCAR, "sc-3": VIN_MANUAL}}},
+        }}),
+    );
+    let server = Server::start(&config);
+    let admin = server.admin.clone().unwrap();
+
+    assert_eq!(server.admin("PUT", "/v1/sites/cafe", Some(CAFE)).0, 201);
+    for (id, vin) in [
+        ("w-tele", VIN_TELEMETRY),
+        ("w-sc", VIN_SMARTCAR),
+        ("w-manual", VIN_MANUAL),
+    ] {
+        let (code, body) = server.admin("POST", "/v1/watches", Some(&watch(id, vin)));
+        assert_eq!(code, 201, "{body}");
+    }
+
+    // 1. telemetry: the car's own frame at the cafe
+    let cert = pki.pki.vehicle(VIN_TELEMETRY).unwrap();
+    let mut ws = connect(&server, &pki.ca_pem(), &cert, &[]).await.unwrap();
+    let at_cafe = frame(
+        "tx-1",
+        "V",
+        VIN_TELEMETRY,
+        &v_payload(
+            1_764_000_000,
+            vec![
+                datum(
+                    Field::Location,
+                    V::LocationValue(fleetgate::wire::proto::vehicle_data::LocationValue {
+                        latitude: 30.2672,
+                        longitude: -97.7431,
+                    }),
+                ),
+                datum(Field::Soc, V::DoubleValue(41.0)),
+            ],
+        ),
+    );
+    fleetgate::tools::client::send_frame(&mut ws, at_cafe)
+        .await
+        .unwrap();
+    let _ack = answer(&mut ws).await;
+
+    // 2. Smartcar: VERIFY first (as the dashboard does), then a signed state at the cafe
+    let verify =
+        json!({"eventId": "v", "eventType": "VERIFY", "data": {"challenge": "ch-42"}}).to_string();
+    let (code, body) = post(&admin, "/v1/sources/smartcar", &[], &verify);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["challenge"], smartcar::sign(AMT, b"ch-42"));
+
+    let delivery = smartcar_state("sc-2", 30.2673, -97.7430, 63.0);
+    let (code, body) = post(&admin, "/v1/sources/smartcar", &[], &delivery);
+    assert_eq!(code, 401, "unsigned deliveries are refused: {body}");
+    let (code, body) = post(
+        &admin,
+        "/v1/sources/smartcar",
+        &[(
+            "SC-Signature",
+            &smartcar::sign("wrong-token", delivery.as_bytes()),
+        )],
+        &delivery,
+    );
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = post(
+        &admin,
+        "/v1/sources/smartcar",
+        &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
+        &delivery,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["vin"], VIN_SMARTCAR);
+    assert!(
+        body["events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("fleetgate.arrival.arrived")),
+        "{body}"
+    );
+    // Smartcar redelivers on a timeout: the same delivery again emits nothing new
+    let (code, body) = post(
+        &admin,
+        "/v1/sources/smartcar",
+        &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
+        &delivery,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["events"], json!([]), "{body}");
+
+    // 3. manual: the driver taps "I'm here"; a second tap and a later Smartcar fix are recorded only
+    let (code, body) = server.admin(
+        "POST",
+        "/v1/watches/w-manual/arrive",
+        Some(r#"{"reason": "driver_tapped_im_here"}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["emitted"], true);
+    assert_eq!(body["arrival_source"], "manual");
+    let (code, body) = server.admin("POST", "/v1/watches/w-manual/arrive", Some("{}"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["emitted"], false);
+    let later = smartcar_state("sc-3", 30.2672, -97.7431, 70.0);
+    let (code, body) = post(
+        &admin,
+        "/v1/sources/smartcar",
+        &[("SC-Signature", &smartcar::sign(AMT, later.as_bytes()))],
+        &later,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        !body["events"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("fleetgate.arrival.arrived")),
+        "{body}"
+    );
+    let (_, w) = server.admin("GET", "/v1/watches/w-manual", None);
+    assert_eq!(w["progress"]["arrival_source"], "manual");
+    assert_eq!(w["progress"]["later_sources"], json!(["smartcar"]));
+    let (_, w) = server.admin("GET", "/v1/watches/w-sc", None);
+    assert_eq!(w["progress"]["arrival_source"], "smartcar");
+    assert_eq!(w["progress"]["soc_at_arrival"], 63.0);
+    let (code, _) = server.admin("POST", "/v1/watches/nope/arrive", Some("{}"));
+    assert_eq!(code, 404);
+
+    // Kafka: exactly one arrival per watch, each with its source
+    let events = consume(
+        &bootstrap,
+        &format!("{ns}_events"),
+        8,
+        Duration::from_secs(30),
+    );
+    let arrivals: Vec<Value> = events
+        .iter()
+        .filter_map(|m| {
+            use rdkafka::Message;
+            serde_json::from_slice::<Value>(m.payload()?).ok()
+        })
+        .filter(|e| e["type"] == "fleetgate.arrival.arrived")
+        .collect();
+    let mut sources: Vec<(String, String)> = arrivals
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["watch_id"].as_str().unwrap().to_owned(),
+                e["data"]["source"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    sources.sort();
+    assert_eq!(
+        sources,
+        vec![
+            ("w-manual".to_owned(), "manual".to_owned()),
+            ("w-sc".to_owned(), "smartcar".to_owned()),
+            ("w-tele".to_owned(), "fleet_telemetry".to_owned()),
+        ],
+        "{arrivals:#?}"
+    );
+
+    // MQTT: the same three, one per vehicle, same ids as in Kafka
+    for (vin, source) in [
+        (VIN_TELEMETRY, "fleet_telemetry"),
+        (VIN_SMARTCAR, "smartcar"),
+        (VIN_MANUAL, "manual"),
+    ] {
+        let topic = format!("orders/{vin}/events/arrival.arrived");
+        let event = sub.wait(&topic);
+        assert_eq!(event["data"]["source"], source);
+        assert_eq!(sub.count(&topic), 1, "{topic}");
+        assert!(
+            arrivals.iter().any(|a| a["id"] == event["id"]),
+            "same id on MQTT and Kafka"
+        );
+    }
+}
