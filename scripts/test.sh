@@ -41,7 +41,7 @@ if ! { command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || 
 fi
 
 venv=target/venv
-if ! "$venv/bin/python" -c "import cloudevents.core.bindings.kafka" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import cloudevents.core.bindings.kafka, standardwebhooks" 2>/dev/null; then
   echo "== installing the CloudEvents Python SDK into $venv (tests/sdk/requirements.txt)"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q -r tests/sdk/requirements.txt

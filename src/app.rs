@@ -181,6 +181,34 @@ pub fn build_sinks(
             .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));
     }
+    if used("webhook") {
+        let webhook = config.fleetgate.webhook.as_ref().ok_or_else(|| {
+            ServeError::Config("`webhook` is routed to but fleetgate.webhook is not set".into())
+        })?;
+        let data_dir = config
+            .fleetgate
+            .data_dir
+            .as_ref()
+            .map(|d| Config::resolve(base, d));
+        let settings = crate::sinks::webhook::WebhookSettings::from_config(
+            webhook,
+            data_dir.as_deref(),
+            base,
+            true,
+        )
+        .map_err(|problems| {
+            ServeError::Config(
+                problems
+                    .iter()
+                    .map(|(k, p)| format!("{k}: {p}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        let sink = crate::sinks::webhook::WebhookSink::start(settings)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        available.push(Arc::new(sink));
+    }
     let mut router = SinkRouter::new(&config.records, &config.reliable_ack_sources, &available)
         .and_then(|r| r.with_event_sinks(&config.event_sinks()))
         .map_err(ServeError::Config)?;

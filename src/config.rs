@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::wire::Topic;
 
 /// Sink names fleetgate implements.
-pub const SINK_NAMES: &[&str] = &["logger", "kafka", "mqtt"];
+pub const SINK_NAMES: &[&str] = &["logger", "kafka", "mqtt", "webhook"];
 /// Sink names of the reference server that fleetgate does not implement.
 const REFERENCE_ONLY_SINKS: &[&str] = &["kinesis", "pubsub", "zmq", "redis", "nats"];
 
@@ -273,6 +273,9 @@ pub struct FleetgateConfig {
     /// MQTT settings Tesla's `mqtt` section has no key for (protocol version, CA file).
     #[serde(default)]
     pub mqtt: MqttExtrasConfig,
+    /// The `webhook` sink: receivers, their filters and secrets, the durable outbox.
+    #[serde(default)]
+    pub webhook: Option<crate::sinks::webhook::WebhookConfig>,
     /// Cluster mode: instances sharing this name share sites, watches and VIN lists through
     /// compacted Kafka topics (needs the top-level `kafka` section). Unset = embedded mode.
     #[serde(default)]
@@ -1127,6 +1130,44 @@ impl Config {
                     for (topic, sink) in &self.reliable_ack_sources {
                         if sink == "mqtt" && mqtt.qos == 0 {
                             issue(&format!("reliable_ack_sources.{topic}"), "acks after `mqtt` need the broker's confirmation: set mqtt.qos to 1 (or 2)".into());
+                        }
+                    }
+                }
+            }
+        }
+        let webhook_routed = self
+            .records
+            .values()
+            .any(|s| s.iter().any(|s| s == "webhook"))
+            || self.event_sinks().iter().any(|s| s == "webhook");
+        match &self.fleetgate.webhook {
+            None if webhook_routed => issue("fleetgate.webhook", "`webhook` is routed to but has no section: add {\"endpoints\": [{\"name\": \"orders\", \"url\": \"https://…\", \"secret\": \"whsec_…\"}]}".into()),
+            None => {}
+            Some(webhook) => {
+                if !webhook_routed {
+                    warnings.push("fleetgate.webhook is set but nothing routes to it: add \"webhook\" to fleetgate.events.sinks (or to a topic of `records`)".to_owned());
+                }
+                let data_dir = self.fleetgate.data_dir.as_ref().map(|d| Config::resolve(base, d));
+                match crate::sinks::webhook::WebhookSettings::from_config(webhook, data_dir.as_deref(), base, check_files) {
+                    Err(problems) => {
+                        for (key, problem) in problems {
+                            issue(&key, problem);
+                        }
+                    }
+                    Ok(settings) => {
+                        for (i, e) in settings.endpoints.iter().enumerate() {
+                            for topic in e.topics.iter().flatten() {
+                                if !self.sinks_for(topic.as_str()).iter().any(|s| s == "webhook") {
+                                    warnings.push(format!("fleetgate.webhook.endpoints[{i}].topics: `{}` is not routed to `webhook` in `records`, so none of its records reach `{}`", topic.as_str(), e.name));
+                                }
+                            }
+                        }
+                        if check_files {
+                            if let Some(ca) = &settings.ca_file {
+                                if !ca.is_file() {
+                                    issue("fleetgate.webhook.ca_file", format!("{} is not a readable file", ca.display()));
+                                }
+                            }
                         }
                     }
                 }

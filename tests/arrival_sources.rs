@@ -1,7 +1,8 @@
 //! "The driver has arrived", known three ways — Tesla telemetry, a Smartcar webhook, the
 //! driver's "I'm here" — each yields exactly one `arrival.arrived` per watch with its `source`,
-//! delivered through Kafka and MQTT alike (real broker, real Mosquitto, read by clients we did
-//! not write); a later source is recorded on the watch, never re-emitted.
+//! delivered through Kafka, MQTT and webhooks alike (real broker, real Mosquitto, a receiver
+//! using the Standard Webhooks and CloudEvents libraries: clients we did not write); a later
+//! source is recorded on the watch, never re-emitted.
 
 mod common;
 
@@ -72,12 +73,13 @@ fn watch(id: &str, vin: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_and_mqtt() {
+async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt_and_webhook() {
     let bootstrap = require_broker();
     let pki = Pki::new();
     let broker = Broker::plain(pki.dir.path());
     let port = broker.port.to_string();
     let sub = Subscriber::start(&["-p", &port, "-t", "orders/+/events/#"]);
+    let receiver = common::webhook::Receiver::start();
     let ns = unique_namespace("src");
     let mut config = base_config(&pki);
     config["namespace"] = json!(ns);
@@ -87,7 +89,12 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_and_
     merge(
         &mut config,
         &json!({"fleetgate": {
-            "events": {"sinks": ["kafka", "mqtt"]},
+            "events": {"sinks": ["kafka", "mqtt", "webhook"]},
+            "webhook": {"endpoints": [
+                {"name": "orders", "url": receiver.url("/orders"), "secret": common::webhook::SECRET,
+                 "events": ["fleetgate.arrival.*"]},
+                {"name": "orders-binary", "url": receiver.url("/binary"), "secret": common::webhook::SECRET,
+                 "events": ["fleetgate.arrival.arrived"], "content_mode": "binary"}]},
             "sources": {"smartcar": {"management_token": AMT, "vehicles": {"sc-2": VIN_SMARTCAR, "sc-3": VIN_MANUAL}}},
         }}),
     );
@@ -261,4 +268,38 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_and_
             "same id on MQTT and Kafka"
         );
     }
+
+    // webhooks: the same three on each receiver (structured and binary), same ids, signed
+    let got = receiver.wait_until(Duration::from_secs(30), |got| {
+        got.iter()
+            .filter(|m| m["type"] == "fleetgate.arrival.arrived")
+            .count()
+            >= 6
+    });
+    for (path, mode) in [("/orders", "structured"), ("/binary", "binary")] {
+        let mut seen: Vec<(String, String)> = got
+            .iter()
+            .filter(|m| m["path"] == path && m["type"] == "fleetgate.arrival.arrived")
+            .map(|m| {
+                assert_eq!(m["mode"], mode);
+                assert_eq!(m["webhook_id"], m["id"]);
+                assert!(
+                    arrivals.iter().any(|a| a["id"] == m["id"]),
+                    "same id as Kafka"
+                );
+                (
+                    m["data"]["watch_id"].as_str().unwrap().to_owned(),
+                    m["data"]["source"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, sources, "{path}");
+    }
+    assert!(
+        got.iter()
+            .all(|m| m["path"] == "/orders" || m["type"] == "fleetgate.arrival.arrived"),
+        "the binary receiver gets arrivals only"
+    );
+    assert!(receiver.refused().is_empty(), "{:?}", receiver.refused());
 }

@@ -120,3 +120,35 @@ fn strict_makes_warnings_fail_and_file_checks_can_be_left_to_the_target_machine(
     let (ok, _, stderr) = check(&pod, &["--no-file-checks", "--strict"]);
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn webhook_problems_are_named_with_their_keys() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["records"] = json!({"V": ["webhook"]});
+    // routed to, but no section
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("fleetgate.webhook"), "{stderr}");
+    config["fleetgate"]["webhook"] = json!({"endpoints": [
+        {"name": "orders", "url": "ftp://orders", "secret": "not-whsec", "events": ["fleetgate.nope.*"]},
+        {"name": "ops", "url": "https://ops.example.com/x", "secret_file": "missing-secret"}],
+        "retry_max_ms": 0});
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    for key in [
+        "fleetgate.webhook.endpoints[0].url",
+        "fleetgate.webhook.endpoints[0].secret",
+        "fleetgate.webhook.endpoints[0].events",
+        "fleetgate.webhook.endpoints[1].secret_file",
+        "fleetgate.webhook.retry_max_ms",
+    ] {
+        assert!(stderr.contains(key), "`{key}` not reported:\n{stderr}");
+    }
+    // a good one passes
+    config["fleetgate"]["webhook"] = json!({"endpoints": [
+        {"name": "orders", "url": "https://orders.example.com/x",
+         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["fleetgate.arrival.*"]}]});
+    let (ok, stdout, stderr) = check(&config, &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+}

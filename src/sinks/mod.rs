@@ -9,6 +9,8 @@
 pub mod kafka;
 pub mod logger;
 pub mod mqtt;
+pub mod tls;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

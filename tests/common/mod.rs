@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod webhook;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -402,12 +403,15 @@ pub fn test_python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python"));
     let ok = Command::new(&python)
-        .args(["-c", "import cloudevents.core.bindings.kafka"])
+        .args([
+            "-c",
+            "import cloudevents.core.bindings.kafka, standardwebhooks",
+        ])
         .status()
         .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{} cannot import the CloudEvents SDK: run scripts/test.sh (it makes target/venv), or          `python3 -m venv target/venv && target/venv/bin/pip install -r tests/sdk/requirements.txt`",
+        "{} cannot import the CloudEvents SDK and Standard Webhooks: run scripts/test.sh (it makes target/venv), or          `python3 -m venv target/venv && target/venv/bin/pip install -r tests/sdk/requirements.txt`",
         python.display()
     );
     python

@@ -447,40 +447,7 @@ pub struct MqttSink {
 }
 
 fn tls_config(settings: &MqttSettings) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &settings.ca_file {
-        Some(path) => {
-            use rustls_pki_types::pem::PemObject as _;
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| anyhow::anyhow!("fleetgate.mqtt.ca_file {}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| {
-                    anyhow::anyhow!("fleetgate.mqtt.ca_file {}: {e}", path.display())
-                })?;
-                roots.add(cert)?;
-            }
-            if roots.is_empty() {
-                anyhow::bail!(
-                    "fleetgate.mqtt.ca_file {} holds no PEM certificate",
-                    path.display()
-                );
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                anyhow::bail!("no system CA certificates to verify the MQTT broker with: set fleetgate.mqtt.ca_file");
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    super::tls::client_config(settings.ca_file.as_deref(), "fleetgate.mqtt.ca_file")
 }
 
 impl MqttSink {
