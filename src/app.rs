@@ -104,6 +104,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         })
 }
 
+/// A sink's (key, problem) list as one start-up error.
+fn problems_error(problems: Vec<(String, String)>) -> ServeError {
+    ServeError::Config(
+        problems
+            .iter()
+            .map(|(k, p)| format!("{k}: {p}"))
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
 /// Builds the sinks the config routes to.
 pub fn build_sinks(
     config: &Config,
@@ -168,15 +179,7 @@ pub fn build_sinks(
         })?;
         let settings =
             crate::sinks::mqtt::MqttSettings::from_config(mqtt, &config.fleetgate.mqtt, base)
-                .map_err(|problems| {
-                    ServeError::Config(
-                        problems
-                            .iter()
-                            .map(|(k, p)| format!("{k}: {p}"))
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    )
-                })?;
+                .map_err(problems_error)?;
         let sink = crate::sinks::mqtt::MqttSink::start(settings)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));
@@ -196,15 +199,7 @@ pub fn build_sinks(
             base,
             true,
         )
-        .map_err(|problems| {
-            ServeError::Config(
-                problems
-                    .iter()
-                    .map(|(k, p)| format!("{k}: {p}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        })?;
+        .map_err(problems_error)?;
         let sink = crate::sinks::webhook::WebhookSink::start(settings)
             .map_err(|e| ServeError::Config(e.to_string()))?;
         available.push(Arc::new(sink));

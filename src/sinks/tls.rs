@@ -31,6 +31,9 @@ pub fn client_config(ca_file: Option<&Path>, key: &str) -> anyhow::Result<rustls
             }
         }
     }
+    // ring is the one provider this build compiles in (no aws-lc); newer rustls 0.23 patch
+    // releases mark its constructor deprecated for lacking post-quantum key exchange
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
