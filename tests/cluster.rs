@@ -478,9 +478,11 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
         .filter_map(|e| e["type"].as_str())
         .filter(|t| !t.starts_with("fleetgate.vehicle."))
         .collect();
+    // approaching: the car closes in at ~9 m/s without a route (straight-line ETA < 1 min)
     assert_eq!(
         kinds,
         [
+            "fleetgate.arrival.approaching",
             "fleetgate.site.entered",
             "fleetgate.arrival.arrived",
             "fleetgate.charging.started",
@@ -536,7 +538,7 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
         .collect();
     assert_eq!(
         kinds.len(),
-        7,
+        8,
         "one new site.entered, nothing else: {kinds:?}"
     );
     assert_eq!(count(&after, "fleetgate.arrival.arrived"), 1);
