@@ -396,6 +396,28 @@ pub fn require_sasl_broker() -> SaslBroker {
     SaslBroker { bootstrap, ca }
 }
 
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something listens on loopback `port`; panics after `timeout` with `what()` said.
+pub fn wait_listening(port: u16, timeout: Duration, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {port} within {timeout:?}",
+            what()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The Python of the test environment (CloudEvents SDK installed): `FLEETGATE_TEST_PYTHON`,
 /// else target/venv/bin/python. Panics with instructions when it is missing.
 pub fn test_python() -> PathBuf {

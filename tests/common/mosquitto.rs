@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{write_file, Pki};
+use super::{free_port, write_file, Pki};
 
 fn binary(name: &str) -> PathBuf {
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
@@ -28,14 +28,6 @@ fn stay_user() -> String {
     let out = Command::new("id").arg("-un").output().expect("run id -un");
     let user = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     format!("user {user}")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A Mosquitto broker on a loopback port; stopped on drop.
@@ -106,16 +98,13 @@ impl Broker {
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {} within 10 s: {}",
-                self.port,
-                std::fs::read_to_string(self.conf.with_extension("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log = self.conf.with_extension("log");
+        super::wait_listening(self.port, Duration::from_secs(10), || {
+            format!(
+                "mosquitto ({})",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     }
 
     pub fn stop(&mut self) {

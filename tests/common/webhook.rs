@@ -22,11 +22,7 @@ pub struct Receiver {
 impl Receiver {
     /// Starts one on a free port.
     pub fn start() -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut r = Receiver {
             child: None,
@@ -57,15 +53,9 @@ impl Receiver {
             .spawn()
             .expect("start the webhook receiver");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the webhook receiver did not listen on {} within 20 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::wait_listening(self.port, Duration::from_secs(20), || {
+            "the webhook receiver".into()
+        });
     }
 
     /// Kills the process: connections to the port are refused until [`Receiver::up`].

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{Endpoint, WebhookSettings};
+use super::now_ms;
 use super::outbox::{Op, Outbox, Stored};
 use super::{
     WEBHOOK_DEAD_LETTERED_TOTAL, WEBHOOK_DELIVERED_TOTAL, WEBHOOK_OUTBOX_DEPTH,
@@ -187,33 +188,12 @@ fn backoff(settings: &WebhookSettings, attempts: u32, hint: Option<Duration>) ->
         .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
         .min(settings.retry_max);
     // full backoff at the cap would synchronise lanes: spread them over 50–100 %
-    let jitter = 0.5 + rand_unit() * 0.5;
+    let jitter = 0.5 + fastrand::f64() * 0.5;
     let wait = exp.mul_f64(jitter);
     match hint {
         Some(h) => h.min(settings.retry_max).max(wait),
         None => wait,
     }
-}
-
-/// A uniform number in [0, 1) from the std hasher's random keys (no RNG dependency needed for
-/// jitter).
-fn rand_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn finish(

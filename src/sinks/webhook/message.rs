@@ -76,8 +76,26 @@ fn lay_out(endpoint: &str, mode: ContentMode, a: &Attributes<'_>, data: Value) -
     }
 }
 
-/// The message of `event` for an endpoint.
-pub fn event_message(endpoint: &str, mode: ContentMode, event: &Event) -> Message {
+/// The message of `event` for an endpoint; `structured` is the event's CloudEvent JSON as the
+/// router rendered it once for every sink (the structured body as it is).
+pub fn event_message(
+    endpoint: &str,
+    mode: ContentMode,
+    event: &Event,
+    structured: &[u8],
+) -> Message {
+    if mode == ContentMode::Structured {
+        return Message {
+            endpoint: endpoint.to_owned(),
+            vin: event.vin.clone(),
+            id: event.id.clone(),
+            body: structured.to_vec(),
+            headers: vec![(
+                "content-type".to_owned(),
+                STRUCTURED_CONTENT_TYPE.to_owned(),
+            )],
+        };
+    }
     let time = event.time_rfc3339();
     let a = Attributes {
         id: &event.id,
@@ -184,14 +202,15 @@ mod tests {
             1_764_000_000_000,
             crate::event_data!("watch_id" => "w1"),
         );
-        let m = event_message("orders", ContentMode::Binary, &e);
+        let json = serde_json::to_vec(&e.to_cloudevent()).unwrap();
+        let m = event_message("orders", ContentMode::Binary, &e, &json);
         let body: Value = serde_json::from_slice(&m.body).unwrap();
         assert_eq!(body["watch_id"], "w1");
         assert!(m
             .headers
             .contains(&("ce-type".into(), "fleetgate.arrival.arrived".into())));
         assert!(m.headers.contains(&("ce-id".into(), e.id.clone())));
-        let s = event_message("orders", ContentMode::Structured, &e);
+        let s = event_message("orders", ContentMode::Structured, &e, &json);
         let body: Value = serde_json::from_slice(&s.body).unwrap();
         assert_eq!(body, e.to_cloudevent());
         assert_eq!(

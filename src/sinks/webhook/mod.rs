@@ -35,6 +35,14 @@ pub const WEBHOOK_OUTBOX_DEPTH: &str = "fleetgate_webhook_outbox_depth";
 /// Prometheus: outbox batches that could not be committed (their frames were not acked).
 pub const WEBHOOK_OUTBOX_ERRORS_TOTAL: &str = "fleetgate_webhook_outbox_errors_total";
 
+/// Wall-clock milliseconds since the epoch (outbox entry times, dead-letter age, signatures).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// The `webhook` sink.
 pub struct WebhookSink {
     settings: Arc<WebhookSettings>,
@@ -148,7 +156,7 @@ impl Sink for WebhookSink {
     fn publish_event(
         &self,
         event: &Event,
-        _json: &[u8],
+        json: &[u8],
         ticket: DeliveryTicket,
     ) -> Result<(), PublishError> {
         let messages = self
@@ -156,7 +164,7 @@ impl Sink for WebhookSink {
             .endpoints
             .iter()
             .filter(|e| e.events.matches(event.kind.as_str()))
-            .map(|e| message::event_message(&e.name, e.mode, event))
+            .map(|e| message::event_message(&e.name, e.mode, event, json))
             .collect();
         self.store(messages, ticket)
     }

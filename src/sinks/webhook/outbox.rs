@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::message::Message;
+use super::now_ms;
 use crate::sinks::DeliveryTicket;
 
 /// A message the outbox holds, with its row id (delivery order) and when it entered (ms).
@@ -96,13 +97,6 @@ fn load(db: &Connection) -> anyhow::Result<Vec<Stored>> {
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// One dead-letter line: the message with why it was given up, readable and replayable.
