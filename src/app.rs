@@ -160,9 +160,8 @@ pub fn build_sinks(
         let properties = config.kafka.as_ref().ok_or_else(|| {
             ServeError::Config("records route to `kafka` but there is no `kafka` section".into())
         })?;
-        let properties =
-            crate::sinks::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
-                .map_err(|e| ServeError::Config(e.to_string()))?;
+        let properties = crate::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
         let sink = KafkaSink::new(
             &properties,
             &config.namespace,
@@ -303,19 +302,20 @@ async fn start_cluster(
 ) -> Result<crate::cluster::Cluster, ServeError> {
     use crate::cluster::rules::{RulesProcessor, RulesSettings};
     use crate::cluster::shared_log::{host_name, SharedLog, SharedLogSettings, Topics};
-    let fail = |e: crate::cluster::shared_log::ClusterError| ServeError::Cluster(e.to_string());
+    let fail = |e: crate::kafka::Error| ServeError::Cluster(e.to_string());
     let properties = config.kafka.as_ref().ok_or_else(|| {
         ServeError::Config("fleetgate.cluster needs the top-level `kafka` section".into())
     })?;
-    let properties = crate::sinks::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
+    let properties = crate::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let instance_id = cluster.instance_id.clone().unwrap_or_else(host_name);
     let timeout = Duration::from_secs(cluster.write_timeout_s);
     let topics = Topics::from_config(&config.namespace, &cluster.topics);
-    let state_topic =
-        cluster.topics.state.clone().unwrap_or_else(|| {
-            crate::sinks::kafka::topic_name(&config.namespace, "fleetgate_state")
-        });
+    let state_topic = cluster
+        .topics
+        .state
+        .clone()
+        .unwrap_or_else(|| crate::kafka::topic_name(&config.namespace, "fleetgate_state"));
     tracing::info!(
         cluster = %cluster.name,
         instance = %instance_id,
@@ -352,7 +352,7 @@ async fn start_cluster(
             namespace: config.namespace.clone(),
             cluster: cluster.name.clone(),
             instance_id: instance_id.clone(),
-            frames_topic: crate::sinks::kafka::topic_name(&config.namespace, "V"),
+            frames_topic: crate::kafka::topic_name(&config.namespace, "V"),
             state_topic: state_topic.clone(),
             events_topic: config.events_topic(),
             watches_topic: topics.watches.clone(),
@@ -379,9 +379,11 @@ async fn start_cluster(
         timeout,
     )
     .map_err(fail)?;
-    let presence_topic = cluster.topics.presence.clone().unwrap_or_else(|| {
-        crate::sinks::kafka::topic_name(&config.namespace, "fleetgate_presence")
-    });
+    let presence_topic = cluster
+        .topics
+        .presence
+        .clone()
+        .unwrap_or_else(|| crate::kafka::topic_name(&config.namespace, "fleetgate_presence"));
     let presence = crate::cluster::presence::Presence::start(
         &properties,
         &format!(

@@ -266,7 +266,7 @@ pub struct FleetgateConfig {
     pub shutdown_grace_s: u64,
     /// Kafka settings that are not librdkafka properties (secrets from files).
     #[serde(default)]
-    pub kafka: KafkaExtrasConfig,
+    pub kafka: crate::kafka::KafkaExtrasConfig,
     /// Vehicle state from other systems than Tesla's telemetry (Smartcar webhooks).
     #[serde(default)]
     pub sources: SourcesConfig,
@@ -412,16 +412,6 @@ pub struct MqttExtrasConfig {
     pub ca_file: Option<String>,
 }
 
-/// `fleetgate.kafka`.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaExtrasConfig {
-    /// File holding `sasl.password` (a mounted secret; a trailing newline is dropped).
-    /// `FLEETGATE_KAFKA_SASL_PASSWORD` wins over it; both win over `kafka.sasl.password`.
-    #[serde(default)]
-    pub sasl_password_file: Option<String>,
-}
-
 /// `fleetgate.admin`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -495,7 +485,7 @@ pub struct EventsConfig {
     /// `content-type: application/cloudevents+json`) or `binary` (`data` as the value, every
     /// attribute a `ce_` header).
     #[serde(default)]
-    pub kafka_content_mode: crate::sinks::kafka::EventContentMode,
+    pub kafka_content_mode: crate::kafka::cloudevents::EventContentMode,
 }
 
 fn default_shutdown_grace_s() -> u64 {
@@ -1072,12 +1062,9 @@ impl Config {
         }
 
         if let Some(kafka) = &self.kafka {
-            for (key, problem) in crate::sinks::kafka::check_properties(
-                kafka,
-                &self.fleetgate.kafka,
-                base,
-                check_files,
-            ) {
+            for (key, problem) in
+                crate::kafka::check_properties(kafka, &self.fleetgate.kafka, base, check_files)
+            {
                 issue(&key, problem);
             }
         }
@@ -1418,7 +1405,7 @@ impl Config {
             .events
             .topic
             .clone()
-            .unwrap_or_else(|| crate::sinks::kafka::topic_name(&self.namespace, "events"))
+            .unwrap_or_else(|| crate::kafka::topic_name(&self.namespace, "events"))
     }
 
     /// The sinks of a topic (empty when the topic is not routed).

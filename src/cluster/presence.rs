@@ -19,8 +19,9 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 
-use super::shared_log::{kafka_err, topic_reader, ClusterError};
 use crate::ingest::registry::{ConnectionEntry, Registry};
+use crate::kafka::reader::topic_reader;
+use crate::kafka::{err as kafka_err, Error as ClusterError};
 
 /// How often an instance publishes its socket changes and heartbeat.
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
@@ -61,10 +62,10 @@ impl Presence {
         registry: Arc<Registry>,
         timeout: Duration,
     ) -> Result<Arc<Presence>, ClusterError> {
-        super::shared_log::ensure_compacted(properties, &[topic], timeout).await?;
+        crate::kafka::topics::ensure_compacted(properties, &[topic], timeout).await?;
         let reader = topic_reader(properties, group_id, topic, None, timeout)?;
         let mut config =
-            crate::sinks::kafka::client_config(properties).map_err(|e| ClusterError::Kafka {
+            crate::kafka::client_config(properties).map_err(|e| ClusterError::Kafka {
                 what: "configuring the presence producer",
                 error: e.to_string(),
             })?;
@@ -140,7 +141,7 @@ impl Presence {
     }
 }
 
-fn read_loop(reader: &super::shared_log::ReaderConsumer, view: &Mutex<View>, stop: &AtomicBool) {
+fn read_loop(reader: &crate::kafka::reader::ReaderConsumer, view: &Mutex<View>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         match reader.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {

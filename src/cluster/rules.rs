@@ -33,11 +33,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
-use super::shared_log::{group_metadata, kafka_err, topic_reader, ClusterError};
 use crate::event::Event;
+use crate::kafka::cloudevents::EventContentMode;
+use crate::kafka::reader::topic_reader;
+use crate::kafka::txn::group_metadata;
+use crate::kafka::{err as kafka_err, Error as ClusterError};
 use crate::metrics as m;
 use crate::rules::{expired_watch_ids, Fleet, RuleState};
-use crate::sinks::kafka::EventContentMode;
 use crate::sinks::{DeliveryTicket, Sink};
 use crate::state::VehicleUpdate;
 use crate::wire::proto::vehicle_data::Payload;
@@ -164,7 +166,7 @@ pub fn default_partition(vin: &str, partitions: usize) -> i32 {
 
 async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError> {
     let admin: AdminClient<DefaultClientContext> =
-        crate::sinks::kafka::connection_config(&settings.properties)
+        crate::kafka::connection_config(&settings.properties)
             .map_err(|e| ClusterError::Kafka {
                 what: "configuring the admin client",
                 error: e.to_string(),
@@ -248,7 +250,7 @@ async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError>
         }
     }
     if state_existed {
-        super::shared_log::require_compacted(&admin, &[&settings.state_topic], settings.timeout)
+        crate::kafka::topics::require_compacted(&admin, &[&settings.state_topic], settings.timeout)
             .await?;
     }
     let state_n = partitions(&settings.state_topic).await?.unwrap_or(0);
@@ -521,12 +523,11 @@ fn run(
     owned: &Arc<Mutex<HashMap<String, i32>>>,
 ) -> Result<(), ClusterError> {
     let producer = Arc::new(new_producer(settings)?);
-    let mut config = crate::sinks::kafka::connection_config(&settings.properties).map_err(|e| {
-        ClusterError::Kafka {
+    let mut config =
+        crate::kafka::connection_config(&settings.properties).map_err(|e| ClusterError::Kafka {
             what: "configuring the rules consumer",
             error: e.to_string(),
-        }
-    })?;
+        })?;
     let session_ms = settings.session_timeout.as_millis().to_string();
     let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
         .max(500)
@@ -631,7 +632,7 @@ fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, ClusterError> 
         settings.cluster.as_str(),
         settings.instance_id.as_str(),
     );
-    let mut config = super::shared_log::transactional_config(&settings.properties, ids, "rules")?;
+    let mut config = crate::kafka::txn::transactional_config(&settings.properties, ids, "rules")?;
     config
         .set(
             "transaction.timeout.ms",
@@ -689,7 +690,7 @@ impl<'a> Outbox<'a> {
         for event in &events {
             let json = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
             let (value, headers) =
-                crate::sinks::kafka::event_message(event, &json, self.settings.event_mode)
+                crate::kafka::cloudevents::event_message(event, &json, self.settings.event_mode)
                     .map_err(|e| ClusterError::Kafka {
                         what: "encoding an event",
                         error: e.to_string(),

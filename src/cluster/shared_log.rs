@@ -22,57 +22,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::control::{Change, Live, VinList};
+use crate::kafka::reader::{topic_reader, ReaderConsumer};
+use crate::kafka::txn::transactional_config;
+use crate::kafka::{err as kafka_err, Error as ClusterError};
 use crate::metrics as m;
 use crate::rules::geojson::{site_from_feature, site_to_feature};
 use crate::rules::sites::Site;
-
-/// Why the shared log could not start or could not take a write.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ClusterError {
-    /// A Kafka call failed.
-    #[error("cluster shared state: {what}: {error} — check that the brokers in `kafka` are reachable and that this principal may write and read the fleetgate topics (docs/cluster.md)")]
-    Kafka {
-        /// What was being done.
-        what: &'static str,
-        /// What Kafka said.
-        error: String,
-    },
-    /// A shared-state topic exists with settings that would lose state.
-    #[error("cluster shared state: topic `{topic}` {problem}")]
-    Topic {
-        /// The topic.
-        topic: String,
-        /// What is wrong and how to fix it.
-        problem: String,
-    },
-    /// Kafka did not answer in time.
-    #[error("cluster shared state: {what} did not finish within {after:?}; nothing was applied — retry when Kafka answers (see /healthz/sinks)")]
-    Timeout {
-        /// What was waited for.
-        what: &'static str,
-        /// The limit.
-        after: Duration,
-    },
-}
-
-pub(crate) fn kafka_err(what: &'static str) -> impl Fn(KafkaError) -> ClusterError {
-    move |e| ClusterError::Kafka {
-        what,
-        error: e.to_string(),
-    }
-}
 
 /// The three shared-state topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +53,7 @@ impl Topics {
     /// The configured names, or `{namespace}_fleetgate_sites|watches|vins`.
     pub fn from_config(namespace: &str, c: &crate::config::ClusterTopicsConfig) -> Topics {
         let default =
-            |kind: &str| crate::sinks::kafka::topic_name(namespace, &format!("fleetgate_{kind}"));
+            |kind: &str| crate::kafka::topic_name(namespace, &format!("fleetgate_{kind}"));
         Topics {
             sites: c.sites.clone().unwrap_or_else(|| default("sites")),
             watches: c.watches.clone().unwrap_or_else(|| default("watches")),
@@ -546,142 +510,8 @@ impl Drop for SharedLog {
 
 async fn ensure_topics(settings: &SharedLogSettings) -> Result<(), ClusterError> {
     let names = settings.topics.all().map(|(_, t)| t);
-    ensure_compacted(&settings.properties, &names, settings.write_timeout).await
-}
-
-/// Creates `names` if missing — one partition each (changes stay in order), compacted — and
-/// fails when one exists without compaction (its state would expire with retention).
-pub(crate) async fn ensure_compacted(
-    properties: &serde_json::Map<String, Value>,
-    names: &[&str],
-    timeout: Duration,
-) -> Result<(), ClusterError> {
-    let admin: AdminClient<DefaultClientContext> =
-        crate::sinks::kafka::connection_config(properties)
-            .map_err(|e| ClusterError::Kafka {
-                what: "configuring the admin client",
-                error: e.to_string(),
-            })?
-            .create()
-            .map_err(kafka_err("creating the admin client"))?;
-    let opts = AdminOptions::new().operation_timeout(Some(timeout));
-    let new: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact"))
-        .collect();
-    let results = admin
-        .create_topics(new.iter(), &opts)
+    crate::kafka::topics::ensure_compacted(&settings.properties, &names, settings.write_timeout)
         .await
-        .map_err(kafka_err("creating the shared-state topics"))?;
-    // the topics created here are compacted by construction; those that were there are checked
-    let mut existing: Vec<&str> = Vec::new();
-    for result in results {
-        match result {
-            Ok(topic) => tracing::info!(topic, "created compacted shared-state topic"),
-            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                existing.extend(names.iter().copied().filter(|n| *n == topic))
-            }
-            Err((topic, code)) => {
-                return Err(ClusterError::Topic {
-                    topic,
-                    problem: format!("could not be created ({code}): create it with cleanup.policy=compact, or grant this principal CREATE on it"),
-                })
-            }
-        }
-    }
-    require_compacted(&admin, &existing, timeout).await
-}
-
-/// Refuses to go on when one of `names` is not compacted (its records would expire with
-/// retention and the state they carry with them). A topic created a moment ago may not show
-/// its settings yet (the broker answers DescribeConfigs from metadata that lags the creation):
-/// this asks again until every topic shows a `cleanup.policy` or `timeout` passes, and only
-/// warns when the broker cannot say.
-pub(crate) async fn require_compacted(
-    admin: &AdminClient<DefaultClientContext>,
-    names: &[&str],
-    timeout: Duration,
-) -> Result<(), ClusterError> {
-    let opts = AdminOptions::new().operation_timeout(Some(timeout));
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut pending: Vec<&str> = names.to_vec();
-    while !pending.is_empty() {
-        let specs: Vec<ResourceSpecifier<'_>> = pending
-            .iter()
-            .map(|t| ResourceSpecifier::Topic(t))
-            .collect();
-        let configs = match admin.describe_configs(specs.iter(), &opts).await {
-            Ok(configs) => configs,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the shared-state topics' settings (DescribeConfigs); make sure they are compacted");
-                return Ok(());
-            }
-        };
-        let mut unknown = Vec::new();
-        for (config, name) in configs.into_iter().zip(pending.iter().copied()) {
-            let policy = config
-                .ok()
-                .and_then(|c| c.get("cleanup.policy").and_then(|e| e.value.clone()))
-                .filter(|p| !p.trim().is_empty());
-            match policy {
-                None => unknown.push(name),
-                Some(policy) if policy.split(',').any(|p| p.trim() == "compact") => {}
-                Some(policy) => {
-                    return Err(ClusterError::Topic {
-                        topic: name.to_owned(),
-                        problem: format!("has cleanup.policy={policy}: shared state would expire with retention; set cleanup.policy=compact (kafka-configs --alter --entity-type topics --entity-name {name} --add-config cleanup.policy=compact)"),
-                    });
-                }
-            }
-        }
-        pending = unknown;
-        if !pending.is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(topics = ?pending, "the broker did not show these topics' cleanup.policy in time; make sure they are compacted");
-                return Ok(());
-            }
-            tracing::debug!(topics = ?pending, "cleanup.policy not shown yet; asking again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    Ok(())
-}
-
-/// A transactional producer's configuration: the `kafka` properties, the transactional id
-/// `fleetgate-{namespace}-{cluster}-{instance}-{role}` (one per instance and role, so a
-/// restarted instance fences its previous life), idempotence and `acks=all`.
-pub(crate) fn transactional_config(
-    properties: &serde_json::Map<String, Value>,
-    ids: (&str, &str, &str),
-    role: &str,
-) -> Result<rdkafka::ClientConfig, ClusterError> {
-    let (namespace, cluster, instance) = ids;
-    let mut config =
-        crate::sinks::kafka::client_config(properties).map_err(|e| ClusterError::Kafka {
-            what: "configuring a transactional producer",
-            error: e.to_string(),
-        })?;
-    config
-        .set(
-            "transactional.id",
-            format!("fleetgate-{namespace}-{cluster}-{instance}-{role}"),
-        )
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .remove("statistics.interval.ms");
-    Ok(config)
-}
-
-/// The consumer group's metadata, for `send_offsets_to_transaction`.
-pub(crate) fn group_metadata<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-) -> Result<rdkafka::consumer::ConsumerGroupMetadata, ClusterError> {
-    consumer
-        .group_metadata()
-        .ok_or_else(|| ClusterError::Kafka {
-            what: "reading the group metadata",
-            error: "not a group member".into(),
-        })
 }
 
 async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, ClusterError> {
@@ -706,26 +536,6 @@ async fn new_producer(settings: &SharedLogSettings) -> Result<FutureProducer, Cl
     Ok(producer)
 }
 
-/// The readers' client context: end-of-partition is how restore is detected, not an error.
-pub(crate) struct ReaderContext;
-
-impl rdkafka::ClientContext for ReaderContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end_of_partition = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !end_of_partition {
-            tracing::warn!(error = %error, reason, "shared-state reader: Kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ReaderContext {}
-
-/// A plain reader's consumer.
-pub(crate) type ReaderConsumer = BaseConsumer<ReaderContext>;
-
 fn new_reader(settings: &SharedLogSettings, topic: &str) -> Result<ReaderConsumer, ClusterError> {
     let group = format!(
         "fleetgate-{}-{}-{}-shared",
@@ -738,74 +548,6 @@ fn new_reader(settings: &SharedLogSettings, topic: &str) -> Result<ReaderConsume
         None,
         settings.write_timeout,
     )
-}
-
-/// A consumer of `topic` from the beginning — every partition, or only `partitions` — with
-/// manual assignment (no group membership; `group_id` only names it), committed records only,
-/// and end-of-partition events (how restore knows it is done).
-pub(crate) fn topic_reader(
-    properties: &serde_json::Map<String, Value>,
-    group_id: &str,
-    topic: &str,
-    partitions: Option<&[i32]>,
-    timeout: Duration,
-) -> Result<ReaderConsumer, ClusterError> {
-    let mut config =
-        crate::sinks::kafka::connection_config(properties).map_err(|e| ClusterError::Kafka {
-            what: "configuring a reader",
-            error: e.to_string(),
-        })?;
-    config
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10");
-    let consumer: ReaderConsumer = config
-        .create_with_context(ReaderContext)
-        .map_err(kafka_err("creating a reader"))?;
-    let mut assignment = TopicPartitionList::new();
-    match partitions {
-        Some(list) => {
-            for p in list {
-                assignment
-                    .add_partition_offset(topic, *p, Offset::Beginning)
-                    .map_err(kafka_err("assigning a partition"))?;
-            }
-        }
-        None => {
-            // a topic created a moment ago may not be in the metadata yet: ask again until it is
-            let deadline = std::time::Instant::now() + timeout;
-            loop {
-                let metadata = consumer
-                    .fetch_metadata(Some(topic), timeout)
-                    .map_err(kafka_err("reading a topic's metadata"))?;
-                for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
-                    for p in t.partitions() {
-                        assignment
-                            .add_partition_offset(topic, p.id(), Offset::Beginning)
-                            .map_err(kafka_err("assigning a partition"))?;
-                    }
-                }
-                if assignment.count() > 0 {
-                    break;
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(ClusterError::Topic {
-                        topic: topic.to_owned(),
-                        problem: format!("has no partitions in the metadata after {timeout:?}"),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(kafka_err("assigning partitions"))?;
-    Ok(consumer)
 }
 
 /// One topic's reader: polls, decodes, applies in batches, publishes its progress.

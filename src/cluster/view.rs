@@ -11,7 +11,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 
-use super::shared_log::{topic_reader, ClusterError};
+use crate::kafka::reader::topic_reader;
+use crate::kafka::Error as ClusterError;
 use crate::rules::RuleState;
 use crate::state::VehicleTable;
 

@@ -169,7 +169,7 @@ pub enum WriteError {
     Store(#[from] StoreError),
     /// Kafka did not take the change (or it could not be read back in time).
     #[error("{0}")]
-    Cluster(#[from] crate::cluster::shared_log::ClusterError),
+    Cluster(#[from] crate::kafka::Error),
     /// The blocking write task died.
     #[error("the write task failed: {0}")]
     Task(String),

@@ -75,8 +75,8 @@ fn consumer_at_end(bootstrap: &str, topic: &str) -> Result<BaseConsumer, String>
 
 /// Measures for `duration`; blocking (run it beside a `bench load`).
 pub fn run(bootstrap: &str, namespace: &str, duration: Duration) -> Result<EventsReport, String> {
-    let frames_topic = crate::sinks::kafka::topic_name(namespace, "V");
-    let events_topic = crate::sinks::kafka::topic_name(namespace, "events");
+    let frames_topic = crate::kafka::topic_name(namespace, "V");
+    let events_topic = crate::kafka::topic_name(namespace, "events");
     let frames = consumer_at_end(bootstrap, &frames_topic)?;
     let events = consumer_at_end(bootstrap, &events_topic)?;
     // (vin, creation second) → when the V record was produced, kept for 60 s
