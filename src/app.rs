@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LoadedConfig};
-use crate::control::Change;
+use crate::control::{content_digest, AdminLog, Change, ImportItem, Live};
 use crate::ingest::connection::ConnectionSettings;
 use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
@@ -21,10 +21,12 @@ use crate::metrics::{self, FrameMetrics};
 use crate::pipeline::{ChangesOnly, Pipeline};
 use crate::rules::geojson::sites_from_geojson;
 use crate::rules::Fleet;
+use crate::runner::local::{LocalRules, StateBackend};
+use crate::runner::Placement;
 use crate::sinks::kafka::KafkaSink;
 use crate::sinks::logger::LoggerSink;
 use crate::sinks::{Sink, SinkRouter};
-use crate::store::Store;
+use crate::store::{SqliteAdminLog, Store};
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -212,21 +214,13 @@ pub fn build_sinks(
     Ok(router)
 }
 
-/// Opens the store (`fleetgate.data_dir`, else in memory), imports `sites_file` and the
-/// configured watches into it (idempotent), and builds the fleet from what it holds.
-pub fn build_fleet(
+/// The config's own sites (`sites_file`) and watches (`fleetgate.watches`) as import items:
+/// written through the admin log when new or changed since their last import.
+fn config_imports(
     config: &Config,
     base: &std::path::Path,
-) -> Result<(Fleet, Arc<Store>), ServeError> {
-    let rules = config.fleetgate.rules.clone();
-    let store = match &config.fleetgate.data_dir {
-        Some(dir) => Store::open(&Config::resolve(base, dir))
-            .map_err(|e| ServeError::Config(format!("fleetgate.data_dir: {e}")))?,
-        None => {
-            tracing::warn!("fleetgate.data_dir is not set: sites and watches live in memory and are lost on restart");
-            Store::in_memory().map_err(|e| ServeError::Config(e.to_string()))?
-        }
-    };
+) -> Result<Vec<(&'static str, Vec<ImportItem>)>, ServeError> {
+    let mut out = Vec::new();
     if let Some(file) = &config.fleetgate.sites_file {
         let path = Config::resolve(base, file);
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -235,87 +229,153 @@ pub fn build_fleet(
                 path.display()
             ))
         })?;
-        let sites = sites_from_geojson(&text, rules.default_radius_m).map_err(|errors| {
-            let list: Vec<String> = errors
-                .iter()
-                .map(|(i, e)| format!("feature {i}: {e}"))
-                .collect();
-            ServeError::Config(format!(
-                "fleetgate.sites_file {}: {}",
-                path.display(),
-                list.join("; ")
-            ))
-        })?;
-        let changes: Vec<_> = sites.into_iter().map(Change::PutSite).collect();
-        store
-            .apply(&changes)
-            .map_err(|e| ServeError::Config(format!("importing fleetgate.sites_file: {e}")))?;
+        let sites = sites_from_geojson(&text, config.fleetgate.rules.default_radius_m).map_err(
+            |errors| {
+                let list: Vec<String> = errors
+                    .iter()
+                    .map(|(i, e)| format!("feature {i}: {e}"))
+                    .collect();
+                ServeError::Config(format!(
+                    "fleetgate.sites_file {}: {}",
+                    path.display(),
+                    list.join("; ")
+                ))
+            },
+        )?;
+        let items = sites
+            .into_iter()
+            .map(|site| ImportItem {
+                item: site.id.clone(),
+                digest: content_digest(&crate::rules::geojson::site_to_feature(&site)),
+                change: Change::PutSite(site),
+            })
+            .collect();
+        out.push(("sites_file", items));
     }
-    let watches: Vec<_> = (config.fleetgate.watches.iter().cloned())
-        .map(Change::PutWatch)
-        .collect();
-    store
-        .apply(&watches)
-        .map_err(|e| ServeError::Config(format!("fleetgate.watches: {e}")))?;
-    let sites = store
-        .sites(rules.default_radius_m)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let fleet = Fleet::new(rules, sites);
-    for spec in store
-        .watches()
-        .map_err(|e| ServeError::Config(e.to_string()))?
-    {
-        match spec.clone().into_watch() {
-            Ok(watch) => fleet.add_watch(watch),
-            Err(e) => tracing::warn!(watch_id = %spec.watch_id, error = %e, "stored watch skipped"),
+    let watches = config
+        .fleetgate
+        .watches
+        .iter()
+        .map(|spec| ImportItem {
+            item: spec.watch_id.clone(),
+            digest: content_digest(spec),
+            change: Change::PutWatch(spec.clone()),
+        })
+        .collect::<Vec<_>>();
+    if !watches.is_empty() {
+        out.push(("watches", watches));
+    }
+    Ok(out)
+}
+
+/// Imports the config's own sites and watches through `log` (both modes: the one admin log).
+async fn import_config(
+    config: &Config,
+    base: &std::path::Path,
+    log: &dyn AdminLog,
+    live: &Live,
+) -> Result<(), ServeError> {
+    for (source, items) in config_imports(config, base)? {
+        let total = items.len();
+        let written = crate::control::import(log, live, source, items)
+            .await
+            .map_err(|e| ServeError::Config(format!("importing fleetgate.{source}: {e}")))?;
+        tracing::info!(
+            source,
+            items = total,
+            written,
+            "config items imported through the admin log (only new or changed ones are written)"
+        );
+    }
+    Ok(())
+}
+
+/// Embedded mode's rules: the store (`fleetgate.data_dir`, else in memory) is the admin log
+/// (replayed into the fleet, then the config's own items imported through it) and the rules'
+/// journal (restored).
+async fn start_embedded(
+    config: &Config,
+    base: &std::path::Path,
+    live: &Live,
+    sinks: &SinkRouter,
+) -> Result<(Arc<SqliteAdminLog>, LocalRules), ServeError> {
+    let store = match &config.fleetgate.data_dir {
+        Some(dir) => Store::open(&Config::resolve(base, dir))
+            .map_err(|e| ServeError::Config(format!("fleetgate.data_dir: {e}")))?,
+        None => {
+            tracing::warn!("fleetgate.data_dir is not set: sites, watches and rule state live in memory and are lost on restart");
+            Store::in_memory().map_err(|e| ServeError::Config(e.to_string()))?
         }
-    }
-    // embedded mode: the rules pick up where they were (cluster mode restores from Kafka)
-    let mut restored = 0;
-    if config.fleetgate.cluster.is_none() {
-        for (vin, state) in store
-            .rule_states()
-            .map_err(|e| ServeError::Config(e.to_string()))?
-        {
-            fleet.restore(&vin, state);
-            restored += 1;
-        }
-    }
+    };
+    let store = Arc::new(store);
+    let replayed = store
+        .replay(config.fleetgate.rules.default_radius_m)
+        .map_err(|e| ServeError::Config(format!("reading the admin store: {e}")))?;
+    live.apply(&replayed);
+    let log = Arc::new(SqliteAdminLog {
+        store: store.clone(),
+        live: live.clone(),
+    });
+    import_config(config, base, log.as_ref(), live).await?;
+    let backend: Option<Arc<dyn StateBackend>> = store
+        .is_durable()
+        .then(|| store.clone() as Arc<dyn StateBackend>);
+    let rules = LocalRules::start(live.fleet.clone(), sinks.clone(), backend)
+        .map_err(|e| ServeError::Config(format!("starting the rule journal: {e}")))?;
+    let restored = rules
+        .restore()
+        .map_err(|e| ServeError::Config(format!("restoring the rule state from the store: {e}")))?;
     tracing::info!(
-        sites = fleet.sites.load().len(),
-        watches = fleet.watches.len(),
+        sites = live.fleet.sites.load().len(),
+        watches = live.fleet.watches.len(),
         vehicles = restored,
         durable = store.is_durable(),
         "rules ready"
     );
-    Ok((fleet, Arc::new(store)))
+    Ok((log, rules))
 }
 
-/// Cluster mode: the shared admin state (restored before this returns, so no vehicle or
-/// admin request is served on a partial state), the partitioned rules and the vehicle view.
+/// Cluster mode: this instance's identity checked, the shared admin state restored (before
+/// this returns, so no vehicle or admin request is served on a partial state) and the config's
+/// own items imported through it, the cluster-wide view, the partitioned rules, the relay of
+/// events to the sinks other than Kafka, and the door for inputs.
 async fn start_cluster(
     config: &Config,
     base: &std::path::Path,
     cluster: &crate::config::ClusterConfig,
-    live: crate::control::Live,
+    live: Live,
     sinks: &SinkRouter,
 ) -> Result<crate::cluster::Cluster, ServeError> {
+    use crate::cluster::presence::{default_instance_id, Presence};
     use crate::cluster::rules::{RulesProcessor, RulesSettings};
-    use crate::cluster::shared_log::{host_name, SharedLog, SharedLogSettings, Topics};
+    use crate::cluster::shared_log::{SharedLog, SharedLogSettings, Topics};
     let fail = |e: crate::kafka::Error| ServeError::Cluster(e.to_string());
     let properties = config.kafka.as_ref().ok_or_else(|| {
         ServeError::Config("fleetgate.cluster needs the top-level `kafka` section".into())
     })?;
     let properties = crate::kafka::with_secrets(properties, &config.fleetgate.kafka, base)
         .map_err(|e| ServeError::Config(e.to_string()))?;
-    let instance_id = cluster.instance_id.clone().unwrap_or_else(host_name);
+    let vehicle_port = config.listen_addr().map(|a| a.port()).unwrap_or(0);
+    let instance_id = cluster
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| default_instance_id(vehicle_port));
     let timeout = Duration::from_secs(cluster.write_timeout_s);
     let topics = Topics::from_config(&config.namespace, &cluster.topics);
-    let state_topic = cluster
-        .topics
-        .state
-        .clone()
-        .unwrap_or_else(|| crate::kafka::topic_name(&config.namespace, "fleetgate_state"));
+    let topic = |configured: &Option<String>, name: &str| {
+        configured
+            .clone()
+            .unwrap_or_else(|| crate::kafka::topic_name(&config.namespace, name))
+    };
+    let state_topic = topic(&cluster.topics.state, "fleetgate_state");
+    let inputs_topic = topic(&cluster.topics.inputs, "fleetgate_inputs");
+    let presence_topic = topic(&cluster.topics.presence, "fleetgate_presence");
+    let group = |what: &str| {
+        format!(
+            "fleetgate-{}-{}-{}-{what}",
+            config.namespace, cluster.name, instance_id
+        )
+    };
     tracing::info!(
         cluster = %cluster.name,
         instance = %instance_id,
@@ -323,8 +383,24 @@ async fn start_cluster(
         watches = %topics.watches,
         vins = %topics.vins,
         state = %state_topic,
-        "cluster mode: restoring the shared state from Kafka"
+        inputs = %inputs_topic,
+        "cluster mode: checking this instance's identity, then restoring the shared state from Kafka"
     );
+    let presence = Presence::start(
+        &properties,
+        &group("presence"),
+        &presence_topic,
+        &instance_id,
+        &cluster.name,
+        timeout,
+    )
+    .await
+    .map_err(fail)?;
+    presence
+        .check_identity(timeout.max(Duration::from_secs(30)))
+        .await
+        .map_err(ServeError::Cluster)?;
+    presence.publish(live.registry.clone()).map_err(fail)?;
     let log = SharedLog::start(
         SharedLogSettings {
             properties: properties.clone(),
@@ -340,63 +416,61 @@ async fn start_cluster(
     .await
     .map_err(fail)?;
     log.restored().await;
-    let local_sinks: Vec<Arc<dyn Sink>> = sinks
-        .event_sinks()
-        .iter()
-        .filter(|s| s.name() != "kafka")
-        .cloned()
-        .collect();
-    let rules = RulesProcessor::start(
-        RulesSettings {
-            properties: properties.clone(),
-            namespace: config.namespace.clone(),
-            cluster: cluster.name.clone(),
-            instance_id: instance_id.clone(),
-            frames_topic: crate::kafka::topic_name(&config.namespace, "V"),
-            state_topic: state_topic.clone(),
-            events_topic: config.events_topic(),
-            watches_topic: topics.watches.clone(),
-            event_mode: config.fleetgate.events.kafka_content_mode,
-            session_timeout: Duration::from_secs(cluster.session_timeout_s),
-            transaction_timeout: Duration::from_secs(cluster.transaction_timeout_s),
-            timeout,
-            offset_reset: cluster.rules_offset_reset.clone(),
-            sweep_every: Duration::from_secs(10),
-            partitions: 0,
-        },
-        live.fleet.clone(),
-        local_sinks,
-    )
-    .await
-    .map_err(fail)?;
+    import_config(config, base, log.as_ref(), &live).await?;
+    let mut settings = RulesSettings {
+        properties: properties.clone(),
+        namespace: config.namespace.clone(),
+        cluster: cluster.name.clone(),
+        instance_id: instance_id.clone(),
+        frames_topic: crate::kafka::topic_name(&config.namespace, "V"),
+        inputs_topic: inputs_topic.clone(),
+        state_topic: state_topic.clone(),
+        events_topic: config.events_topic(),
+        watches_topic: topics.watches.clone(),
+        event_mode: config.fleetgate.events.kafka_content_mode,
+        session_timeout: Duration::from_secs(cluster.session_timeout_s),
+        transaction_timeout: Duration::from_secs(cluster.transaction_timeout_s),
+        timeout,
+        offset_reset: cluster.rules_offset_reset.clone(),
+        sweep_every: Duration::from_secs(10),
+        commit_interval: Duration::from_millis(cluster.commit_interval_ms),
+        partitions: 0,
+    };
+    crate::cluster::rules::ensure_topics(&mut settings)
+        .await
+        .map_err(fail)?;
     let view = crate::cluster::view::ClusterView::start(
         &properties,
-        &format!(
-            "fleetgate-{}-{}-{}-view",
-            config.namespace, cluster.name, instance_id
-        ),
+        &group("view"),
         &state_topic,
         timeout,
     )
     .map_err(fail)?;
-    let presence_topic = cluster
-        .topics
-        .presence
-        .clone()
-        .unwrap_or_else(|| crate::kafka::topic_name(&config.namespace, "fleetgate_presence"));
-    let presence = crate::cluster::presence::Presence::start(
-        &properties,
-        &format!(
-            "fleetgate-{}-{}-{}-presence",
-            config.namespace, cluster.name, instance_id
-        ),
-        &presence_topic,
-        &instance_id,
-        live.registry.clone(),
-        timeout,
-    )
-    .await
-    .map_err(fail)?;
+    let rules = RulesProcessor::start(settings, live.fleet.clone(), view.clone()).map_err(fail)?;
+    let relay_sinks = sinks.without_event_sink("kafka");
+    let relay = if relay_sinks.event_sinks().is_empty() {
+        None
+    } else {
+        Some(
+            crate::cluster::relay::Relay::start(
+                crate::cluster::relay::RelaySettings {
+                    properties: properties.clone(),
+                    group_id: format!("fleetgate-{}-{}-relay", config.namespace, cluster.name),
+                    instance_id: instance_id.clone(),
+                    events_topic: config.events_topic(),
+                    offset_reset: cluster.rules_offset_reset.clone(),
+                    session_timeout: Duration::from_secs(cluster.session_timeout_s),
+                    timeout,
+                },
+                relay_sinks,
+            )
+            .map_err(fail)?,
+        )
+    };
+    let inputs = Arc::new(
+        crate::cluster::inputs::InputClient::new(&properties, &inputs_topic, view.clone())
+            .map_err(fail)?,
+    );
     Ok(crate::cluster::Cluster {
         name: cluster.name.clone(),
         instance_id,
@@ -404,34 +478,47 @@ async fn start_cluster(
         rules,
         view,
         presence,
+        relay,
+        inputs,
     })
 }
 
-/// Every `every`, closes stale charging sessions and expires watches, publishing the events.
-pub async fn run_sweeper(
-    fleet: Fleet,
-    sinks: SinkRouter,
-    every: Duration,
-    sweep: bool,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
+/// Where the rules run and admin writes go, as `start` wires them.
+struct Placed {
+    /// The admin log (the store, or the shared topics).
+    log: Arc<dyn AdminLog>,
+    /// Where the rules' inputs go.
+    placement: Arc<dyn Placement>,
+    /// The rules of this process (embedded mode).
+    local_rules: Option<LocalRules>,
+    /// Cluster mode's parts.
+    cluster: Option<crate::cluster::Cluster>,
+    /// The sinks of the frame path (its own events: every event sink in embedded mode, only
+    /// Kafka in cluster mode, from where the relay hands them on).
+    ingest_sinks: SinkRouter,
+}
+
+/// Embedded mode's clock: every 10 s, vehicles with a stale charging session or an expired
+/// watch get a tick through the rules (cluster mode: the owner of each vehicle ticks it).
+async fn run_clock(rules: LocalRules, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let events = if sweep {
-            fleet.sweep(now_ms)
-        } else {
-            Vec::new()
-        };
-        if !events.is_empty() {
-            sinks.publish_events(&events, None, crate::sinks::DeliveryTicket::untracked);
+        let r = rules.clone();
+        let _ = tokio::task::spawn_blocking(move || r.tick(crate::runner::now_ms())).await;
+    }
+}
+
+/// The sites, watches and vehicles gauges, every 10 s.
+async fn report_fleet_size(fleet: Fleet, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
         }
         ::metrics::gauge!(crate::metrics::SITES).set(fleet.sites.load().len() as f64);
         ::metrics::gauge!(crate::metrics::WATCHES).set(fleet.watches.len() as f64);
@@ -534,24 +621,13 @@ pub async fn start(
         sinks: sink_names.clone(),
         proxy: proxy_settings.is_some(),
     });
-    let (fleet, store) = build_fleet(config, &base)?;
-    // embedded mode with a data_dir: every event's vehicle has its rule state journaled
-    let sinks = if config.fleetgate.cluster.is_none() && store.is_durable() {
-        let journal = crate::store::journal::RuleJournal::start(store.clone(), fleet.clone())
-            .map_err(|e| ServeError::Config(format!("starting the rule journal: {e}")))?;
-        sinks.with_event_tap(journal)
-    } else {
-        sinks
-    };
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     // every task that outlives start-up: stopped and awaited at shutdown
     let background = tokio_util::task::TaskTracker::new();
-    let stored_vins = store
-        .vin_lists()
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    // the admin VIN lists come from the admin log's replay, like sites and watches
     let vins = Arc::new(crate::ingest::vins::VinPolicy::new(
         config.fleetgate.vins.clone(),
-        stored_vins,
+        Default::default(),
     ));
     if let Some(path) = config
         .data_connectors
@@ -570,38 +646,54 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
-    let live = crate::control::Live {
+    let fleet = Fleet::new(config.fleetgate.rules.clone(), Vec::new());
+    let live = Live {
         fleet: fleet.clone(),
         vins: vins.clone(),
         registry: registry.clone(),
+        imports: Default::default(),
     };
-    let cluster = match &config.fleetgate.cluster {
-        None => None,
+    // Where the rules run, where admin writes go, and which sinks the frame path's own events
+    // (vehicle.connected / disconnected) reach: everything in this process (embedded), or
+    // Kafka, from where the relay hands them to the other sinks (cluster).
+    let Placed {
+        log,
+        placement,
+        local_rules,
+        cluster,
+        ingest_sinks,
+    } = match &config.fleetgate.cluster {
+        None => {
+            let (log, rules) = start_embedded(config, &base, &live, &sinks).await?;
+            background.spawn(run_clock(rules.clone(), shutdown.clone()));
+            Placed {
+                log,
+                placement: Arc::new(rules.clone()),
+                local_rules: Some(rules),
+                cluster: None,
+                ingest_sinks: sinks.clone(),
+            }
+        }
         Some(settings) => {
             let cluster = start_cluster(config, &base, settings, live.clone(), &sinks).await?;
-            // stop the rules (after their batch), the readers and the view with the other
-            // background tasks
+            // stop the rules (after their transaction), the relay, the readers and the view
+            // with the other background tasks
             let (stopping, stop) = (cluster.clone(), shutdown.clone());
             background.spawn(async move {
                 stop.cancelled().await;
                 let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
             });
-            Some(cluster)
+            Placed {
+                log: cluster.log.clone(),
+                placement: cluster.inputs.clone(),
+                local_rules: None,
+                ingest_sinks: sinks.only_event_sink("kafka"),
+                cluster: Some(cluster),
+            }
         }
     };
-    let control = match &cluster {
-        None => crate::control::ControlPlane::Local(store.clone()),
-        Some(c) => crate::control::ControlPlane::Cluster(c.log.clone()),
-    };
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    background.spawn(run_sweeper(
-        fleet.clone(),
-        sinks.clone(),
-        Duration::from_secs(10),
-        // cluster mode: each vehicle is swept by the owner of its rules
-        cluster.is_none(),
-        shutdown.clone(),
-    ));
+    background.spawn(report_fleet_size(fleet.clone(), shutdown.clone()));
 
     let limits = &config.fleetgate.limits;
     let settings = ServerSettings {
@@ -616,14 +708,14 @@ pub async fn start(
             .max_frame_size(Some(limits.max_message_bytes)),
         connection: ConnectionSettings {
             pipeline: Pipeline {
-                sinks: sinks.clone(),
+                sinks: ingest_sinks.clone(),
                 rate_limit: parsed.rate_limit,
                 inflight_slots: Arc::new(tokio::sync::Semaphore::new(
                     limits.max_pending_acks_total,
                 )),
                 metrics: Arc::new(FrameMetrics::new(&sink_names)),
                 // cluster mode: the rules run where Kafka's group puts each vehicle
-                fleet: cluster.is_none().then(|| fleet.clone()),
+                rules: local_rules.clone(),
                 changes_only: config.fleetgate.changes_only.enabled_for_v().then(|| {
                     let co = &config.fleetgate.changes_only;
                     Arc::new(ChangesOnly {
@@ -688,7 +780,7 @@ pub async fn start(
             tracing::warn!("admin API without a token (--insecure-admin, loopback only)");
         }
         let smartcar = match &config.fleetgate.sources.smartcar {
-            Some(sc) => Some(Arc::new(crate::admin::SmartcarSource {
+            Some(sc) => Some(Arc::new(crate::sources::smartcar::http::SmartcarSource {
                 token: sc.token(&base).map_err(ServeError::Config)?,
                 vehicles: sc.vehicles.clone(),
             })),
@@ -698,14 +790,18 @@ pub async fn start(
         admin_addr = l.local_addr().ok();
         let state = crate::admin::AdminState {
             fleet: fleet.clone(),
-            control: control.clone(),
+            log: log.clone(),
+            rules: placement.clone(),
             cluster: cluster.clone(),
             registry: registry.clone(),
             sinks: sinks.clone(),
             listener_up: listener_up.clone(),
             vins: vins.clone(),
             token: Arc::new(token),
-            smartcar,
+            smartcar: crate::sources::smartcar::http::SmartcarState {
+                source: smartcar,
+                rules: placement.clone(),
+            },
         };
         let app = crate::admin::router(state);
         let stop = shutdown.clone();
@@ -767,6 +863,11 @@ pub async fn start(
         let left = tokio::task::spawn_blocking(move || sinks.flush_all(flush_budget))
             .await
             .unwrap_or(0);
+        if let Some(rules) = local_rules {
+            // every vehicle's rule state, written once more before the process ends
+            let budget = remaining();
+            let _ = tokio::task::spawn_blocking(move || rules.stop(budget)).await;
+        }
         background.close();
         if tokio::time::timeout(remaining(), background.wait())
             .await

@@ -308,9 +308,15 @@ pub struct ClusterConfig {
     #[serde(default = "ClusterConfig::default_transaction_timeout_s")]
     pub transaction_timeout_s: u64,
     /// Where a new rules group starts reading `V`: `latest` (default) or `earliest` (the whole
-    /// retained history, once).
+    /// retained history, once). The relay of events to the other sinks starts the same way.
     #[serde(default = "ClusterConfig::default_rules_offset_reset")]
     pub rules_offset_reset: String,
+    /// How long one rules transaction collects records before it commits (ms): events,
+    /// changed vehicles' state and offsets commit together, so this is the latency of an
+    /// event for `read_committed` readers against the cost of a commit (see
+    /// docs/benchmarks.md).
+    #[serde(default = "ClusterConfig::default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
 }
 
 impl ClusterConfig {
@@ -325,6 +331,9 @@ impl ClusterConfig {
     }
     fn default_rules_offset_reset() -> String {
         "latest".into()
+    }
+    fn default_commit_interval_ms() -> u64 {
+        100
     }
 }
 
@@ -348,6 +357,14 @@ pub struct ClusterTopicsConfig {
     /// Which instance holds which socket (default `{namespace}_fleetgate_presence`).
     #[serde(default)]
     pub presence: Option<String>,
+    /// Import marks of `sites_file` and config `watches` (default
+    /// `{namespace}_fleetgate_imports`, compacted, one partition).
+    #[serde(default)]
+    pub imports: Option<String>,
+    /// The rules' inputs other than frames — manual arrivals, Smartcar states — keyed by VIN
+    /// (default `{namespace}_fleetgate_inputs`, as many partitions as the `V` topic).
+    #[serde(default)]
+    pub inputs: Option<String>,
 }
 
 /// `mqtt` (Tesla key): the MQTT sink, with the keys and defaults of Tesla's MQTT dispatcher.

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod cluster;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod rules;
+pub mod runner;
 pub mod sinks;
 pub mod sources;
 pub mod state;

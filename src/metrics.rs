@@ -117,8 +117,30 @@ pub const CLUSTER_RULES_TRANSACTIONS_TOTAL: &str = "fleetgate_cluster_rules_tran
 /// Cluster mode: times the rules processor started again after a Kafka failure (its open
 /// transaction aborted).
 pub const CLUSTER_RULES_RESTARTS_TOTAL: &str = "fleetgate_cluster_rules_restarts_total";
+/// Cluster mode: inputs other than frames (manual arrivals, Smartcar states) the rules applied.
+pub const CLUSTER_RULES_INPUTS_TOTAL: &str = "fleetgate_cluster_rules_inputs_total";
+/// Cluster mode: partitions whose rule state this instance restored (each assignment of a
+/// partition that moved here).
+pub const CLUSTER_RULES_PARTITIONS_RESTORED_TOTAL: &str =
+    "fleetgate_cluster_rules_partitions_restored_total";
+/// Cluster mode: events the relay handed to the other event sinks and every one confirmed.
+pub const CLUSTER_RELAY_EVENTS_TOTAL: &str = "fleetgate_cluster_relay_events_total";
+/// Cluster mode: times a partition of the relay started again from an event a sink failed.
+pub const CLUSTER_RELAY_RETRIES_TOTAL: &str = "fleetgate_cluster_relay_retries_total";
+/// Cluster mode: events the relay handed to sinks and not yet confirmed.
+pub const CLUSTER_RELAY_PENDING: &str = "fleetgate_cluster_relay_pending";
+/// Cluster mode: records of the events topic the relay could not read (skipped).
+pub const CLUSTER_RELAY_BAD_RECORDS_TOTAL: &str = "fleetgate_cluster_relay_bad_records_total";
 /// Cluster mode: `V` records the rules could not read (skipped).
 pub const CLUSTER_RULES_BAD_RECORDS_TOTAL: &str = "fleetgate_cluster_rules_bad_records_total";
+
+/// Vehicle rule states written by the rule state store's commits (embedded: the journal;
+/// cluster: the changelog records of each rules transaction).
+pub const RULE_STATE_WRITES_TOTAL: &str = "fleetgate_rule_state_writes_total";
+/// Seconds one commit of embedded mode's rule journal took (one SQLite transaction).
+pub const RULE_STATE_COMMIT_SECONDS: &str = "fleetgate_rule_state_commit_seconds";
+/// Commits of embedded mode's rule journal that failed (reliable frames wait for the next).
+pub const RULE_STATE_COMMIT_ERRORS_TOTAL: &str = "fleetgate_rule_state_commit_errors_total";
 
 /// What kind of series a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +175,13 @@ pub const FAMILIES: &[Family] = &[
     family(CLUSTER_RULES_FRAMES_TOTAL, Kind::Counter, "Cluster mode: V records processed by the rules and committed"),
     family(CLUSTER_RULES_TRANSACTIONS_TOTAL, Kind::Counter, "Cluster mode: rules transactions committed (events, rule state and offsets together)"),
     family(CLUSTER_RULES_RESTARTS_TOTAL, Kind::Counter, "Cluster mode: rules processor restarts after a Kafka failure (the open transaction is aborted)"),
-    family(CLUSTER_RULES_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: V records the rules could not read and skipped"),
+    family(CLUSTER_RULES_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: V or inputs records the rules could not read and skipped"),
+    family(CLUSTER_RELAY_EVENTS_TOTAL, Kind::Counter, "Cluster mode: events the relay handed to the event sinks other than Kafka and every one confirmed"),
+    family(CLUSTER_RELAY_RETRIES_TOTAL, Kind::Counter, "Cluster mode: times a relay partition started again from an event a sink failed"),
+    family(CLUSTER_RELAY_PENDING, Kind::Gauge, "Cluster mode: events the relay handed to sinks and not yet confirmed"),
+    family(CLUSTER_RELAY_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: records of the events topic the relay could not read and skipped"),
+    family(CLUSTER_RULES_INPUTS_TOTAL, Kind::Counter, "Cluster mode: inputs other than frames (manual arrivals, Smartcar states) applied by the rules"),
+    family(CLUSTER_RULES_PARTITIONS_RESTORED_TOTAL, Kind::Counter, "Cluster mode: partitions whose rule state this instance restored (only the partitions that moved here)"),
     family(CLUSTER_SHARED_APPLIED_TOTAL, Kind::Counter, "Cluster mode: shared-state records (sites, watches, vins) applied by this instance, by kind"),
     family(CLUSTER_SHARED_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: shared-state records that could not be read and were skipped, by kind"),
     family(CLUSTER_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds this instance took to restore the shared state at start"),
@@ -161,6 +189,9 @@ pub const FAMILIES: &[Family] = &[
     family(CLUSTER_WRITE_SECONDS, Kind::Histogram, "Cluster mode: seconds an admin write took, transaction commit and read-back by this instance"),
     family(CLUSTER_TRANSACTION_ABORTS_TOTAL, Kind::Counter, "Cluster mode: admin write transactions aborted, by reason (produce, commit, read_back_timeout)"),
     family(CLUSTER_REPLICATION_LAG_SECONDS, Kind::Histogram, "Cluster mode: age of a shared-state record when this instance applied it (replication lag)"),
+    family(RULE_STATE_WRITES_TOTAL, Kind::Counter, "Vehicle rule states written by the rule state store's commits (embedded journal, cluster changelog)"),
+    family(RULE_STATE_COMMIT_SECONDS, Kind::Histogram, "Seconds one commit of the embedded rule journal took (one SQLite transaction of every changed vehicle)"),
+    family(RULE_STATE_COMMIT_ERRORS_TOTAL, Kind::Counter, "Commits of the embedded rule journal that failed (reliable frames wait for the next one)"),
     family(CONNECTIONS_OPEN, Kind::Gauge, "Open vehicle websocket connections"),
     family(CONNECTIONS_TOTAL, Kind::Counter, "TCP connections at accept by result (accepted, over_capacity, ip_rate_limited)"),
     family(HANDSHAKES_TOTAL, Kind::Counter, "TLS handshakes by result: ok or the failure reason"),
@@ -294,6 +325,8 @@ pub fn register_zeros(what: &Registered<'_>) {
         RELIABLE_ACK_FAILED_TOTAL,
         CHANGES_SUPPRESSED_DATUMS_TOTAL,
         CHANGES_SUPPRESSED_RECORDS_TOTAL,
+        RULE_STATE_WRITES_TOTAL,
+        RULE_STATE_COMMIT_ERRORS_TOTAL,
     ] {
         zero(metrics::counter!(c));
     }

@@ -197,12 +197,22 @@ async fn admin_writes_on_one_instance_reach_every_instance_and_a_late_one_restor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_kafka_cannot_take_is_refused_and_nothing_is_applied() {
+    use rdkafka::producer::Producer;
     let broker = require_broker();
     let namespace = unique_namespace("fgcluster");
     let pki = Pki::new();
     let a = Server::start(&cluster_config(&pki, &broker, &namespace, "a"));
-    // a second process with the same instance id fences A's transactional producer
-    let a2 = Server::start(&cluster_config(&pki, &broker, &namespace, "a"));
+    let b = Server::start(&cluster_config(&pki, &broker, &namespace, "b"));
+    // another producer takes A's admin transactional id: A's producer is fenced
+    let fencer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker)
+        .set(
+            "transactional.id",
+            format!("fleetgate-{namespace}-test-a-admin"),
+        )
+        .create()
+        .unwrap();
+    fencer.init_transactions(Duration::from_secs(30)).unwrap();
     let (s, v) = a.admin("PUT", "/v1/sites/x", Some(&site(30.1)));
     assert_eq!(s, 503, "a fenced producer must not report success: {v}");
     assert_eq!(v["error"], json!("cluster_unavailable"), "{v}");
@@ -216,19 +226,93 @@ async fn a_write_kafka_cannot_take_is_refused_and_nothing_is_applied() {
         "nothing applied"
     );
     assert_eq!(
-        a2.admin("GET", "/v1/sites/x", None).0,
+        b.admin("GET", "/v1/sites/x", None).0,
         404,
         "nothing committed"
     );
-    // the next write on A replaces the fenced producer (and fences a2's in turn)
+    // the next write on A replaces the fenced producer
     let (s, v) = a.admin("PUT", "/v1/sites/x", Some(&site(30.1)));
     assert_eq!(s, 201, "{v}");
-    until(&a2, "/v1/sites/x", |s, _| s == 200);
+    until(&b, "/v1/sites/x", |s, _| s == 200);
     assert!(
         a.metric("fleetgate_cluster_transaction_aborts_total{reason=\"produce\"}")
             + a.metric("fleetgate_cluster_transaction_aborts_total{reason=\"commit\"}")
             >= 1.0
     );
+}
+
+/// Runs `fleetgate serve` with `config` until it exits (it must refuse to start); returns its
+/// exit code and stderr.
+fn refused_start(config: &Value) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "config.json", &config.to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two live instances with one id would fence each other's transactions (every admin write a
+/// 503); a second cluster name on the same namespace would run the rules over the same `V`
+/// records and double every event. Both are refused at start, naming the other party; the
+/// default instance ids of three instances on one host are unique, and they form one cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_live_id_and_a_second_cluster_name_are_refused_and_default_ids_are_unique() {
+    let broker = require_broker();
+    let namespace = unique_namespace("fgident");
+    let pki = Pki::new();
+    let a = Server::start(&cluster_config(&pki, &broker, &namespace, "a"));
+
+    let (code, stderr) = refused_start(&cluster_config(&pki, &broker, &namespace, "a"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("instance id `a` is in use by a live instance `a` of cluster `test`")
+            && stderr.contains(&format!("pid {}", a.child.id()))
+            && stderr.contains("fleetgate.cluster.instance_id"),
+        "names the live instance and the fix: {stderr}"
+    );
+
+    let mut green = cluster_config(&pki, &broker, &namespace, "g1");
+    green["fleetgate"]["cluster"]["name"] = json!("green");
+    let (code, stderr) = refused_start(&green);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cluster `green` would share its topics with live cluster `test`")
+            && stderr.contains("instance `a`")
+            && stderr.contains("namespace"),
+        "names both clusters and the fix: {stderr}"
+    );
+    // the first instance is untouched: its admin writes still succeed
+    assert_eq!(a.admin("PUT", "/v1/sites/s1", Some(&site(30.2))).0, 201);
+
+    // three instances on this host without instance ids: unique defaults, one cluster
+    let without_id = || {
+        let mut c = cluster_config(&pki, &broker, &namespace, "x");
+        c["fleetgate"]["cluster"]
+            .as_object_mut()
+            .unwrap()
+            .remove("instance_id");
+        c
+    };
+    let plain: Vec<Server> = (0..3).map(|_| Server::start(&without_id())).collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for s in &plain {
+        let (_, v) = s.admin("GET", "/v1/cluster", None);
+        ids.insert(v["instance"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 3, "unique default ids: {ids:?}");
+    let mut refs: Vec<&Server> = plain.iter().collect();
+    refs.push(&a);
+    wait_for_rules(&refs, 3);
+    for (i, s) in plain.iter().enumerate() {
+        let (st, v) = s.admin("PUT", &format!("/v1/sites/d{i}"), Some(&site(30.3)));
+        assert_eq!(st, 201, "admin writes work on every instance: {v}");
+    }
 }
 
 /// A shared-state topic someone created with the default `delete` policy would lose sites and

@@ -13,7 +13,9 @@
 //! Must not touch sockets or the frame path: ingest stays stateless per instance and hands
 //! `V` records to Kafka like any sink.
 
+pub mod inputs;
 pub mod presence;
+pub mod relay;
 pub mod rules;
 pub mod shared_log;
 pub mod view;
@@ -35,12 +37,20 @@ pub struct Cluster {
     pub view: Arc<view::ClusterView>,
     /// Every instance's sockets.
     pub presence: Arc<presence::Presence>,
+    /// Events to the sinks other than Kafka (None when there are none).
+    pub relay: Option<Arc<relay::Relay>>,
+    /// The door for inputs other than frames.
+    pub inputs: Arc<inputs::InputClient>,
 }
 
 impl Cluster {
-    /// Stops the rules (after their current batch), then the readers. Blocking.
+    /// Stops the rules (after their current transaction), the relay, then the readers.
+    /// Blocking.
     pub fn stop(&self) {
         self.rules.stop();
+        if let Some(relay) = &self.relay {
+            relay.stop();
+        }
         self.presence.stop();
         self.view.stop();
         self.log.stop();

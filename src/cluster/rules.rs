@@ -1,46 +1,56 @@
-//! The rules of cluster mode, partitioned by VIN (the Kafka Streams pattern on librdkafka):
+//! The partitioned placement of the rules (cluster mode), the Kafka Streams pattern on
+//! librdkafka:
 //!
-//! - a consumer group `fleetgate-{namespace}-{cluster}-rules` over the `V` records (key = VIN),
-//!   so each vehicle's rules have exactly one owner at a time, moved by Kafka's group protocol;
-//! - each owner keeps its vehicles' rule state in the fleet's table and writes it to the
-//!   compacted state topic (same partition number as the `V` record, so a partition's state
-//!   is one changelog partition); on assignment the partition's state is restored from there
-//!   before any of its records is processed, on revocation it is forgotten;
-//! - per batch of records, one Kafka transaction holds the events, the changed rule states,
-//!   the tombstones of expired watches and the consumed offsets (`send_offsets_to_transaction`
-//!   with the group's metadata, so a zombie owner is fenced): a crash or a rebalance replays
-//!   the uncommitted records on the next owner, whose events carry the same deterministic ids,
-//!   and the aborted ones are never seen by `read_committed` consumers — exactly once;
-//! - the periodic sweep (stale charging sessions, expired watches) runs on the owner only,
-//!   in a transaction of its own.
+//! - every input of a vehicle is a record keyed by its VIN: its frames in `{ns}_V`, its other
+//!   inputs (manual arrivals, Smartcar states: [`super::inputs`]) in `{ns}_fleetgate_inputs`,
+//!   which has as many partitions as `V` so that a VIN's records of both share a partition
+//!   number;
+//! - a consumer group `fleetgate-{namespace}-{cluster}-rules` over `V` gives each partition —
+//!   so each vehicle's rules — one owner, moved by Kafka's cooperative protocol (a join or a
+//!   restart moves only the partitions that change owner); the owner reads the same-numbered
+//!   inputs partitions beside (a second consumer, assigned with them);
+//! - the owner applies every input through the one runner ([`crate::rules::FleetData::run`]),
+//!   and per transaction — sized by time (`commit_interval_ms`) and count — writes the events,
+//!   the rule state of **every vehicle that changed** (the write cache,
+//!   [`crate::runner::state::WriteCache`]), the tombstones of expired watches and the consumed
+//!   offsets of both topics (`send_offsets_to_transaction` with the group's metadata, so a
+//!   zombie owner is fenced): whatever a committed offset consumed is in the changelog, and a
+//!   restore gives it back — a charge limit sent once, a position, a session, watch progress;
+//! - on assignment a partition's state is restored from the changelog before any of its
+//!   records is processed; on revocation it is forgotten (no transaction is ever open across a
+//!   poll, so nothing is half-applied when partitions move);
+//! - the clock (stale sessions, expired watches) ticks on the owner, inside the transactions;
+//! - each input other than a frame leaves a receipt (what it did) in its vehicle's state, so
+//!   the instance that took the request answers it from the committed changelog.
 //!
 //! Any Kafka failure tears the processor down and starts it again from the committed state
 //! (new producer epoch, new group member, restore), which is simpler to reason about than
 //! repairing a half-applied batch in memory.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::Value;
 
+use super::inputs::InputRecord;
+use super::view::ClusterView;
 use crate::event::Event;
-use crate::kafka::cloudevents::EventContentMode;
+use crate::kafka::cloudevents::{event_message, EventContentMode};
 use crate::kafka::reader::topic_reader;
-use crate::kafka::txn::group_metadata;
-use crate::kafka::{err as kafka_err, Error as ClusterError};
+use crate::kafka::txn::{group_metadata, send_with_room};
+use crate::kafka::{err, Error};
 use crate::metrics as m;
+use crate::rules::input::{Receipt, RuleInput, RECEIPTS_KEPT};
 use crate::rules::{expired_watch_ids, Fleet, RuleState};
-use crate::sinks::{DeliveryTicket, Sink};
+use crate::runner::state::WriteCache;
 use crate::state::VehicleUpdate;
 use crate::wire::proto::vehicle_data::Payload;
 
@@ -57,6 +67,8 @@ pub struct RulesSettings {
     pub instance_id: String,
     /// The `V` records (`{namespace}_V`).
     pub frames_topic: String,
+    /// The other inputs (`{namespace}_fleetgate_inputs`).
+    pub inputs_topic: String,
     /// The rule-state changelog (compacted).
     pub state_topic: String,
     /// Where events go.
@@ -73,14 +85,17 @@ pub struct RulesSettings {
     pub timeout: Duration,
     /// `latest` or `earliest` for a new group.
     pub offset_reset: String,
-    /// How often owned vehicles are swept.
+    /// How often owned vehicles get a clock tick.
     pub sweep_every: Duration,
+    /// How long one transaction collects records (the latency / cost knob).
+    pub commit_interval: Duration,
     /// Partitions of the `V` topic (set when the topics are checked).
     pub partitions: usize,
 }
 
 impl RulesSettings {
-    fn group_id(&self) -> String {
+    /// The rules' consumer group.
+    pub fn group_id(&self) -> String {
         format!("fleetgate-{}-{}-rules", self.namespace, self.cluster)
     }
 }
@@ -94,6 +109,9 @@ pub struct RulesStatus {
     pub restoring: AtomicBool,
     /// The processor joined the group and received its first assignment.
     pub joined: AtomicBool,
+    /// Partitions whose state this instance restored since it started (a cooperative
+    /// rebalance restores only the partitions that moved here).
+    pub restored_partitions: AtomicU64,
 }
 
 impl RulesStatus {
@@ -116,23 +134,19 @@ pub struct RulesProcessor {
 }
 
 impl RulesProcessor {
-    /// Makes sure the `V` and state topics exist (the state topic compacted, with the `V`
-    /// topic's partition count), then starts the processor thread. `local_sinks` get every
-    /// committed event too (non-Kafka event sinks; at least once).
-    pub async fn start(
+    /// Starts the processor thread (after [`ensure_topics`]).
+    pub fn start(
         settings: RulesSettings,
         fleet: Fleet,
-        local_sinks: Vec<Arc<dyn Sink>>,
-    ) -> Result<Arc<RulesProcessor>, ClusterError> {
-        let mut settings = settings;
-        ensure_topics(&mut settings).await?;
+        view: Arc<ClusterView>,
+    ) -> Result<Arc<RulesProcessor>, Error> {
         let status = Arc::new(RulesStatus::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (status.clone(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("cluster-rules".into())
-            .spawn(move || supervise(&settings, &fleet, &local_sinks, &st, &sp))
-            .map_err(|e| ClusterError::Kafka {
+            .spawn(move || supervise(&settings, &fleet, &view, &st, &sp))
+            .map_err(|e| Error::Kafka {
                 what: "starting the rules thread",
                 error: e.to_string(),
             })?;
@@ -148,7 +162,8 @@ impl RulesProcessor {
         &self.status
     }
 
-    /// Stops the thread after its current batch (committed or aborted), leaving the group.
+    /// Stops the thread after its current transaction (committed or aborted), leaving the
+    /// group.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -158,108 +173,45 @@ impl RulesProcessor {
 }
 
 /// The `V` partition of a VIN under librdkafka's default partitioner (`consistent_random`:
-/// CRC-32 of the key modulo the partition count), for vehicles whose records this instance
-/// has not seen yet (a watch of a vehicle that never sent a frame still expires on its owner).
+/// CRC-32 of the key modulo the partition count), for vehicles whose state no instance has
+/// written yet (a watch of a vehicle that never sent a frame still expires on one owner).
 pub fn default_partition(vin: &str, partitions: usize) -> i32 {
     (crc32fast::hash(vin.as_bytes()) as usize % partitions.max(1)) as i32
 }
 
-async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError> {
-    let admin: AdminClient<DefaultClientContext> =
-        crate::kafka::connection_config(&settings.properties)
-            .map_err(|e| ClusterError::Kafka {
-                what: "configuring the admin client",
-                error: e.to_string(),
-            })?
-            .create()
-            .map_err(kafka_err("creating the admin client"))?;
-    let opts = AdminOptions::new().operation_timeout(Some(settings.timeout));
-    // the V topic: the broker's default partition count when fleetgate creates it
-    let frames = NewTopic::new(&settings.frames_topic, -1, TopicReplication::Fixed(-1));
-    match admin.create_topics([&frames], &opts).await {
-        Ok(results) => {
-            for r in results {
-                match r {
-                    Ok(t) => tracing::info!(topic = t, "created the V topic"),
-                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((t, code)) => {
-                        return Err(ClusterError::Topic {
-                            topic: t,
-                            problem: format!("could not be created ({code}): create it, or grant this principal CREATE on it"),
-                        })
-                    }
-                }
-            }
-        }
-        Err(e) => return Err(kafka_err("creating the V topic")(e)),
-    }
-    // a topic created a moment ago may not be in the metadata yet: ask again until it is
-    let partitions = |topic: &str| {
-        let admin = &admin;
-        let topic = topic.to_owned();
-        let timeout = settings.timeout;
-        async move {
-            let deadline = tokio::time::Instant::now() + timeout;
-            loop {
-                let metadata = admin
-                    .inner()
-                    .fetch_metadata(Some(&topic), timeout)
-                    .map_err(kafka_err("reading topic metadata"))?;
-                let n = metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-                    .filter(|n| *n > 0);
-                if n.is_some() || tokio::time::Instant::now() >= deadline {
-                    return Ok::<_, ClusterError>(n);
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+/// Makes sure the rules' topics exist — `V`; the state changelog (compacted) and the inputs
+/// topic, both with the `V` topic's partition count — and sets `settings.partitions`.
+pub async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), Error> {
+    use crate::kafka::topics::{
+        admin_client, create_if_missing, ensure_copartitioned, partition_count,
     };
-    let n = partitions(&settings.frames_topic)
+    let admin = admin_client(&settings.properties)?;
+    // the V topic: the broker's default partition count when fleetgate creates it
+    create_if_missing(&admin, &settings.frames_topic, -1, &[], settings.timeout).await?;
+    let n = partition_count(&admin, &settings.frames_topic, settings.timeout)
         .await?
-        .ok_or_else(|| ClusterError::Topic {
+        .ok_or_else(|| Error::Topic {
             topic: settings.frames_topic.clone(),
             problem: "has no partitions in the metadata".into(),
         })?;
-    let state = NewTopic::new(&settings.state_topic, n as i32, TopicReplication::Fixed(-1))
-        .set("cleanup.policy", "compact");
-    let results = admin
-        .create_topics([&state], &opts)
-        .await
-        .map_err(kafka_err("creating the state topic"))?;
-    let mut state_existed = false;
-    for r in results {
-        match r {
-            Ok(t) => tracing::info!(
-                topic = t,
-                partitions = n,
-                "created the compacted rule-state topic"
-            ),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => state_existed = true,
-            Err((t, code)) => {
-                return Err(ClusterError::Topic {
-                    topic: t,
-                    problem: format!(
-                        "could not be created ({code}): create it compacted with {n} partitions"
-                    ),
-                })
-            }
-        }
-    }
-    if state_existed {
-        crate::kafka::topics::require_compacted(&admin, &[&settings.state_topic], settings.timeout)
-            .await?;
-    }
-    let state_n = partitions(&settings.state_topic).await?.unwrap_or(0);
-    if state_n != n {
-        return Err(ClusterError::Topic {
-            topic: settings.state_topic.clone(),
-            problem: format!("has {state_n} partitions but {} has {n}: a vehicle's state must live in the partition of its V records; recreate it with {n} partitions (or add partitions to match)", settings.frames_topic),
-        });
-    }
+    ensure_copartitioned(
+        &admin,
+        &settings.state_topic,
+        n,
+        true,
+        &settings.frames_topic,
+        settings.timeout,
+    )
+    .await?;
+    ensure_copartitioned(
+        &admin,
+        &settings.inputs_topic,
+        n,
+        false,
+        &settings.frames_topic,
+        settings.timeout,
+    )
+    .await?;
     settings.partitions = n;
     Ok(())
 }
@@ -268,15 +220,15 @@ async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), ClusterError>
 fn supervise(
     settings: &RulesSettings,
     fleet: &Fleet,
-    sinks: &[Arc<dyn Sink>],
+    view: &Arc<ClusterView>,
     status: &Arc<RulesStatus>,
     stop: &Arc<AtomicBool>,
 ) {
-    let owned: Arc<Mutex<HashMap<String, i32>>> = Arc::default();
+    let owned: Arc<Owned> = Arc::default();
     while !stop.load(Ordering::Relaxed) {
-        let result = run(settings, fleet, sinks, status, stop, &owned);
+        let result = run(settings, fleet, view, status, stop, &owned);
         // whatever the outcome, this member's state is gone with it
-        forget_partitions(fleet, &owned, status, None);
+        owned.forget(fleet, status, None);
         match result {
             Ok(()) => break,
             Err(e) => {
@@ -288,19 +240,66 @@ fn supervise(
     }
 }
 
-/// The group member's context: restores on assignment, forgets on revocation.
+/// The vehicles this instance owns: VIN → partition, and their recent receipts.
+#[derive(Default)]
+struct Owned {
+    vins: Mutex<HashMap<String, i32>>,
+    receipts: Mutex<HashMap<String, VecDeque<Receipt>>>,
+}
+
+impl Owned {
+    fn vins(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
+        self.vins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn receipts(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Receipt>>> {
+        self.receipts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the vehicles of `parts` (all partitions when None).
+    fn forget(&self, fleet: &Fleet, status: &RulesStatus, parts: Option<&[i32]>) {
+        let mut gone = Vec::new();
+        self.vins().retain(|vin, p| {
+            let drop = parts.is_none_or(|ps| ps.contains(p));
+            if drop {
+                fleet.forget(vin);
+                gone.push(vin.clone());
+            }
+            !drop
+        });
+        {
+            let mut receipts = self.receipts();
+            for vin in gone {
+                receipts.remove(&vin);
+            }
+        }
+        let mut mine = status.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        match parts {
+            Some(ps) => mine.retain(|p| !ps.contains(p)),
+            None => mine.clear(),
+        }
+        metrics::gauge!(m::CLUSTER_RULES_PARTITIONS).set(mine.len() as f64);
+    }
+}
+
+/// The reader of the inputs topic: assigned the partitions of `V` this member owns.
+type InputsConsumer = BaseConsumer<crate::kafka::reader::ReaderContext>;
+
+/// The group member's context: restores on assignment, forgets on revocation, and keeps the
+/// inputs reader's assignment equal to the owned `V` partitions.
 struct RulesContext {
     settings: RulesSettings,
     /// The transactional producer (also commits the start offsets of new partitions).
     producer: Arc<BaseProducer>,
+    inputs: Arc<InputsConsumer>,
     fleet: Fleet,
-    owned: Arc<Mutex<HashMap<String, i32>>>,
+    owned: Arc<Owned>,
     status: Arc<RulesStatus>,
-    /// Set by every rebalance: a batch collected across one is dropped (the assignment
-    /// restarts each partition at its committed offset).
-    rebalanced: AtomicBool,
-    /// A restore failed: the processor must start again.
-    failed: Mutex<Option<ClusterError>>,
+    /// Partitions revoked since the loop last looked: records of them collected for the
+    /// open batch are dropped (their next owner starts at the committed offset).
+    revoked: Mutex<Vec<i32>>,
+    /// A restore or an assignment failed: the processor must start again.
+    failed: Mutex<Option<Error>>,
 }
 
 impl ClientContext for RulesContext {
@@ -310,10 +309,11 @@ impl ClientContext for RulesContext {
 }
 
 impl ConsumerContext for RulesContext {
-    /// Eager rebalancing done by hand: on assignment, each partition starts at its committed
-    /// offset — or, the first time the group sees it, at a start offset fleetgate resolves
-    /// (`rules_offset_reset`) and commits at once, so a member that dies before its first
-    /// commit cannot make the next one skip records — after its state is restored.
+    /// Incremental (cooperative) rebalancing: on assignment, each new partition starts at its
+    /// committed offset — or, the first time the group sees it, at a start offset resolved
+    /// (`rules_offset_reset`; the inputs at their beginning) and committed at once, so a member
+    /// that dies before its first commit cannot make the next one skip records — after its
+    /// state is restored; on revocation only the revoked partitions are forgotten.
     fn rebalance(
         &self,
         consumer: &BaseConsumer<Self>,
@@ -321,98 +321,160 @@ impl ConsumerContext for RulesContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr;
-        self.rebalanced.store(true, Ordering::Relaxed);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let outcome =
-                    self.start_offsets(consumer, tpl)
-                        .and_then(|()| match parts.is_empty() {
-                            true => Ok(()),
-                            false => self.restore(&parts),
-                        });
+                let mut inputs = TopicPartitionList::new();
+                let outcome = self
+                    .start_offsets(consumer, tpl, &mut inputs)
+                    .and_then(|()| match parts.is_empty() {
+                        true => Ok(()),
+                        false => self.restore(&parts),
+                    });
                 if let Err(e) = outcome {
-                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    self.fail(e);
                 }
-                if let Err(e) = consumer.assign(tpl) {
-                    *self.failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(kafka_err("assigning the rules partitions")(e));
+                let assigned = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = assigned {
+                    self.fail(err_of("assigning the rules partitions", e));
                 }
-                if parts.is_empty() {
+                if let Err(e) = self.inputs.incremental_assign(&inputs) {
+                    self.fail(err_of("assigning the inputs partitions", e));
+                }
+                if parts.is_empty() && !self.status.joined.load(Ordering::Relaxed) {
                     tracing::info!("cluster rules: no partition assigned to this instance");
                 }
                 self.status.joined.store(true, Ordering::Relaxed);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!(partitions = ?parts, "cluster rules: partitions revoked; their vehicles' state is forgotten here");
-                forget_partitions(&self.fleet, &self.owned, &self.status, Some(&parts));
-                let _ = consumer.unassign();
+                let lost = consumer.assignment_lost();
+                tracing::info!(partitions = ?parts, lost, "cluster rules: partitions revoked; their vehicles' state is forgotten here");
+                self.let_go(&parts);
+                let _ = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
             }
             other => {
-                tracing::warn!(error = ?other, "cluster rules: rebalance error");
-                forget_partitions(&self.fleet, &self.owned, &self.status, None);
+                tracing::warn!(error = ?other, "cluster rules: rebalance error; letting every partition go");
+                let all = self.status.owned();
+                self.let_go(&all);
                 let _ = consumer.unassign();
             }
         }
     }
 }
 
+fn err_of(what: &'static str, e: KafkaError) -> Error {
+    err(what)(e)
+}
+
 impl RulesContext {
-    /// Sets each assigned partition's start offset in `tpl`: the committed one, else the
-    /// resolved reset offset, which is committed now in a transaction of its own.
+    fn fail(&self, e: Error) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+    }
+
+    /// Forgets `parts` here and stops reading their inputs.
+    fn let_go(&self, parts: &[i32]) {
+        self.owned.forget(&self.fleet, &self.status, Some(parts));
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(parts);
+        let mut inputs = TopicPartitionList::new();
+        let assigned = self.inputs.assignment().unwrap_or_default();
+        for p in parts {
+            if assigned
+                .find_partition(&self.settings.inputs_topic, *p)
+                .is_some()
+            {
+                inputs.add_partition(&self.settings.inputs_topic, *p);
+            }
+        }
+        if inputs.count() > 0 {
+            if let Err(e) = self.inputs.incremental_unassign(&inputs) {
+                tracing::warn!(error = %e, "cluster rules: unassigning inputs partitions failed");
+            }
+        }
+    }
+
+    /// Sets each assigned `V` partition's start offset in `tpl` and fills `inputs` with the
+    /// same-numbered inputs partitions at theirs: the committed ones, else the resolved reset
+    /// offsets, committed now in a transaction of their own.
     fn start_offsets(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
-    ) -> Result<(), ClusterError> {
+        inputs: &mut TopicPartitionList,
+    ) -> Result<(), Error> {
         if tpl.count() == 0 {
             return Ok(());
         }
         let timeout = self.settings.timeout;
+        let mut wanted = tpl.clone();
+        for e in tpl.elements() {
+            wanted.add_partition(&self.settings.inputs_topic, e.partition());
+        }
         let committed = consumer
-            .committed_offsets(tpl.clone(), timeout)
-            .map_err(kafka_err("reading the committed offsets"))?;
+            .committed_offsets(wanted, timeout)
+            .map_err(err("reading the committed offsets"))?;
         let mut first = TopicPartitionList::new();
         for e in committed.elements() {
+            let is_frames = e.topic() == self.settings.frames_topic;
             let start = match e.offset() {
                 Offset::Offset(o) => o,
                 _ => {
                     let (low, high) = consumer
                         .fetch_watermarks(e.topic(), e.partition(), timeout)
-                        .map_err(kafka_err("reading the V watermarks"))?;
-                    let start = if self.settings.offset_reset == "earliest" {
+                        .map_err(err("reading the watermarks"))?;
+                    let start = if !is_frames || self.settings.offset_reset == "earliest" {
                         low
                     } else {
                         high
                     };
                     first
                         .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                        .map_err(kafka_err("building the start offsets"))?;
+                        .map_err(err("building the start offsets"))?;
                     start
                 }
             };
-            tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                .map_err(kafka_err("setting a start offset"))?;
+            if is_frames {
+                tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+                    .map_err(err("setting a start offset"))?;
+            } else {
+                inputs
+                    .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+                    .map_err(err("setting a start offset"))?;
+            }
         }
         if first.count() > 0 {
             let cgm = group_metadata(consumer)?;
             self.producer
                 .begin_transaction()
-                .map_err(kafka_err("beginning the start-offset transaction"))?;
+                .map_err(err("beginning the start-offset transaction"))?;
             self.producer
                 .send_offsets_to_transaction(&first, &cgm, timeout)
-                .map_err(kafka_err("committing the start offsets"))?;
+                .map_err(err("committing the start offsets"))?;
             self.producer
                 .commit_transaction(timeout)
-                .map_err(kafka_err("committing the start offsets"))?;
+                .map_err(err("committing the start offsets"))?;
             tracing::info!(partitions = first.count(), reset = %self.settings.offset_reset, "cluster rules: first start offsets committed for partitions the group had never read");
         }
         Ok(())
     }
 
     /// Reads the state of `parts` from the changelog (committed records, to the end) into the
-    /// fleet, before any of their `V` records is processed.
-    fn restore(&self, parts: &[i32]) -> Result<(), ClusterError> {
+    /// fleet, before any of their records is processed.
+    fn restore(&self, parts: &[i32]) -> Result<(), Error> {
         let started = Instant::now();
         self.status.restoring.store(true, Ordering::Relaxed);
         let group = format!("{}-restore", self.settings.group_id());
@@ -435,11 +497,16 @@ impl RulesContext {
                     match msg.payload().map(serde_json::from_slice::<RuleState>) {
                         None => {
                             self.fleet.forget(vin);
-                            self.owned_map().remove(vin);
+                            self.owned.vins().remove(vin);
+                            self.owned.receipts().remove(vin);
                         }
-                        Some(Ok(record)) => {
+                        Some(Ok(mut record)) => {
+                            let receipts = std::mem::take(&mut record.receipts);
                             self.fleet.restore(vin, record);
-                            self.owned_map().insert(vin.to_owned(), msg.partition());
+                            self.owned.vins().insert(vin.to_owned(), msg.partition());
+                            self.owned
+                                .receipts()
+                                .insert(vin.to_owned(), receipts.into_iter().collect());
                             vehicles += 1;
                         }
                         Some(Err(e)) => {
@@ -461,7 +528,7 @@ impl RulesContext {
             }
             if started.elapsed() > self.settings.timeout * 30 {
                 self.status.restoring.store(false, Ordering::Relaxed);
-                return Err(ClusterError::Timeout {
+                return Err(Error::Timeout {
                     what: "restoring rule state",
                     after: self.settings.timeout * 30,
                 });
@@ -476,157 +543,24 @@ impl RulesContext {
             owned.extend(parts.iter().copied());
             metrics::gauge!(m::CLUSTER_RULES_PARTITIONS).set(owned.len() as f64);
         }
+        self.status
+            .restored_partitions
+            .fetch_add(parts.len() as u64, Ordering::Relaxed);
+        metrics::counter!(m::CLUSTER_RULES_PARTITIONS_RESTORED_TOTAL).increment(parts.len() as u64);
         self.status.restoring.store(false, Ordering::Relaxed);
         let took = started.elapsed();
         metrics::gauge!(m::CLUSTER_RULES_RESTORE_SECONDS).set(took.as_secs_f64());
         tracing::info!(partitions = ?parts, vehicles, took_ms = took.as_millis() as u64, "cluster rules: partitions assigned and their state restored");
         Ok(())
     }
-
-    fn owned_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, i32>> {
-        self.owned.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Forgets the vehicles of `parts` (all partitions when None).
-fn forget_partitions(
-    fleet: &Fleet,
-    owned: &Mutex<HashMap<String, i32>>,
-    status: &RulesStatus,
-    parts: Option<&[i32]>,
-) {
-    let mut owned = owned.lock().unwrap_or_else(|e| e.into_inner());
-    owned.retain(|vin, p| {
-        let drop = parts.is_none_or(|ps| ps.contains(p));
-        if drop {
-            fleet.forget(vin);
-        }
-        !drop
-    });
-    let mut mine = status.partitions.lock().unwrap_or_else(|e| e.into_inner());
-    match parts {
-        Some(ps) => mine.retain(|p| !ps.contains(p)),
-        None => mine.clear(),
-    }
-    metrics::gauge!(m::CLUSTER_RULES_PARTITIONS).set(mine.len() as f64);
 }
 
 type RulesConsumer = BaseConsumer<RulesContext>;
 
-/// One life of the processor: producer, group member, the loop.
-fn run(
-    settings: &RulesSettings,
-    fleet: &Fleet,
-    sinks: &[Arc<dyn Sink>],
-    status: &Arc<RulesStatus>,
-    stop: &Arc<AtomicBool>,
-    owned: &Arc<Mutex<HashMap<String, i32>>>,
-) -> Result<(), ClusterError> {
-    let producer = Arc::new(new_producer(settings)?);
-    let mut config =
-        crate::kafka::connection_config(&settings.properties).map_err(|e| ClusterError::Kafka {
-            what: "configuring the rules consumer",
-            error: e.to_string(),
-        })?;
-    let session_ms = settings.session_timeout.as_millis().to_string();
-    let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
-        .max(500)
-        .to_string();
-    config
-        .set("group.id", settings.group_id())
-        .set(
-            "client.id",
-            format!("fleetgate-{}-rules", settings.instance_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", &settings.offset_reset)
-        .set("session.timeout.ms", &session_ms)
-        .set("heartbeat.interval.ms", &heartbeat_ms)
-        .set("fetch.wait.max.ms", "10");
-    let context = RulesContext {
-        settings: settings.clone(),
-        producer: producer.clone(),
-        fleet: fleet.clone(),
-        owned: owned.clone(),
-        status: status.clone(),
-        rebalanced: AtomicBool::new(false),
-        failed: Mutex::new(None),
-    };
-    let consumer: RulesConsumer = config
-        .create_with_context(context)
-        .map_err(kafka_err("creating the rules consumer"))?;
-    consumer
-        .subscribe(&[settings.frames_topic.as_str()])
-        .map_err(kafka_err("subscribing to the V topic"))?;
-    tracing::info!(group = %settings.group_id(), topic = %settings.frames_topic, "cluster rules: joining the group");
-    let mut last_sweep = Instant::now();
-    // borrowed: the records stay in librdkafka's buffers, no copy per record
-    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
-    let mut written: HashMap<String, Instant> = HashMap::new();
-    while !stop.load(Ordering::Relaxed) {
-        consumer
-            .context()
-            .rebalanced
-            .store(false, Ordering::Relaxed);
-        batch.clear();
-        let mut wait = Duration::from_millis(100);
-        while batch.len() < BATCH {
-            match consumer.poll(wait) {
-                Some(Ok(msg)) => batch.push(msg),
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "cluster rules: poll error");
-                    break;
-                }
-                None => break,
-            }
-            wait = Duration::ZERO;
-        }
-        if let Some(e) = consumer
-            .context()
-            .failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            return Err(e);
-        }
-        if consumer.context().rebalanced.load(Ordering::Relaxed) {
-            // collected across a rebalance: each assigned partition restarts at its committed
-            // offset, so these records come again to their owner
-            continue;
-        }
-        if !batch.is_empty() {
-            process(
-                settings,
-                fleet,
-                sinks,
-                &producer,
-                &consumer,
-                owned,
-                &batch,
-                &mut written,
-            )?;
-        }
-        if last_sweep.elapsed() >= settings.sweep_every {
-            last_sweep = Instant::now();
-            sweep(settings, fleet, sinks, &producer, owned, status)?;
-        }
-    }
-    consumer.unsubscribe();
-    Ok(())
-}
-
 /// Records per transaction at most.
-const BATCH: usize = 2000;
+const BATCH: usize = 5000;
 
-/// A vehicle whose frames change no rule bookkeeping (no event) has its state written to the
-/// changelog at most this often: every event writes it at once, so what decides events —
-/// sites inside, the charging session, watch progress — is always exact in the changelog;
-/// the latest signals and last fix a new owner restores are at most this old.
-const STATE_REFRESH: Duration = Duration::from_secs(5);
-
-fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, ClusterError> {
+fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, Error> {
     let ids = (
         settings.namespace.as_str(),
         settings.cluster.as_str(),
@@ -641,190 +575,377 @@ fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, ClusterError> 
         .set("linger.ms", "1");
     let producer: BaseProducer = config
         .create()
-        .map_err(kafka_err("creating the rules producer"))?;
+        .map_err(err("creating the rules producer"))?;
     // fences this instance's previous life and aborts its open transaction, if any
     producer
         .init_transactions(settings.timeout.max(Duration::from_secs(30)))
-        .map_err(kafka_err("initialising the rules transactions"))?;
+        .map_err(err("initialising the rules transactions"))?;
     Ok(producer)
 }
 
-/// What one transaction writes besides the offsets.
-struct Outbox<'a> {
-    settings: &'a RulesSettings,
-    producer: &'a BaseProducer,
-    events: Vec<Event>,
-    /// VIN → partition of the vehicles whose state changed.
-    dirty: HashMap<String, i32>,
+fn inputs_reader(settings: &RulesSettings) -> Result<InputsConsumer, Error> {
+    let mut config = crate::kafka::connection_config(&settings.properties)?;
+    config
+        .set("group.id", format!("{}-inputs", settings.group_id()))
+        .set(
+            "client.id",
+            format!("fleetgate-{}-rules-inputs", settings.instance_id),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10");
+    config
+        .create_with_context(crate::kafka::reader::ReaderContext)
+        .map_err(err("creating the inputs reader"))
 }
 
-impl<'a> Outbox<'a> {
-    fn new(settings: &'a RulesSettings, producer: &'a BaseProducer) -> Self {
-        Outbox {
-            settings,
-            producer,
-            events: Vec::new(),
-            dirty: HashMap::new(),
-        }
-    }
-
-    /// Sends a record, waiting for queue room when the producer is full.
-    fn send(&self, mut record: BaseRecord<'_, str, [u8]>) -> Result<(), ClusterError> {
-        for _ in 0..100 {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(50));
+/// One life of the processor: producer, group member, the loop.
+fn run(
+    settings: &RulesSettings,
+    fleet: &Fleet,
+    view: &Arc<ClusterView>,
+    status: &Arc<RulesStatus>,
+    stop: &Arc<AtomicBool>,
+    owned: &Arc<Owned>,
+) -> Result<(), Error> {
+    let producer = Arc::new(new_producer(settings)?);
+    let inputs = Arc::new(inputs_reader(settings)?);
+    let mut config = crate::kafka::connection_config(&settings.properties)?;
+    let session_ms = settings.session_timeout.as_millis().to_string();
+    let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
+        .max(500)
+        .to_string();
+    config
+        .set("group.id", settings.group_id())
+        .set(
+            "client.id",
+            format!("fleetgate-{}-rules", settings.instance_id),
+        )
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", &settings.offset_reset)
+        .set("session.timeout.ms", &session_ms)
+        .set("heartbeat.interval.ms", &heartbeat_ms)
+        .set("fetch.wait.max.ms", "10");
+    let context = RulesContext {
+        settings: settings.clone(),
+        producer: producer.clone(),
+        inputs: inputs.clone(),
+        fleet: fleet.clone(),
+        owned: owned.clone(),
+        status: status.clone(),
+        revoked: Mutex::new(Vec::new()),
+        failed: Mutex::new(None),
+    };
+    let consumer: RulesConsumer = config
+        .create_with_context(context)
+        .map_err(err("creating the rules consumer"))?;
+    consumer
+        .subscribe(&[settings.frames_topic.as_str()])
+        .map_err(err("subscribing to the V topic"))?;
+    tracing::info!(group = %settings.group_id(), topic = %settings.frames_topic, inputs = %settings.inputs_topic, "cluster rules: joining the group");
+    let cache = WriteCache::new();
+    let mut last_tick = Instant::now();
+    // borrowed: the records stay in librdkafka's buffers, no copy per record
+    let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    while !stop.load(Ordering::Relaxed) {
+        batch.clear();
+        let window = Instant::now();
+        loop {
+            let left = settings.commit_interval.saturating_sub(window.elapsed());
+            // wait for the first record up to a whole interval; then collect until it ends
+            let wait = if batch.is_empty() {
+                left.max(Duration::from_millis(1))
+            } else {
+                left
+            };
+            match consumer.poll(wait) {
+                Some(Ok(msg)) => batch.push(msg),
+                Some(Err(e)) => tracing::debug!(error = %e, "cluster rules: poll error"),
+                None => {}
+            }
+            while batch.len() < BATCH {
+                match inputs.poll(Duration::ZERO) {
+                    Some(Ok(msg)) => batch.push(msg),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "cluster rules: inputs poll error");
+                        break;
+                    }
+                    None => break,
                 }
-                Err((e, _)) => return Err(kafka_err("producing in the rules transaction")(e)),
+            }
+            if batch.len() >= BATCH || window.elapsed() >= settings.commit_interval {
+                break;
             }
         }
-        Err(ClusterError::Timeout {
-            what: "room in the producer queue",
-            after: Duration::from_secs(5),
-        })
-    }
-
-    fn add_events(&mut self, events: Vec<Event>) -> Result<(), ClusterError> {
-        for event in &events {
-            let json = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
-            let (value, headers) =
-                crate::kafka::cloudevents::event_message(event, &json, self.settings.event_mode)
-                    .map_err(|e| ClusterError::Kafka {
-                        what: "encoding an event",
-                        error: e.to_string(),
-                    })?;
-            self.send(
-                BaseRecord::to(&self.settings.events_topic)
-                    .key(event.vin.as_str())
-                    .payload(value.as_ref())
-                    .headers(headers),
-            )?;
+        if let Some(e) = consumer
+            .context()
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            return Err(e);
         }
-        // an expired watch is gone for every instance
-        for id in expired_watch_ids(&events) {
-            self.send(BaseRecord::to(&self.settings.watches_topic).key(id))?;
+        let revoked = std::mem::take(
+            &mut *consumer
+                .context()
+                .revoked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !revoked.is_empty() {
+            // collected before their partition moved: the next owner reads them from the
+            // committed offset
+            batch.retain(|m| !revoked.contains(&m.partition()));
         }
-        self.events.extend(events);
-        Ok(())
+        let tick = last_tick.elapsed() >= settings.sweep_every;
+        if tick {
+            last_tick = Instant::now();
+        }
+        if batch.is_empty() && !tick {
+            continue;
+        }
+        let mut txn = Transaction {
+            settings,
+            producer: &producer,
+            fleet,
+            view,
+            owned,
+            status,
+            cache: &cache,
+            offsets: HashMap::new(),
+            frames: 0,
+            inputs: 0,
+            events: 0,
+        };
+        txn.run(&batch, tick, &consumer)?;
     }
+    consumer.unsubscribe();
+    Ok(())
+}
 
-    /// Writes the changed states and commits; returns the events for the local sinks.
-    fn commit(
-        self,
-        fleet: &Fleet,
-        offsets: Option<(&TopicPartitionList, &RulesConsumer)>,
-    ) -> Result<Vec<Event>, ClusterError> {
-        for (vin, partition) in &self.dirty {
-            if let Some(state) = fleet.rule_state(vin) {
-                let value = serde_json::to_vec(&state).unwrap_or_default();
-                self.send(
-                    BaseRecord::to(&self.settings.state_topic)
-                        .key(vin.as_str())
-                        .payload(value.as_slice())
-                        .partition(*partition),
-                )?;
+/// One transaction: the records of a window (and the clock, when due), applied in order; the
+/// events, the changed vehicles' state and the offsets, committed together.
+struct Transaction<'a> {
+    settings: &'a RulesSettings,
+    producer: &'a BaseProducer,
+    fleet: &'a Fleet,
+    view: &'a ClusterView,
+    owned: &'a Owned,
+    status: &'a RulesStatus,
+    cache: &'a WriteCache,
+    /// (topic is frames, partition) → next offset.
+    offsets: HashMap<(bool, i32), i64>,
+    frames: u64,
+    inputs: u64,
+    events: u64,
+}
+
+/// How long a full producer queue may hold up a transaction.
+const PRODUCE_PATIENCE: Duration = Duration::from_secs(5);
+
+impl Transaction<'_> {
+    fn run(
+        &mut self,
+        batch: &[BorrowedMessage<'_>],
+        tick: bool,
+        consumer: &RulesConsumer,
+    ) -> Result<(), Error> {
+        let mut begun = false;
+        for msg in batch {
+            if !begun {
+                self.producer
+                    .begin_transaction()
+                    .map_err(err("beginning a rules transaction"))?;
+                begun = true;
+            }
+            self.record(msg)?;
+        }
+        if tick {
+            let now_ms = crate::runner::now_ms();
+            let mine = self.status.owned();
+            for vin in self.fleet.due(now_ms) {
+                if !mine.contains(&self.partition_of(&vin)) {
+                    continue;
+                }
+                let outcome = self.fleet.run(&vin, &RuleInput::Tick { now_ms });
+                if !outcome.changed && outcome.events.is_empty() {
+                    continue;
+                }
+                if !begun {
+                    self.producer
+                        .begin_transaction()
+                        .map_err(err("beginning a rules transaction"))?;
+                    begun = true;
+                }
+                self.cache.mark(&vin);
+                self.emit(&outcome.events)?;
             }
         }
+        if !begun {
+            return Ok(());
+        }
+        let states = self.write_states()?;
         let timeout = self.settings.timeout;
-        if let Some((tpl, consumer)) = offsets {
+        if !self.offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((frames, p), offset) in &self.offsets {
+                let topic = if *frames {
+                    &self.settings.frames_topic
+                } else {
+                    &self.settings.inputs_topic
+                };
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))
+                    .map_err(err("building the offsets"))?;
+            }
             let cgm = group_metadata(consumer)?;
             self.producer
-                .send_offsets_to_transaction(tpl, &cgm, timeout)
-                .map_err(kafka_err("adding the consumed offsets to the transaction"))?;
+                .send_offsets_to_transaction(&tpl, &cgm, timeout)
+                .map_err(err("adding the consumed offsets to the transaction"))?;
         }
         self.producer
             .commit_transaction(timeout)
-            .map_err(kafka_err("committing the rules transaction"))?;
+            .map_err(err("committing the rules transaction"))?;
         metrics::counter!(m::CLUSTER_RULES_TRANSACTIONS_TOTAL).increment(1);
-        Ok(self.events)
+        metrics::counter!(m::CLUSTER_RULES_FRAMES_TOTAL).increment(self.frames);
+        metrics::counter!(m::CLUSTER_RULES_INPUTS_TOTAL).increment(self.inputs);
+        metrics::counter!(m::RULE_STATE_WRITES_TOTAL).increment(states as u64);
+        tracing::debug!(
+            frames = self.frames,
+            inputs = self.inputs,
+            events = self.events,
+            states,
+            "cluster rules: transaction committed"
+        );
+        Ok(())
     }
-}
 
-/// Hands committed events to the non-Kafka event sinks (logger, demo tap).
-fn publish_local(sinks: &[Arc<dyn Sink>], events: &[Event]) {
-    for event in events {
-        crate::metrics::count_event(event.kind.as_str());
-        if sinks.is_empty() {
-            continue;
-        }
-        let json = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
-        for sink in sinks {
-            let _ = sink.publish_event(event, &json, DeliveryTicket::untracked());
-        }
-    }
-}
-
-/// One batch of `V` records in one transaction.
-#[allow(clippy::too_many_arguments)]
-fn process(
-    settings: &RulesSettings,
-    fleet: &Fleet,
-    sinks: &[Arc<dyn Sink>],
-    producer: &BaseProducer,
-    consumer: &RulesConsumer,
-    owned: &Mutex<HashMap<String, i32>>,
-    batch: &[BorrowedMessage<'_>],
-    written: &mut HashMap<String, Instant>,
-) -> Result<(), ClusterError> {
-    let now = Instant::now();
-    producer
-        .begin_transaction()
-        .map_err(kafka_err("beginning a rules transaction"))?;
-    let mut outbox = Outbox::new(settings, producer);
-    let mut next: HashMap<i32, i64> = HashMap::new();
-    for msg in batch {
-        let slot = next.entry(msg.partition()).or_insert(0);
+    /// Applies one record (a `V` frame or another input) of an owned partition.
+    fn record(&mut self, msg: &BorrowedMessage<'_>) -> Result<(), Error> {
+        let frames = msg.topic() == self.settings.frames_topic;
+        let slot = self.offsets.entry((frames, msg.partition())).or_insert(0);
         *slot = (*slot).max(msg.offset() + 1);
         let Some(vin) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
             metrics::counter!(m::CLUSTER_RULES_BAD_RECORDS_TOTAL).increment(1);
-            continue;
+            return Ok(());
         };
-        let payload = match Payload::decode(msg.payload().unwrap_or_default()) {
-            Ok(p) => p,
-            Err(e) => {
-                metrics::counter!(m::CLUSTER_RULES_BAD_RECORDS_TOTAL).increment(1);
-                tracing::warn!(vin, offset = msg.offset(), error = %e, "V record is not a vehicle_data Payload; skipped");
-                continue;
-            }
-        };
-        let update = VehicleUpdate::from_payload(&payload, envelope_created_at_s(msg));
-        let events = fleet.apply(vin, &update);
         {
-            let mut owned = owned.lock().unwrap_or_else(|e| e.into_inner());
+            let mut owned = self.owned.vins();
             if !owned.contains_key(vin) {
                 owned.insert(vin.to_owned(), msg.partition());
             }
         }
-        let due = written
-            .get(vin)
-            .is_none_or(|at| now.duration_since(*at) >= STATE_REFRESH);
-        if due || !events.is_empty() {
-            outbox.dirty.insert(vin.to_owned(), msg.partition());
+        if frames {
+            let payload = match Payload::decode(msg.payload().unwrap_or_default()) {
+                Ok(p) => p,
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_RULES_BAD_RECORDS_TOTAL).increment(1);
+                    tracing::warn!(vin, offset = msg.offset(), error = %e, "V record is not a vehicle_data Payload; skipped");
+                    return Ok(());
+                }
+            };
+            self.frames += 1;
+            let update = VehicleUpdate::from_payload(&payload, envelope_created_at_s(msg));
+            let events = self.fleet.apply(vin, &update);
+            return self.emit(&events);
         }
-        if !events.is_empty() {
-            outbox.add_events(events)?;
+        let record: InputRecord = match serde_json::from_slice(msg.payload().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_RULES_BAD_RECORDS_TOTAL).increment(1);
+                tracing::warn!(vin, offset = msg.offset(), error = %e, "inputs record is not a rules input; skipped");
+                return Ok(());
+            }
+        };
+        self.inputs += 1;
+        let outcome = self.fleet.run(vin, &record.input);
+        // the receipt is written with the vehicle's state, whatever the input changed
+        let receipt = Receipt::of(&record.id, crate::runner::now_ms(), &outcome);
+        {
+            let mut receipts = self.owned.receipts();
+            let list = receipts.entry(vin.to_owned()).or_default();
+            list.push_back(receipt);
+            while list.len() > RECEIPTS_KEPT {
+                list.pop_front();
+            }
         }
+        self.cache.mark(vin);
+        self.emit(&outcome.events)
     }
-    let mut tpl = TopicPartitionList::new();
-    for (p, offset) in next {
-        tpl.add_partition_offset(&settings.frames_topic, p, Offset::Offset(offset))
-            .map_err(kafka_err("building the offsets"))?;
+
+    /// The partition a vehicle's records and state live in.
+    fn partition_of(&self, vin: &str) -> i32 {
+        if let Some(p) = self.owned.vins().get(vin) {
+            return *p;
+        }
+        self.view
+            .partition_of(vin)
+            .unwrap_or_else(|| default_partition(vin, self.settings.partitions))
     }
-    let dirty: Vec<String> = outbox.dirty.keys().cloned().collect();
-    let events = outbox.commit(fleet, Some((&tpl, consumer)))?;
-    for vin in dirty {
-        written.insert(vin, now);
+
+    /// Produces events (and the tombstones of the watches they end) into the transaction.
+    fn emit(&mut self, events: &[Event]) -> Result<(), Error> {
+        for event in events {
+            crate::metrics::count_event(event.kind.as_str());
+            let json = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
+            let (value, headers) =
+                event_message(event, &json, self.settings.event_mode).map_err(|e| {
+                    Error::Kafka {
+                        what: "encoding an event",
+                        error: e.to_string(),
+                    }
+                })?;
+            send_with_room(
+                self.producer,
+                BaseRecord::to(&self.settings.events_topic)
+                    .key(event.vin.as_str())
+                    .payload(value.as_ref())
+                    .headers(headers),
+                PRODUCE_PATIENCE,
+            )?;
+            self.events += 1;
+        }
+        // an expired watch is gone for every instance
+        for id in expired_watch_ids(events) {
+            send_with_room(
+                self.producer,
+                BaseRecord::to(&self.settings.watches_topic).key(id),
+                PRODUCE_PATIENCE,
+            )?;
+        }
+        Ok(())
     }
-    tracing::debug!(
-        records = batch.len(),
-        events = events.len(),
-        "cluster rules: batch committed"
-    );
-    metrics::counter!(m::CLUSTER_RULES_FRAMES_TOTAL).increment(batch.len() as u64);
-    publish_local(sinks, &events);
-    Ok(())
+
+    /// Writes the state of every vehicle that changed in this transaction (with its
+    /// receipts) to the changelog; returns how many.
+    fn write_states(&mut self) -> Result<usize, Error> {
+        let states = self.cache.take(self.fleet);
+        for (vin, state) in &states {
+            let mut state = state.clone().unwrap_or_else(|| RuleState {
+                vehicle: Default::default(),
+                tracking: Default::default(),
+                watches: Default::default(),
+                receipts: Vec::new(),
+            });
+            if let Some(r) = self.owned.receipts().get(vin) {
+                state.receipts = r.iter().cloned().collect();
+            }
+            let value = serde_json::to_vec(&state).unwrap_or_default();
+            let partition = self.partition_of(vin);
+            send_with_room(
+                self.producer,
+                BaseRecord::to(&self.settings.state_topic)
+                    .key(vin.as_str())
+                    .payload(value.as_slice())
+                    .partition(partition),
+                PRODUCE_PATIENCE,
+            )?;
+        }
+        Ok(states.len())
+    }
 }
 
 /// The vehicle's creation time of a `V` record: its `timestamp` header (ms), else the
@@ -841,44 +962,4 @@ fn envelope_created_at_s(msg: &impl Message) -> u32 {
         .or_else(|| msg.timestamp().to_millis().map(|t| t.max(0) as u64))
         .unwrap_or(0);
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
-}
-
-/// The periodic sweep of the owned vehicles, in a transaction of its own.
-fn sweep(
-    settings: &RulesSettings,
-    fleet: &Fleet,
-    sinks: &[Arc<dyn Sink>],
-    producer: &BaseProducer,
-    owned: &Mutex<HashMap<String, i32>>,
-    status: &RulesStatus,
-) -> Result<(), ClusterError> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let snapshot = owned.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mine = status.owned();
-    let partition_of = |vin: &str| {
-        snapshot
-            .get(vin)
-            .copied()
-            .unwrap_or_else(|| default_partition(vin, settings.partitions))
-    };
-    let events = fleet.sweep_where(now_ms, |vin| mine.contains(&partition_of(vin)));
-    if events.is_empty() {
-        return Ok(());
-    }
-    producer
-        .begin_transaction()
-        .map_err(kafka_err("beginning a sweep transaction"))?;
-    let mut outbox = Outbox::new(settings, producer);
-    for e in &events {
-        if fleet.vehicles.get(&e.vin).is_some() {
-            outbox.dirty.insert(e.vin.clone(), partition_of(&e.vin));
-        }
-    }
-    outbox.add_events(events)?;
-    let events = outbox.commit(fleet, None)?;
-    publish_local(sinks, &events);
-    Ok(())
 }

@@ -38,7 +38,7 @@ use crate::metrics as m;
 use crate::rules::geojson::{site_from_feature, site_to_feature};
 use crate::rules::sites::Site;
 
-/// The three shared-state topics.
+/// The shared admin-state topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
     /// Sites.
@@ -47,6 +47,8 @@ pub struct Topics {
     pub watches: String,
     /// VIN lists.
     pub vins: String,
+    /// Import marks of the config's own sites and watches.
+    pub imports: String,
 }
 
 impl Topics {
@@ -58,14 +60,16 @@ impl Topics {
             sites: c.sites.clone().unwrap_or_else(|| default("sites")),
             watches: c.watches.clone().unwrap_or_else(|| default("watches")),
             vins: c.vins.clone().unwrap_or_else(|| default("vins")),
+            imports: c.imports.clone().unwrap_or_else(|| default("imports")),
         }
     }
 
-    fn all(&self) -> [(Kind, &str); 3] {
+    fn all(&self) -> [(Kind, &str); 4] {
         [
             (Kind::Sites, &self.sites),
             (Kind::Watches, &self.watches),
             (Kind::Vins, &self.vins),
+            (Kind::Imports, &self.imports),
         ]
     }
 }
@@ -79,6 +83,8 @@ pub enum Kind {
     Watches,
     /// VIN lists.
     Vins,
+    /// Import marks.
+    Imports,
 }
 
 impl Kind {
@@ -88,6 +94,7 @@ impl Kind {
             Kind::Sites => "sites",
             Kind::Watches => "watches",
             Kind::Vins => "vins",
+            Kind::Imports => "imports",
         }
     }
 }
@@ -121,6 +128,11 @@ pub fn encode(change: &Change) -> (Kind, String, Option<Vec<u8>>) {
             })),
         ),
         Change::DeleteVin(list, vin) => (Kind::Vins, vin_key(*list, vin), None),
+        Change::Imported(mark) => (
+            Kind::Imports,
+            format!("{}/{}", mark.source, mark.item),
+            Some(json(&serde_json::json!({"digest": mark.digest}))),
+        ),
     }
 }
 
@@ -151,6 +163,7 @@ pub fn decode(
                         .ok_or_else(|| format!("key `{key}` is not allow:VIN or block:VIN"))?;
                     Change::DeleteVin(list, vin.to_owned())
                 }
+                Kind::Imports => return Err("an import mark is never deleted".into()),
             })
         }
         Some(v) => v,
@@ -187,6 +200,20 @@ pub fn decode(
                 return Err(format!("key `{key}` differs from the record"));
             }
             Ok(Change::PutVin(r.list, r.vin))
+        }
+        Kind::Imports => {
+            let (source, item) = key
+                .split_once('/')
+                .ok_or_else(|| format!("key `{key}` is not SOURCE/ITEM"))?;
+            let digest = serde_json::from_slice::<Value>(value)
+                .ok()
+                .and_then(|v| v["digest"].as_str().map(str::to_owned))
+                .ok_or_else(|| "not an import mark {\"digest\"}".to_owned())?;
+            Ok(Change::Imported(crate::control::ImportMark {
+                source: source.to_owned(),
+                item: item.to_owned(),
+                digest,
+            }))
         }
     }
 }
@@ -240,20 +267,6 @@ pub struct SharedLog {
     started: Instant,
 }
 
-/// This host's name (the default instance id).
-pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "fleetgate".to_owned())
-}
-
 impl SharedLog {
     /// Creates the topics if missing (compacted), the transactional producer and the readers,
     /// which start applying to `live` at once. Await [`SharedLog::restored`] before serving.
@@ -300,14 +313,15 @@ impl SharedLog {
 
     /// True once every reader reached the end of its topic once.
     pub fn is_restored(&self) -> bool {
-        self.progress.borrow().restored.len() == 3
+        self.progress.borrow().restored.len() == self.settings.topics.all().len()
     }
 
     /// Waits until the shared state is restored, logging progress every 5 s.
     pub async fn restored(&self) {
         let mut rx = self.progress.clone();
+        let topics = self.settings.topics.all().len();
         loop {
-            let wait = rx.wait_for(|p| p.restored.len() == 3);
+            let wait = rx.wait_for(|p| p.restored.len() == topics);
             match tokio::time::timeout(Duration::from_secs(5), wait).await {
                 Ok(_) => break,
                 Err(_) => {
@@ -484,6 +498,7 @@ impl SharedLog {
             Kind::Sites => &self.settings.topics.sites,
             Kind::Watches => &self.settings.topics.watches,
             Kind::Vins => &self.settings.topics.vins,
+            Kind::Imports => &self.settings.topics.imports,
         }
     }
 
@@ -499,6 +514,23 @@ impl SharedLog {
     /// The topic names.
     pub fn topics(&self) -> &Topics {
         &self.settings.topics
+    }
+}
+
+impl crate::control::AdminLog for SharedLog {
+    fn write(
+        &self,
+        changes: Vec<Change>,
+    ) -> crate::runner::BoxFuture<'_, Result<usize, crate::control::WriteError>> {
+        Box::pin(async move {
+            SharedLog::write(self, changes).await.map_err(|e| {
+                tracing::error!(error = %e, "admin write to the cluster's shared state failed");
+                crate::control::WriteError::Unavailable {
+                    backend: "cluster",
+                    detail: e.to_string(),
+                }
+            })
+        })
     }
 }
 
@@ -697,6 +729,11 @@ mod tests {
             Change::DeleteWatch("w1".into()),
             Change::PutVin(VinList::Block, "VIN1".into()),
             Change::DeleteVin(VinList::Allow, "VIN:2".into()),
+            Change::Imported(crate::control::ImportMark {
+                source: "sites_file".into(),
+                item: "s/1".into(),
+                digest: "ab12".into(),
+            }),
         ] {
             let (kind, key, value) = encode(&change);
             let back = decode(kind, key.as_bytes(), value.as_deref(), 250.0).unwrap();
@@ -729,6 +766,7 @@ mod tests {
                 "tesla_fleetgate_vins"
             )
         );
+        assert_eq!(t.imports, "tesla_fleetgate_imports");
         c.sites = Some("shared_sites".into());
         assert_eq!(Topics::from_config("tesla", &c).sites, "shared_sites");
     }

@@ -1,28 +1,33 @@
-//! The control plane: the admin changes (sites, watches, VIN lists), where they are made
-//! durable before a write is answered, and how they reach the live fleet.
+//! The control plane: the admin changes (sites, watches, VIN lists, import marks), the one
+//! admin log they are made durable in before a write is answered, and how they reach the
+//! live fleet.
 //!
-//! Two homes for the changes, one way to apply them:
-//! - **embedded** ([`ControlPlane::Local`]): the SQLite store; a change is committed there,
-//!   then applied to this process's fleet;
-//! - **cluster** ([`ControlPlane::Cluster`]): compacted Kafka topics shared by every instance
-//!   of the cluster ([`crate::cluster::shared_log`]); a change is committed to Kafka in a transaction, and
-//!   each instance's reader applies it — the writer answers once its own reader has applied
-//!   it (read-your-writes).
+//! One log interface ([`AdminLog`]), two backends, one way to apply:
+//! - **embedded**: the SQLite store (`store`); a change is committed there, then applied to
+//!   this process's fleet;
+//! - **cluster**: compacted Kafka topics shared by every instance (`cluster::shared_log`); a
+//!   change is committed in a Kafka transaction and each instance's reader applies it — the
+//!   writer answers once its own reader has applied it (read-your-writes).
 //!
-//! Either way [`Live::apply`] is the only code that changes the live sites, watches and VIN
-//! lists from a change. Must not touch sockets or the frame path.
+//! Start-up is the same in both modes: replay the log → [`Live::apply`], then import the
+//! config's own sites and watches ([`import`]) as writes through the log, each item only when
+//! it is new or changed since it was last imported (a site deleted through the API stays
+//! deleted across restarts while the file's entry for it is unchanged). [`Live::apply`] is
+//! the only code that changes the live sites, watches and VIN lists. Must not touch sockets
+//! or the frame path, nor know a backend.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::ingest::registry::Registry;
 use crate::ingest::vins::VinPolicy;
 use crate::rules::arrival::WatchSpec;
 use crate::rules::sites::Site;
 use crate::rules::Fleet;
-use crate::store::{Store, StoreError};
+use crate::runner::BoxFuture;
 
 /// Which VIN list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,10 +73,30 @@ pub enum Change {
     PutVin(VinList, String),
     /// Remove a VIN from a list.
     DeleteVin(VinList, String),
+    /// An item of a config file (`sites_file`, config `watches`) was imported with this
+    /// content digest: imported again only when the file's entry changes.
+    Imported(ImportMark),
 }
 
-/// What changes act on: the fleet (sites, watches), the VIN policy, and the open sockets
-/// (closed when a list now refuses them).
+/// That an item of a config source was imported, and which version of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportMark {
+    /// The config source (`sites_file`, `watches`).
+    pub source: String,
+    /// The item's id (site id, watch id).
+    pub item: String,
+    /// SHA-256 (hex) of the item's content as imported.
+    pub digest: String,
+}
+
+/// The digest an import mark records for an item's content.
+pub fn content_digest(content: &impl Serialize) -> String {
+    let bytes = serde_json::to_vec(content).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// What changes act on: the fleet (sites, watches), the VIN policy, the open sockets
+/// (closed when a list now refuses them), and the import marks.
 #[derive(Clone)]
 pub struct Live {
     /// Sites, watches, the vehicle table.
@@ -80,6 +105,8 @@ pub struct Live {
     pub vins: Arc<VinPolicy>,
     /// Open sockets.
     pub registry: Arc<Registry>,
+    /// (source, item) → digest of the version last imported.
+    pub imports: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
 impl Live {
@@ -116,6 +143,15 @@ impl Live {
                 }
                 Change::DeleteWatch(id) => {
                     self.fleet.watches.remove(id);
+                }
+                Change::Imported(mark) => {
+                    self.imports
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            (mark.source.clone(), mark.item.clone()),
+                            mark.digest.clone(),
+                        );
                 }
                 Change::PutVin(list, vin) | Change::DeleteVin(list, vin) => {
                     let lists =
@@ -162,47 +198,153 @@ impl Live {
 }
 
 /// Why a change was not made durable (nothing was applied then).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
-    /// The embedded store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// Kafka did not take the change (or it could not be read back in time).
+    /// The disk under the store is full.
     #[error("{0}")]
-    Cluster(#[from] crate::kafka::Error),
-    /// The blocking write task died.
-    #[error("the write task failed: {0}")]
-    Task(String),
+    DiskFull(String),
+    /// The log's backend did not take the change in time (store error, Kafka unavailable).
+    #[error("{detail}")]
+    Unavailable {
+        /// `store` or `cluster`.
+        backend: &'static str,
+        /// What failed and what to do.
+        detail: String,
+    },
+    /// A change is not valid (an import item that does not parse).
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// Where admin changes are made durable.
-#[derive(Clone)]
-pub enum ControlPlane {
-    /// Embedded mode: the SQLite store, applied to this process.
-    Local(Arc<Store>),
-    /// Cluster mode: the shared compacted topics.
-    Cluster(Arc<crate::cluster::shared_log::SharedLog>),
+/// Where admin changes are made durable: the one admin log, with a SQLite and a Kafka
+/// backend. [`AdminLog::write`] returns after the changes are durable (all or nothing) and
+/// applied to this instance's [`Live`] (read-your-writes); the connections closed by VIN-list
+/// changes on this instance are its answer.
+pub trait AdminLog: Send + Sync {
+    /// Makes `changes` durable, then applies them here.
+    fn write(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<usize, WriteError>>;
 }
 
-impl ControlPlane {
-    /// Makes `changes` durable (all or nothing), then returns once this instance applies them
-    /// to `live`. Returns the connections closed by VIN-list changes (this instance's).
-    pub async fn write(&self, live: &Live, changes: Vec<Change>) -> Result<usize, WriteError> {
-        match self {
-            ControlPlane::Local(store) => {
-                let store = store.clone();
-                let stored = changes.clone();
-                tokio::task::spawn_blocking(move || store.apply(&stored))
-                    .await
-                    .map_err(|e| WriteError::Task(e.to_string()))??;
-                Ok(live.apply(&changes))
-            }
-            ControlPlane::Cluster(log) => Ok(log.write(changes).await?),
+/// An item of a config source, for [`import`].
+#[derive(Debug, Clone)]
+pub struct ImportItem {
+    /// Its id (site id, watch id).
+    pub item: String,
+    /// The change that creates it.
+    pub change: Change,
+    /// Its content's digest ([`content_digest`]).
+    pub digest: String,
+}
+
+/// Imports the items of a config `source` through the log: each item that was never imported,
+/// or whose content changed since, is written with its new mark, all in one write; items
+/// imported before in this version are left alone (if one was deleted through the API, it
+/// stays deleted). Returns how many items were written.
+pub async fn import(
+    log: &dyn AdminLog,
+    live: &Live,
+    source: &str,
+    items: Vec<ImportItem>,
+) -> Result<usize, WriteError> {
+    let marks = live
+        .imports
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut changes = Vec::new();
+    for item in items {
+        let key = (source.to_owned(), item.item.clone());
+        if marks.get(&key) == Some(&item.digest) {
+            continue;
+        }
+        changes.push(item.change);
+        changes.push(Change::Imported(ImportMark {
+            source: source.to_owned(),
+            item: item.item,
+            digest: item.digest,
+        }));
+    }
+    let n = changes.len() / 2;
+    if n > 0 {
+        log.write(changes).await?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log that applies at once (what both backends do once durable).
+    struct Direct(Live);
+
+    impl AdminLog for Direct {
+        fn write(&self, changes: Vec<Change>) -> BoxFuture<'_, Result<usize, WriteError>> {
+            Box::pin(async move { Ok(self.0.apply(&changes)) })
         }
     }
 
-    /// True in cluster mode.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, ControlPlane::Cluster(_))
+    fn site(id: &str, lat: f64) -> Site {
+        Site {
+            id: id.into(),
+            name: id.into(),
+            kind: "merchant".into(),
+            tags: Default::default(),
+            shape: crate::rules::sites::Shape::Circle {
+                lat,
+                lon: 1.0,
+                radius_m: 100.0,
+            },
+        }
+    }
+
+    fn items(sites: &[Site]) -> Vec<ImportItem> {
+        sites
+            .iter()
+            .map(|s| ImportItem {
+                item: s.id.clone(),
+                change: Change::PutSite(s.clone()),
+                digest: content_digest(&crate::rules::geojson::site_to_feature(s)),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_import_writes_only_new_or_changed_items_and_a_deleted_one_stays_deleted() {
+        let live = Live {
+            fleet: Fleet::new(Default::default(), Vec::new()),
+            vins: Arc::new(VinPolicy::new(Default::default(), Default::default())),
+            registry: Arc::new(Registry::default()),
+            imports: Default::default(),
+        };
+        let log = Direct(live.clone());
+        let file = [site("a", 1.0), site("b", 2.0)];
+        assert_eq!(
+            import(&log, &live, "sites_file", items(&file))
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(live.fleet.sites.load().len(), 2);
+        // deleted through the API, then the same file again (a restart): not imported again
+        log.write(vec![Change::DeleteSite("a".into())])
+            .await
+            .unwrap();
+        assert_eq!(
+            import(&log, &live, "sites_file", items(&file))
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(live.fleet.sites.load().get("a").is_none());
+        // the file's entry for `a` changes: imported again; `b` unchanged stays as it is
+        let edited = [site("a", 1.5), site("b", 2.0)];
+        assert_eq!(
+            import(&log, &live, "sites_file", items(&edited))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(live.fleet.sites.load().get("a").is_some());
     }
 }

@@ -402,7 +402,7 @@ mod tests {
                 },
                 inflight_slots: Arc::new(tokio::sync::Semaphore::new(10)),
                 metrics: Arc::new(crate::metrics::FrameMetrics::new(&[])),
-                fleet: None,
+                rules: None,
                 changes_only: None,
             },
             idle_timeout: Duration::from_secs(idle_s),

@@ -64,22 +64,19 @@ pub async fn create_if_missing(
         .create_topics([&new], &opts)
         .await
         .map_err(err("creating a topic"))?;
-    for r in results {
-        match r {
-            Ok(t) => {
-                tracing::info!(topic = t, partitions, "created topic");
-                return Ok(true);
-            }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(false),
-            Err((t, code)) => {
-                return Err(Error::Topic {
-                    topic: t,
-                    problem: format!("could not be created ({code}): create it, or grant this principal CREATE on it"),
-                })
-            }
+    match results.into_iter().next() {
+        Some(Ok(t)) => {
+            tracing::info!(topic = t, partitions, "created topic");
+            Ok(true)
         }
+        Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => Ok(false),
+        Some(Err((t, code))) => Err(Error::Topic {
+            topic: t,
+            problem: format!(
+                "could not be created ({code}): create it, or grant this principal CREATE on it"
+            ),
+        }),
     }
-    Ok(false)
 }
 
 /// Makes sure `topic` exists compacted with exactly `partitions` (those of the topic it

@@ -62,8 +62,9 @@ pub struct Pipeline {
     pub inflight_slots: Arc<Semaphore>,
     /// Per-frame metric handles.
     pub metrics: Arc<FrameMetrics>,
-    /// The fleet the rules run on (None: records only, no events).
-    pub fleet: Option<crate::rules::Fleet>,
+    /// The rules of this process (None: records only — cluster mode, where the owner of each
+    /// vehicle's partition runs them from the `V` records).
+    pub rules: Option<crate::runner::local::LocalRules>,
     /// Changes-only forwarding of `V` (None: off).
     pub changes_only: Option<Arc<ChangesOnly>>,
 }
@@ -365,9 +366,10 @@ impl Pipeline {
 
             // The rules see every V frame; the events follow the record to the event sinks.
             let mut tracked_events = 0;
-            if let (Some(fleet), Some((_, update))) = (&self.fleet, &vehicle) {
+            let mut tracked_state = 0;
+            if let (Some(rules), Some((_, update))) = (&self.rules, &vehicle) {
                 let t = timed.then(Instant::now);
-                let events = fleet.apply(record.vin, update);
+                let events = rules.on_signals(record.vin, update);
                 if let Some(t) = t {
                     metrics.rules_seconds.record(t.elapsed().as_secs_f64());
                 }
@@ -380,15 +382,25 @@ impl Pipeline {
                     tracked_events = tracked;
                     refused |= events_refused;
                 }
+                // a reliable frame is acked once the rule state it changed is journaled too
+                if reliable.is_some() && rules.durable() {
+                    tracked_state = 1;
+                    rules.after_commit(DeliveryTicket::tracked(
+                        state.completions.clone(),
+                        seq,
+                        permit.take(),
+                    ));
+                }
             }
             if refused && reliable.is_none() {
                 break 'dispatch Answer::Nothing;
             }
-            if reliable.is_some() && tracked_record + tracked_events > 0 {
+            let deliveries = tracked_record + tracked_events + tracked_state;
+            if reliable.is_some() && deliveries > 0 {
                 state.next_seq += 1;
                 Answer::AckAfter {
                     seq,
-                    deliveries: tracked_record + tracked_events,
+                    deliveries,
                     txid,
                     topic: topic_name,
                     message_id,
@@ -442,8 +454,8 @@ impl Pipeline {
     /// A vehicle's first socket opened: it is connected in the table, and `vehicle.connected`
     /// is published.
     pub fn vehicle_connected(&self, socket: &SocketInfo<'_>) {
-        if let Some(fleet) = &self.fleet {
-            fleet.vehicles.set_connected(socket.vin, true);
+        if let Some(rules) = &self.rules {
+            rules.fleet().vehicles.set_connected(socket.vin, true);
         }
         self.vehicle_event(
             EventType::VehicleConnected,
@@ -456,8 +468,8 @@ impl Pipeline {
     /// A vehicle's last socket closed and none reopened within the grace: it is disconnected
     /// in the table, and `vehicle.disconnected` is published.
     pub fn vehicle_disconnected(&self, vin: &str, connection_id: &str, connected_ms: i64) {
-        if let Some(fleet) = &self.fleet {
-            fleet.vehicles.set_connected(vin, false);
+        if let Some(rules) = &self.rules {
+            rules.fleet().vehicles.set_connected(vin, false);
         }
         self.vehicle_event(
             EventType::VehicleDisconnected,
@@ -588,7 +600,14 @@ mod tests {
             },
             inflight_slots: Arc::new(Semaphore::new(slots)),
             metrics: Arc::new(FrameMetrics::new(&["memory"])),
-            fleet: Some(crate::rules::Fleet::new(Default::default(), Vec::new())),
+            rules: Some(
+                crate::runner::local::LocalRules::start(
+                    crate::rules::Fleet::new(Default::default(), Vec::new()),
+                    SinkRouter::default(),
+                    None,
+                )
+                .unwrap(),
+            ),
             changes_only: None,
         };
         let (tx, completions) = mpsc::unbounded_channel();
@@ -680,9 +699,10 @@ mod tests {
         // the table saw the frames
         let state = s
             .pipeline
-            .fleet
+            .rules
             .as_ref()
             .unwrap()
+            .fleet()
             .vehicles
             .get(VIN)
             .unwrap();
@@ -735,9 +755,10 @@ mod tests {
         assert!(s.sink.records.lock().unwrap().is_empty(), "not published");
         assert!(
             s.pipeline
-                .fleet
+                .rules
                 .as_ref()
                 .unwrap()
+                .fleet()
                 .vehicles
                 .get(VIN)
                 .is_none(),
@@ -835,7 +856,7 @@ mod tests {
             *s.sink.events.lock().unwrap(),
             ["fleetgate.vehicle.connected"]
         );
-        let table = &s.pipeline.fleet.as_ref().unwrap().vehicles;
+        let table = &s.pipeline.rules.as_ref().unwrap().fleet().vehicles;
         assert!(table.get(VIN).unwrap().connected);
     }
 }

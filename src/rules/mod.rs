@@ -2,14 +2,17 @@
 //! site entered / exited (hysteresis + GPS-jitter guard), watches (approaching, arrived,
 //! charge complete, expired) and charging sessions (started, stopped, stale).
 //!
-//! Pure and synchronous, never touching sinks or sockets (the pipeline publishes what it
-//! returns): `apply` takes a frame's typed signals and returns events; the
-//! periodic `sweep` closes stale sessions and expires watches. The vehicle's table guard is
-//! released before the watch map is touched (never two shards at once).
+//! Pure and synchronous, never touching sinks, stores or sockets: [`FleetData::run`] is the one
+//! door — a [`input::RuleInput`] for one VIN in, an [`input::Outcome`] (events, whether the
+//! vehicle's rule state changed, a manual arrival's answer) out. Who calls it, and where, is
+//! the placement's business (`runner` in this process, `cluster::rules` on the owner of the
+//! VIN's partition). The vehicle's table guard is released before the watch map is touched
+//! (never two shards at once).
 
 pub mod arrival;
 pub mod geojson;
 pub mod index;
+pub mod input;
 pub mod sites;
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use crate::state::{
 use crate::wire::proto::vehicle_data::Payload;
 use arrival::{Watch, WatchSet};
 use index::SiteRegistry;
+use input::{ArrivalReply, Outcome, RuleInput};
 use sites::Site;
 
 /// `fleetgate.rules`: thresholds of the rules.
@@ -139,18 +143,6 @@ const STRAIGHT_LINE_MAX_MINUTES: f64 = 60.0;
 /// Fixes further apart than this do not update the average speed (a gap, not driving).
 const SPEED_SAMPLE_MAX_S: f64 = 300.0;
 
-/// What a manual arrival did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ManualArrival {
-    /// The watch arrived now; the event to publish.
-    Arrived(Box<Event>),
-    /// The watch had arrived already (by `source`); recorded on the watch, nothing emitted.
-    AlreadyArrived {
-        /// The source that saw the arrival first.
-        source: String,
-    },
-}
-
 /// The fleet: the vehicle table, sites, watches and thresholds, behind a cheap-to-clone
 /// handle. Ingest, the admin API and the sweeper share one; the rule logic is its methods
 /// (`apply`, `sweep`), reached through `Deref`.
@@ -193,8 +185,30 @@ impl FleetData {
         }
     }
 
-    /// Applies one decoded `V` payload of `vin` and returns the events it causes (none for a
-    /// frame older than the state). Allocates nothing when no event fires.
+    /// Applies one input of `vin`: the one way into the rules.
+    pub fn run(&self, vin: &str, input: &RuleInput) -> Outcome {
+        let mut out = Outcome::default();
+        match input {
+            RuleInput::Signals(update) => {
+                out.changed = self.signals(vin, update, &mut out.events);
+            }
+            RuleInput::ManualArrival {
+                watch_id,
+                reason,
+                at_ms,
+            } => {
+                let (reply, changed) =
+                    self.arrive_manually(vin, watch_id, reason.as_deref(), *at_ms, &mut out.events);
+                out.arrival = Some(reply);
+                out.changed = changed;
+            }
+            RuleInput::Tick { now_ms } => out.changed = self.tick(vin, *now_ms, &mut out.events),
+        }
+        out
+    }
+
+    /// Applies one decoded `V` payload of `vin` and returns the events it causes (a shortcut
+    /// to [`FleetData::run`] for tests, benches and fuzzing).
     pub fn on_vehicle_data(
         &self,
         vin: &str,
@@ -205,18 +219,29 @@ impl FleetData {
         self.apply(vin, &update)
     }
 
-    /// Applies a typed update (see [`FleetData::on_vehicle_data`]).
+    /// The events of one update's signals (a shortcut to [`FleetData::run`]). Allocates
+    /// nothing when no event fires.
     pub fn apply(&self, vin: &str, u: &VehicleUpdate) -> Vec<Event> {
         let mut events = Vec::new();
+        self.signals(vin, u, &mut events);
+        events
+    }
+
+    /// Applies signals; returns false when the update was older than the state (nothing
+    /// changed). The vehicle is marked dirty for the rule state store otherwise.
+    fn signals(&self, vin: &str, u: &VehicleUpdate, events: &mut Vec<Event>) -> bool {
         let index = self.sites.load();
         let has_watches = self
             .watches
             .with_vin(vin, |w| !w.is_empty())
             .unwrap_or(false);
+        let mut applied = false;
         let view = self.vehicles.with(vin, |state| {
             if state.apply(u) == Applied::Stale {
                 return None;
             }
+            applied = true;
+            state.dirty.0 = true;
             let mut moved = None;
             if let Some((lat, lon)) = u.location {
                 if self.accept_fix(state, lat, lon, u.at_ms) {
@@ -225,10 +250,10 @@ impl FleetData {
                         moved = Some(((lat, lon), (prev.lat, prev.lon)));
                     }
                     state.set_position(lat, lon, u.at_ms);
-                    self.geofence(vin, state, &index, lat, lon, u.at_ms, &mut events);
+                    self.geofence(vin, state, &index, lat, lon, u.at_ms, events);
                 }
             }
-            self.charging(vin, state, &index, u, &mut events);
+            self.charging(vin, state, &index, u, events);
             has_watches.then(|| WatchView {
                 at_ms: u.at_ms,
                 inside: state
@@ -249,9 +274,9 @@ impl FleetData {
             })
         });
         if let Some(view) = view {
-            self.watch_rules(vin, &view, &index, &mut events);
+            self.watch_rules(vin, &view, &index, events);
         }
-        events
+        applied
     }
 
     /// Jitter guard: true when the fix is plausible. An implausible jump is held; the next fix
@@ -493,98 +518,130 @@ impl FleetData {
         });
     }
 
-    /// Closes charging sessions without frames for `charging_stale_s` and expires watches whose
-    /// time passed (wall clock `now_ms`). Call periodically.
+    /// Runs the clock over every vehicle that needs it now (see [`FleetData::due`]) and returns
+    /// the events (a shortcut to [`FleetData::run`] with [`RuleInput::Tick`]).
     pub fn sweep(&self, now_ms: i64) -> Vec<Event> {
-        self.sweep_where(now_ms, |_| true)
-    }
-
-    /// [`FleetData::sweep`] over the vehicles `owned` accepts only (cluster mode: the VINs
-    /// whose rules this instance owns).
-    pub fn sweep_where(&self, now_ms: i64, owned: impl Fn(&str) -> bool) -> Vec<Event> {
         let mut events = Vec::new();
-        let stale_ms = (self.config.charging_stale_s * 1000) as i64;
-        for (vin, state) in self.vehicles.snapshot() {
-            if !owned(&vin) {
-                continue;
-            }
-            if state.tracking.session.is_some() && now_ms - state.last_seen_ms >= stale_ms {
-                self.vehicles.with(&vin, |s| {
-                    // re-check under the guard: a frame may have arrived since the snapshot
-                    if s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms {
-                        let at = s.last_seen_ms + stale_ms;
-                        self.stop_session(&vin, s, at, "stale", &mut events);
-                    }
-                });
-            }
-        }
-        for vin in self.watches.vins() {
-            if !owned(&vin) {
-                continue;
-            }
-            self.watches.with_vin(&vin, |watches| {
-                watches.retain(|w| {
-                    if now_ms >= w.expires_at_ms {
-                        if !w.progress.charge_complete {
-                            events.push(expired_event(&vin, w));
-                        }
-                        false
-                    } else {
-                        true
-                    }
-                })
-            });
+        for vin in self.due(now_ms) {
+            events.extend(self.run(&vin, &RuleInput::Tick { now_ms }).events);
         }
         events
     }
 
-    /// The driver says the vehicle of watch `watch_id` has arrived (`reason` for the record):
-    /// arrives now (`now_ms`) unless another source saw the arrival first, which is then only
-    /// noted on the watch. None for an unknown watch.
-    pub fn arrive_manually(
+    /// The VINs a [`RuleInput::Tick`] at `now_ms` would change: an open charging session
+    /// without frames for `charging_stale_s`, or a watch whose time passed.
+    pub fn due(&self, now_ms: i64) -> Vec<String> {
+        let stale_ms = (self.config.charging_stale_s * 1000) as i64;
+        let mut out: Vec<String> = self
+            .vehicles
+            .snapshot()
+            .into_iter()
+            .filter(|(_, s)| s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms)
+            .map(|(vin, _)| vin)
+            .collect();
+        for vin in self.watches.vins() {
+            let expired = self
+                .watches
+                .with_vin(&vin, |ws| ws.iter().any(|w| now_ms >= w.expires_at_ms))
+                .unwrap_or(false);
+            if expired && !out.contains(&vin) {
+                out.push(vin);
+            }
+        }
+        out
+    }
+
+    /// The clock for one vehicle: closes its stale session, expires its watches. True when
+    /// anything changed.
+    fn tick(&self, vin: &str, now_ms: i64, events: &mut Vec<Event>) -> bool {
+        let stale_ms = (self.config.charging_stale_s * 1000) as i64;
+        let before = events.len();
+        let mut changed = self
+            .vehicles
+            .update(vin, |s| {
+                if s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms {
+                    let at = s.last_seen_ms + stale_ms;
+                    self.stop_session(vin, s, at, "stale", events);
+                    s.dirty.0 = true;
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        self.watches.with_vin(vin, |watches| {
+            watches.retain(|w| {
+                if now_ms >= w.expires_at_ms {
+                    if !w.progress.charge_complete {
+                        events.push(expired_event(vin, w));
+                    }
+                    changed = true;
+                    false
+                } else {
+                    true
+                }
+            })
+        });
+        changed || events.len() > before
+    }
+
+    /// A person says the vehicle of `watch_id` arrived at `at_ms`: it arrives now unless
+    /// another source saw the arrival first, which is then only noted on the watch. Returns
+    /// the answer and whether the watch's progress changed.
+    fn arrive_manually(
         &self,
+        vin: &str,
         watch_id: &str,
         reason: Option<&str>,
-        now_ms: i64,
-    ) -> Option<ManualArrival> {
-        let vin = self.watches.get(watch_id)?.spec.vin;
-        let soc = self.vehicles.get(&vin).and_then(|v| v.soc);
-        self.watches
-            .with_vin(&vin, |watches| {
-                let w = watches.iter_mut().find(|w| w.spec.watch_id == watch_id)?;
-                let p = &mut w.progress;
-                if p.arrived_at_ms.is_some() {
-                    p.saw_arrival(crate::state::Source::Manual.as_str());
-                    return Some(ManualArrival::AlreadyArrived {
-                        source: p
-                            .arrival_source
-                            .clone()
-                            .unwrap_or_else(|| crate::state::Source::FleetTelemetry.as_str().into()),
-                    });
-                }
-                p.arrived_at_ms = Some(now_ms);
-                p.arrival_source = Some(crate::state::Source::Manual.as_str().to_owned());
-                p.soc_at_arrival = soc;
-                Some(ManualArrival::Arrived(Box::new(Event::new(
-                    EventType::ArrivalArrived,
-                    &vin,
-                    watch_id,
-                    now_ms,
-                    event_data!("watch_id" => watch_id, "site_id" => w.spec.site_id.as_str(), "soc_at_arrival" => soc,
-                        "source" => crate::state::Source::Manual.as_str(), "reason" => reason),
-                ))))
-            })
+        at_ms: i64,
+        events: &mut Vec<Event>,
+    ) -> (ArrivalReply, bool) {
+        let soc = self.vehicles.get(vin).and_then(|v| v.soc);
+        let manual = crate::state::Source::Manual.as_str();
+        let reply = self.watches.with_vin(vin, |watches| {
+            let w = watches.iter_mut().find(|w| w.spec.watch_id == watch_id)?;
+            let p = &mut w.progress;
+            if p.arrived_at_ms.is_some() {
+                let before = p.later_sources.len();
+                p.saw_arrival(manual);
+                let source = p
+                    .arrival_source
+                    .clone()
+                    .unwrap_or_else(|| crate::state::Source::FleetTelemetry.as_str().into());
+                return Some((
+                    ArrivalReply::AlreadyArrived { source },
+                    p.later_sources.len() != before,
+                ));
+            }
+            p.arrived_at_ms = Some(at_ms);
+            p.arrival_source = Some(manual.to_owned());
+            p.soc_at_arrival = soc;
+            let event = Event::new(
+                EventType::ArrivalArrived,
+                vin,
+                watch_id,
+                at_ms,
+                event_data!("watch_id" => watch_id, "site_id" => w.spec.site_id.as_str(), "soc_at_arrival" => soc,
+                    "source" => manual, "reason" => reason),
+            );
+            let event_id = event.id.clone();
+            events.push(event);
+            Some((ArrivalReply::Arrived { event_id }, true))
+        });
+        reply
             .flatten()
+            .unwrap_or((ArrivalReply::UnknownWatch, false))
     }
 
     /// Takes back a manual arrival whose event could not be delivered, so that the driver's
     /// retry emits it (nothing else moved the watch since: the arrival must still be manual).
-    pub fn undo_manual_arrival(&self, watch_id: &str, at_ms: i64) {
-        let Some(vin) = self.watches.get(watch_id).map(|w| w.spec.vin) else {
-            return;
-        };
-        self.watches.with_vin(&vin, |watches| {
-            if let Some(w) = watches.iter_mut().find(|w| w.spec.watch_id == watch_id) {
+    /// True when it was taken back.
+    pub fn undo_manual_arrival(&self, vin: &str, watch_id: &str, at_ms: i64) -> bool {
+        self.watches
+            .with_vin(vin, |watches| {
+                let Some(w) = watches.iter_mut().find(|w| w.spec.watch_id == watch_id) else {
+                    return false;
+                };
                 let p = &mut w.progress;
                 if p.arrived_at_ms == Some(at_ms)
                     && p.arrival_source.as_deref() == Some(crate::state::Source::Manual.as_str())
@@ -592,9 +649,12 @@ impl FleetData {
                     p.arrived_at_ms = None;
                     p.arrival_source = None;
                     p.soc_at_arrival = None;
+                    true
+                } else {
+                    false
                 }
-            }
-        });
+            })
+            .unwrap_or(false)
     }
 
     /// Adds a watch; if the vehicle is already inside the site, it arrives on its next frame.
@@ -602,23 +662,34 @@ impl FleetData {
         self.watches.upsert(watch);
     }
 
-    /// The vehicle's rule state in durable form (None for a vehicle never seen).
+    /// The vehicle's rule state in durable form: its table entry (default for a vehicle
+    /// never seen) and its watches' progress. None when there is neither.
     pub fn rule_state(&self, vin: &str) -> Option<RuleState> {
-        let vehicle = self.vehicles.get(vin)?;
+        let vehicle = self.vehicles.get(vin);
+        let watches = self.watches.progress_of(vin);
+        if vehicle.is_none() && watches.is_empty() {
+            return None;
+        }
+        let vehicle = vehicle.unwrap_or_default();
         Some(RuleState {
             tracking: vehicle.tracking.clone(),
             vehicle,
-            watches: self.watches.progress_of(vin),
+            watches,
+            receipts: Vec::new(),
         })
     }
 
-    /// Puts a vehicle's rule state back (after a restart, or when its rules move here).
+    /// Puts a vehicle's rule state back (after a restart, or when its rules move here). A
+    /// vehicle never seen (only watch progress) gets no table entry.
     pub fn restore(&self, vin: &str, record: RuleState) {
         let mut vehicle = record.vehicle;
         vehicle.tracking = record.tracking;
         // sockets are this process's: none is open for a restored vehicle yet
         vehicle.connected = false;
-        self.vehicles.put(vin, vehicle);
+        vehicle.dirty.0 = false;
+        if record_seen(&vehicle) {
+            self.vehicles.put(vin, vehicle);
+        }
         self.watches.set_progress_of(vin, &record.watches);
     }
 
@@ -644,6 +715,16 @@ pub struct RuleState {
     /// Progress of the vehicle's watches, by watch id.
     #[serde(default)]
     pub watches: std::collections::BTreeMap<String, arrival::WatchProgress>,
+    /// What the latest submitted inputs did (cluster mode: how the instance that took a
+    /// request learns its answer from the changelog). The newest [`input::RECEIPTS_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receipts: Vec<input::Receipt>,
+}
+
+/// True when a stored vehicle state comes from real signals (not the default of a vehicle
+/// known only by its watches).
+pub fn record_seen(vehicle: &VehicleState) -> bool {
+    vehicle.last_seen_ms != 0 || vehicle.position.is_some()
 }
 
 /// Smooths the ground speed between the last accepted fix and this one into

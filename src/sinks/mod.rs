@@ -146,7 +146,19 @@ pub trait Sink: Send + Sync {
     }
 }
 
-/// Sinks per topic, and which sink confirms reliable acks.
+/// How the publication of events made outside a frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every event sink confirmed them.
+    Confirmed,
+    /// Some sink has not answered yet (it keeps trying).
+    Pending,
+    /// A sink refused one or reported a failure.
+    Failed,
+}
+
+/// Sinks per topic, and which sink confirms reliable acks; the one fan-out of events to the
+/// event sinks ([`SinkRouter::publish_events`], [`SinkRouter::publish_confirmed`]).
 #[derive(Clone, Default)]
 pub struct SinkRouter {
     /// By `Topic as usize` (looked up on every frame: an array, not a hash map).
@@ -222,6 +234,21 @@ impl SinkRouter {
         self
     }
 
+    /// The same routes with `name` as the only event sink (cluster mode's ingest: its events
+    /// go to Kafka, from where the relay hands them to the others).
+    pub fn only_event_sink(&self, name: &str) -> Self {
+        let mut router = self.clone();
+        router.events.retain(|s| s.name() == name);
+        router
+    }
+
+    /// The same routes without `name` among the event sinks (cluster mode's relay).
+    pub fn without_event_sink(&self, name: &str) -> Self {
+        let mut router = self.clone();
+        router.events.retain(|s| s.name() != name);
+        router
+    }
+
     /// The sinks events go to.
     pub fn event_sinks(&self) -> &[Arc<dyn Sink>] {
         &self.events
@@ -260,6 +287,40 @@ impl SinkRouter {
             }
         }
         (tracked, refused)
+    }
+
+    /// Publishes `events` (in order) to every event sink and waits up to `wait` for each
+    /// one's confirmation: how events made outside a frame (the admin API, a webhook source)
+    /// learn whether they are safe.
+    pub async fn publish_confirmed(&self, events: &[Event], wait: Duration) -> Delivery {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut waiting = 0usize;
+        for event in events {
+            let Ok(json) = serde_json::to_vec(&event.to_cloudevent()) else {
+                return Delivery::Failed;
+            };
+            crate::metrics::count_event(event.kind.as_str());
+            for sink in &self.events {
+                let ticket = DeliveryTicket::tracked(tx.clone(), waiting as u64, None);
+                if let Err(e) = sink.publish_event(event, &json, ticket) {
+                    metrics::counter!(crate::metrics::SINK_REFUSED_TOTAL, "sink" => sink.name())
+                        .increment(1);
+                    tracing::warn!(vin = %event.vin, sink = sink.name(), error = %e, "sink refused an event");
+                    return Delivery::Failed;
+                }
+                waiting += 1;
+            }
+        }
+        drop(tx);
+        let deadline = tokio::time::Instant::now() + wait;
+        while waiting > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(c)) if c.delivered => waiting -= 1,
+                Ok(Some(_)) | Ok(None) => return Delivery::Failed,
+                Err(_) => return Delivery::Pending,
+            }
+        }
+        Delivery::Confirmed
     }
 
     /// The sinks of a topic.

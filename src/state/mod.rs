@@ -68,17 +68,22 @@ pub enum ChargeState {
 /// guard. `BatteryLevel` stands in for a missing `Soc`.) Adding a signal is one line.
 macro_rules! signals {
     ($( $name:ident : $ty:ty = $field:ident via $read:ident, $doc:literal $(, schema($($schema:tt)*))? ;)*) => {
-        /// What one `V` frame says, in typed form (only the signals fleetgate uses).
-        #[derive(Debug, Clone, Copy, Default, PartialEq)]
+        /// What one `V` frame says, in typed form (only the signals fleetgate uses). Also the
+        /// form other sources (Smartcar) take on their way into the rules, and part of the
+        /// rules' input records in cluster mode (hence serde).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
         pub struct VehicleUpdate {
             /// The frame's creation time (ms since the epoch).
             pub at_ms: i64,
             /// Location.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
             pub location: Option<(f64, f64)>,
-            $( #[doc = $doc] pub $name: Option<$ty>, )*
+            $( #[doc = $doc] #[serde(default, skip_serializing_if = "Option::is_none")] pub $name: Option<$ty>, )*
             /// The vehicle says this frame is a resend.
+            #[serde(default)]
             pub is_resend: bool,
             /// Where the update came from.
+            #[serde(default)]
             pub source: Source,
         }
 
@@ -96,6 +101,10 @@ macro_rules! signals {
             /// Rule bookkeeping: sites inside, a held GPS jump, the open charging session.
             #[serde(skip)]
             pub tracking: Tracking,
+            /// Changed since the rule state store last wrote it (not state: never stored).
+            #[serde(skip)]
+            #[schema(ignore)]
+            pub dirty: DirtyMark,
         }
 
         impl VehicleUpdate {
@@ -238,13 +247,25 @@ pub struct Tracking {
 /// equal to any other, and used only while that index is current.
 #[derive(Debug, Clone, Default)]
 pub struct SiteSlots {
-    /// The [`crate::rules::index::SiteIndex`] generation the positions belong to (0: none).
+    /// The generation of the rules' site index the positions belong to (0: none).
     pub generation: u64,
     /// One position per `inside` entry.
     pub slots: Vec<u32>,
 }
 
 impl PartialEq for SiteSlots {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Whether a vehicle's state changed since the rule state store last wrote it. Set by the
+/// rules under the entry's lock (free on the frame path), taken by the store's flush. A mark,
+/// not state: equal to any other, never serialised.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirtyMark(pub bool);
+
+impl PartialEq for DirtyMark {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -314,6 +335,11 @@ impl VehicleTable {
         f(&mut entry)
     }
 
+    /// Runs `f` on the VIN's state if the vehicle is known (never creates it).
+    pub fn update<R>(&self, vin: &str, f: impl FnOnce(&mut VehicleState) -> R) -> Option<R> {
+        self.map.get_mut(vin).map(|mut e| f(&mut e))
+    }
+
     /// A copy of the VIN's state.
     pub fn get(&self, vin: &str) -> Option<VehicleState> {
         self.map.get(vin).map(|e| e.clone())
@@ -364,6 +390,24 @@ impl VehicleTable {
     /// Forgets a vehicle (its rules moved to another instance).
     pub fn remove(&self, vin: &str) -> Option<VehicleState> {
         self.map.remove(vin).map(|(_, s)| s)
+    }
+
+    /// Takes the dirty mark of every vehicle that has one: their VINs, appended to `out`
+    /// (the rule state store's flush). Locks one shard at a time, briefly.
+    pub fn take_dirty(&self, out: &mut Vec<String>) {
+        for mut entry in self.map.iter_mut() {
+            if entry.dirty.0 {
+                entry.dirty.0 = false;
+                out.push(entry.key().clone());
+            }
+        }
+    }
+
+    /// Marks every vehicle dirty (a full write of the rule state store).
+    pub fn mark_all_dirty(&self) {
+        for mut entry in self.map.iter_mut() {
+            entry.dirty.0 = true;
+        }
     }
 
     /// VINs and states of every vehicle (copies; for sweeps and admin listings).

@@ -1,10 +1,9 @@
-//! The durable store of embedded mode for sites, watches, the admin VIN lists and the
-//! vehicles' rule state (written by [`journal`]): SQLite (bundled) in WAL mode with
-//! `synchronous=FULL`, so a write that returned is on disk and survives `kill -9`.
-//! Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call from
-//! `spawn_blocking` in async code.
-
-pub mod journal;
+//! The durable store of embedded mode: the admin log's SQLite backend (sites, watches, the
+//! admin VIN lists, import marks) and the rule journal's (every vehicle's rule state, written
+//! by the local placement's commits: [`crate::runner::local::StateBackend`]). SQLite (bundled)
+//! in WAL mode with `synchronous=FULL`, so a write that returned is on disk and survives
+//! `kill -9`. Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call
+//! from `spawn_blocking` in async code.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -67,6 +66,12 @@ CREATE TABLE IF NOT EXISTS watches (
     watch_id TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imports (
+    source TEXT NOT NULL,
+    item TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (source, item)
 );
 CREATE TABLE IF NOT EXISTS rule_state (
     vin TEXT PRIMARY KEY,
@@ -162,10 +167,55 @@ impl Store {
                     tx.prepare_cached("DELETE FROM vin_lists WHERE list = ?1 AND vin = ?2")?
                         .execute(params![list.as_str(), vin])?;
                 }
+                Change::Imported(mark) => {
+                    tx.prepare_cached(
+                        "INSERT INTO imports (source, item, digest) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(source, item) DO UPDATE SET digest = excluded.digest",
+                    )?
+                    .execute(params![mark.source, mark.item, mark.digest])?;
+                }
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Every admin change the store holds, as the changes that make it (start-up replays
+    /// them through `Live::apply`, like cluster mode replays its topics).
+    pub fn replay(&self, default_radius_m: f64) -> Result<Vec<crate::control::Change>, StoreError> {
+        use crate::control::{Change, ImportMark, VinList};
+        let mut changes: Vec<Change> = self
+            .sites(default_radius_m)?
+            .into_iter()
+            .map(Change::PutSite)
+            .collect();
+        changes.extend(self.watches()?.into_iter().map(Change::PutWatch));
+        let lists = self.vin_lists()?;
+        changes.extend(
+            lists
+                .allow
+                .into_iter()
+                .map(|v| Change::PutVin(VinList::Allow, v)),
+        );
+        changes.extend(
+            lists
+                .block
+                .into_iter()
+                .map(|v| Change::PutVin(VinList::Block, v)),
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT source, item, digest FROM imports")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ImportMark {
+                source: r.get(0)?,
+                item: r.get(1)?,
+                digest: r.get(2)?,
+            })
+        })?;
+        for row in rows {
+            changes.push(Change::Imported(row?));
+        }
+        Ok(changes)
     }
 
     /// Every site.
@@ -206,21 +256,35 @@ impl Store {
         Ok(lists)
     }
 
-    /// Writes vehicles' rule states in one transaction.
+    /// Writes vehicles' rule states (None: deletes it) and deletes the watches that ended,
+    /// in one transaction.
     pub fn put_rule_states(
         &self,
-        states: &[(String, crate::rules::RuleState)],
+        states: &[(String, Option<crate::rules::RuleState>)],
+        ended_watches: &[String],
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let now = now_ms();
         for (vin, state) in states {
-            let record = serde_json::to_string(state).unwrap_or_default();
-            tx.prepare_cached(
-                "INSERT INTO rule_state (vin, record, updated_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(vin) DO UPDATE SET record = excluded.record, updated_at_ms = excluded.updated_at_ms",
-            )?
-            .execute(params![vin, record, now])?;
+            match state {
+                Some(state) => {
+                    let record = serde_json::to_string(state).unwrap_or_default();
+                    tx.prepare_cached(
+                        "INSERT INTO rule_state (vin, record, updated_at_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(vin) DO UPDATE SET record = excluded.record, updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(params![vin, record, now])?;
+                }
+                None => {
+                    tx.prepare_cached("DELETE FROM rule_state WHERE vin = ?1")?
+                        .execute(params![vin])?;
+                }
+            }
+        }
+        for id in ended_watches {
+            tx.prepare_cached("DELETE FROM watches WHERE watch_id = ?1")?
+                .execute(params![id])?;
         }
         tx.commit()?;
         Ok(())
@@ -280,6 +344,63 @@ impl Store {
             );
         }
         Ok(out)
+    }
+}
+
+/// The admin log's SQLite backend: a write is one store transaction, then applied to this
+/// process's live fleet.
+pub struct SqliteAdminLog {
+    /// The store.
+    pub store: std::sync::Arc<Store>,
+    /// What the changes act on.
+    pub live: crate::control::Live,
+}
+
+impl crate::control::AdminLog for SqliteAdminLog {
+    fn write(
+        &self,
+        changes: Vec<crate::control::Change>,
+    ) -> crate::runner::BoxFuture<'_, Result<usize, crate::control::WriteError>> {
+        use crate::control::WriteError;
+        Box::pin(async move {
+            let store = self.store.clone();
+            let stored = changes.clone();
+            tokio::task::spawn_blocking(move || store.apply(&stored))
+                .await
+                .map_err(|e| WriteError::Unavailable {
+                    backend: "store",
+                    detail: format!("the store's write task failed: {e}"),
+                })?
+                .map_err(|e| {
+                    tracing::error!(error = %e, "admin store write failed");
+                    if e.is_disk_full() {
+                        WriteError::DiskFull(
+                            "the data_dir disk is full; nothing was written".into(),
+                        )
+                    } else {
+                        WriteError::Unavailable {
+                            backend: "store",
+                            detail: format!("{e}; nothing was written"),
+                        }
+                    }
+                })?;
+            Ok(self.live.apply(&changes))
+        })
+    }
+}
+
+impl crate::runner::local::StateBackend for Store {
+    fn commit(
+        &self,
+        states: &[(String, Option<crate::rules::RuleState>)],
+        ended_watches: &[String],
+    ) -> Result<(), String> {
+        self.put_rule_states(states, ended_watches)
+            .map_err(|e| e.to_string())
+    }
+
+    fn restore(&self) -> Result<Vec<(String, crate::rules::RuleState)>, String> {
+        self.rule_states().map_err(|e| e.to_string())
     }
 }
 

@@ -156,6 +156,12 @@ pub fn pipeline(sites: Vec<Site>, sink: Arc<Discard>) -> Pipeline {
     let sinks = SinkRouter::new(&records, &BTreeMap::new(), &available)
         .and_then(|r| r.with_event_sinks(&["drop".to_string()]))
         .expect("a router over the discard sink");
+    let rules = crate::runner::local::LocalRules::start(
+        Fleet::new(RulesConfig::default(), sites),
+        sinks.clone(),
+        None,
+    )
+    .expect("rules in memory start");
     Pipeline {
         sinks,
         rate_limit: RateLimit {
@@ -165,7 +171,7 @@ pub fn pipeline(sites: Vec<Site>, sink: Arc<Discard>) -> Pipeline {
         },
         inflight_slots: Arc::new(tokio::sync::Semaphore::new(1000)),
         metrics: Arc::new(FrameMetrics::new(&["drop"])),
-        fleet: Some(Fleet::new(RulesConfig::default(), sites)),
+        rules: Some(rules),
         changes_only: None,
     }
 }

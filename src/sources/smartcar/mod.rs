@@ -10,6 +10,8 @@
 //! `charge-chargingstate`/`charge-state` (`value` or `state`: `CHARGING`, `FULLY_CHARGED`,
 //! `NOT_CHARGING`). Other signals are ignored.
 
+pub mod http;
+
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
