@@ -446,7 +446,6 @@ async fn start_cluster(
         timeout,
     )
     .map_err(fail)?;
-    let rules = RulesProcessor::start(settings, live.fleet.clone(), view.clone()).map_err(fail)?;
     let relay_sinks = sinks.without_event_sink("kafka");
     let relay = if relay_sinks.event_sinks().is_empty() {
         None
@@ -467,6 +466,7 @@ async fn start_cluster(
             .map_err(fail)?,
         )
     };
+    let rules = RulesProcessor::start(settings, live.fleet.clone(), view.clone()).map_err(fail)?;
     let inputs = Arc::new(
         crate::cluster::inputs::InputClient::new(&properties, &inputs_topic, view.clone())
             .map_err(fail)?,

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::mosquitto::{Broker, Subscriber};
@@ -20,52 +19,6 @@ const AMT: &str = "amt-test-0123456789";
 const VIN_TELEMETRY: &str = "5YJ3E1EA7KF000001";
 const VIN_SMARTCAR: &str = "5YJ3E1EA7KF000002";
 const VIN_MANUAL: &str = "5YJ3E1EA7KF000003";
-
-/// A POST with extra headers; (status, body as JSON or Null).
-fn post(addr: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn smartcar_state(vehicle_id: &str, lat: f64, lon: f64, soc: f64) -> String {
-    json!({
-        "eventId": uuid::Uuid::new_v4().to_string(),
-        "eventType": "VEHICLE_STATE",
-        "data": {
-            "vehicle": {"id": vehicle_id, "make": "TESLA", "model": "Model 3", "year": 2024},
-            "signals": [
-                {"code": "location-preciselocation", "name": "PreciseLocation", "group": "Location",
-                 "body": {"latitude": lat, "longitude": lon}, "status": {"value": "SUCCESS"},
-                 "meta": {"retrievedAt": 1_764_000_100_000i64, "oemUpdatedAt": 1_764_000_100_000i64}},
-                {"code": "tractionbattery-stateofcharge", "name": "StateOfCharge", "group": "TractionBattery",
-                 "body": {"unit": "percent", "value": soc}, "status": {"value": "SUCCESS"}},
-            ],
-        },
-        "triggers": [{"type": "SIGNAL_UPDATED", "signal": {"code": "location-preciselocation"}}],
-        "meta": {"version": "4.0", "deliveryId": "d-1", "deliveredAt": 1_764_000_101_000i64, "mode": "LIVE"},
-    })
-    .to_string()
-}
 
 fn watch(id: &str, vin: &str) -> String {
     json!({"watch_id": id, "vin": vin, "site_id": "cafe", "expires_at": "2099-01-01T00:00:00Z"})

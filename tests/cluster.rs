@@ -6,65 +6,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
 use fleetgate::event::{event_id, EventType};
 use fleetgate::wire::proto::vehicle_data::{
     value::Value as V, DetailedChargeStateValue as Dcs, Field, LocationValue,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message as _;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
-
-/// The longest an admin write may take to reach another instance in these tests.
-/// (Socket presence is published every 2 s.)
-const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
-
-fn cluster_config(pki: &Pki, broker: &str, namespace: &str, instance: &str) -> Value {
-    let mut config = base_config(pki);
-    merge(
-        &mut config,
-        &json!({
-            "namespace": namespace,
-            "kafka": {"bootstrap.servers": broker},
-            // the rules read V back from Kafka; acks wait until the record is there
-            "records": {"V": ["kafka"]},
-            "reliable_ack_sources": {"V": "kafka"},
-            "fleetgate": {
-                "data_dir": pki.dir.path().join(format!("data-{instance}")).display().to_string(),
-                "events": {"sinks": ["kafka"]},
-                "cluster": {"name": "test", "instance_id": instance, "write_timeout_s": 15,
-                            "session_timeout_s": 6, "transaction_timeout_s": 5},
-            },
-        }),
-    );
-    config
-}
-
-/// Polls `GET path` on `server` until `done(status, body)`; returns how long it took.
-fn until(server: &Server, path: &str, done: impl Fn(u16, &Value) -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (status, body) = server.admin("GET", path, None);
-        if done(status, &body) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < PROPAGATION_LIMIT,
-            "GET {path} on {} did not converge within {PROPAGATION_LIMIT:?}: last {status} {body}",
-            server.admin.as_deref().unwrap_or("?")
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn site(lat: f64) -> String {
-    json!({"name": "Store", "kind": "merchant", "radius_m": 120,
-        "geometry": {"type": "Point", "coordinates": [-97.74, lat]}})
-    .to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_writes_on_one_instance_reach_every_instance_and_a_late_one_restores_them() {
@@ -241,22 +192,6 @@ async fn a_write_kafka_cannot_take_is_refused_and_nothing_is_applied() {
     );
 }
 
-/// Runs `fleetgate serve` with `config` until it exits (it must refuse to start); returns its
-/// exit code and stderr.
-fn refused_start(config: &Value) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "config.json", &config.to_string());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Two live instances with one id would fence each other's transactions (every admin write a
 /// 503); a second cluster name on the same namespace would run the rules over the same `V`
 /// records and double every event. Both are refused at start, naming the other party; the
@@ -361,73 +296,6 @@ async fn a_shared_state_topic_that_is_not_compacted_is_refused_at_start() {
     );
 }
 
-/// Waits until the instances own every `V` partition between them (the group is stable) and
-/// each is ready; returns who owns what.
-fn wait_for_rules(servers: &[&Server], partitions: usize) -> Vec<Vec<i64>> {
-    let started = Instant::now();
-    loop {
-        let owned: Vec<Vec<i64>> = servers
-            .iter()
-            .map(|s| {
-                let (_, v) = s.admin("GET", "/v1/cluster", None);
-                v["rules_partitions"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_i64).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
-        let total: usize = owned.iter().map(Vec::len).sum();
-        let ready = servers
-            .iter()
-            .all(|s| http(s.admin.as_deref().unwrap(), "GET", "/readyz", None, None).0 == 200);
-        if total == partitions && ready {
-            return owned;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the rules group did not settle: {owned:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Every committed event on `topic`, read until `done` holds for them (or 90 s pass).
-fn committed_events(broker: &str, topic: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", uuid::Uuid::new_v4().to_string())
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("topic.metadata.refresh.interval.ms", "500")
-        .create()
-        .expect("test consumer");
-    consumer.subscribe(&[topic]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut out = Vec::new();
-    while !done(&out) && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
-        }
-    }
-    // linger to catch duplicates
-    let linger = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < linger {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(serde_json::from_slice(m.payload().unwrap_or_default()).unwrap());
-        }
-    }
-    out
-}
-
-fn count(events: &[Value], kind: &str) -> usize {
-    events.iter().filter(|e| e["type"] == json!(kind)).count()
-}
-
-const CAFE: (f64, f64) = (30.2672, -97.7431);
-const HEADERS: &[(&str, &str)] = &[("Version", "2025.44.1")];
-const T0: i64 = 1_764_000_000;
-
 /// The visit, frame by frame: (seconds after T0, datums).
 fn visit() -> Vec<(i64, Vec<fleetgate::wire::proto::vehicle_data::Datum>)> {
     let loc = |lat: f64, lon: f64| {
@@ -472,33 +340,6 @@ fn visit() -> Vec<(i64, Vec<fleetgate::wire::proto::vehicle_data::Datum>)> {
         (480, vec![loc(CAFE.0 + 0.003, CAFE.1)]), // 330 m north: beyond radius + margin
         (540, vec![loc(CAFE.0 + 0.01, CAFE.1)]),
     ]
-}
-
-async fn send_frames(
-    server: &Server,
-    pki: &Pki,
-    frames: &[(i64, Vec<fleetgate::wire::proto::vehicle_data::Datum>)],
-    first: usize,
-) {
-    let cert = pki.pki.vehicle(VIN).unwrap();
-    let mut ws = connect(server, &pki.ca_pem(), &cert, HEADERS)
-        .await
-        .unwrap();
-    let sender = format!("vehicle_device.{VIN}");
-    for (i, (at, data)) in frames.iter().enumerate() {
-        let txid = format!("visit-{}", first + i);
-        fleetgate::tools::client::send_frame(
-            &mut ws,
-            frame(&txid, "V", &sender, &v_payload(T0 + at, data.clone())),
-        )
-        .await
-        .unwrap();
-        // reliable: acked once the record is in Kafka
-        assert_eq!(
-            answer(&mut ws).await,
-            expected_ack(txid.as_bytes(), b"V", b"")
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,14 +387,21 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
     let holder = owned.iter().position(|o| o.contains(&partition)).unwrap();
     let other = (holder + 1) % 3;
     let frames = visit();
-    send_frames(servers[holder].as_ref().unwrap(), &pki, &frames[..5], 0).await;
+    send_frames(
+        servers[holder].as_ref().unwrap(),
+        &pki,
+        VIN,
+        &frames[..5],
+        0,
+    )
+    .await;
     servers[holder].as_ref().unwrap().signal("KILL");
     servers[holder]
         .as_mut()
         .unwrap()
         .wait_exit(Duration::from_secs(5));
     servers[holder] = None;
-    send_frames(servers[other].as_ref().unwrap(), &pki, &frames[5..], 5).await;
+    send_frames(servers[other].as_ref().unwrap(), &pki, VIN, &frames[5..], 5).await;
 
     let topic = format!("{namespace}_events");
     let events = committed_events(&broker, &topic, |e| count(e, "fleetgate.site.exited") >= 1);
@@ -611,9 +459,9 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
         .collect();
     wait_for_rules(&fresh.iter().collect::<Vec<_>>(), 3);
     // the vehicle's rules remember it is outside: a frame further out fires nothing
-    send_frames(&fresh[0], &pki, &[(600, frames[9].1.clone())], 10).await;
+    send_frames(&fresh[0], &pki, VIN, &[(600, frames[9].1.clone())], 10).await;
     // ... and that the watch arrived: back at the site, only the geofence fires
-    send_frames(&fresh[1], &pki, &[(660, frames[2].1.clone())], 11).await;
+    send_frames(&fresh[1], &pki, VIN, &[(660, frames[2].1.clone())], 11).await;
     let after = committed_events(&broker, &topic, |e| count(e, "fleetgate.site.entered") >= 2);
     let kinds: Vec<&str> = after
         .iter()
@@ -631,44 +479,6 @@ async fn a_visit_survives_kill_9_of_the_instance_holding_the_vehicle_and_its_rul
         until(s, &format!("/v1/vehicles/{VIN}"), |st, v| {
             st == 200 && v["sites_inside"] == json!(["cafe"])
         });
-    }
-}
-
-/// Writes `V` records as ingest does (key VIN, protobuf payload, `timestamp` header in ms).
-fn produce_v(
-    producer: &rdkafka::producer::BaseProducer,
-    topic: &str,
-    vin: &str,
-    at_s: i64,
-    lat: f64,
-) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let payload = v_payload(
-        at_s,
-        vec![datum(
-            Field::Location,
-            V::LocationValue(LocationValue {
-                latitude: lat,
-                longitude: CAFE.1,
-            }),
-        )],
-    );
-    let ts = (at_s * 1000).to_string();
-    let mut record = rdkafka::producer::BaseRecord::to(topic)
-        .key(vin)
-        .payload(&payload)
-        .headers(OwnedHeaders::new().insert(Header {
-            key: "timestamp",
-            value: Some(&ts),
-        }));
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                record = r;
-                producer.poll(Duration::from_millis(10));
-            }
-        }
     }
 }
 

@@ -111,6 +111,64 @@ struct Lane {
     committed: i64,
 }
 
+/// Commits, for the relay's group, a start offset (the end) of every events partition the group
+/// has never read — at start-up, before this instance's rules produce anything — so no event
+/// produced after the cluster's first start is missed by a relay that joins later, and a
+/// relay added to a running cluster does not replay the events topic's history.
+pub fn commit_start_offsets(settings: &RelaySettings) -> Result<(), Error> {
+    let mut config = crate::kafka::connection_config(&settings.properties)?;
+    config
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed");
+    let consumer: BaseConsumer = config
+        .create()
+        .map_err(err("creating the relay's offset client"))?;
+    let timeout = settings.timeout;
+    let metadata = consumer
+        .fetch_metadata(Some(&settings.events_topic), timeout)
+        .map_err(err("reading the events topic's metadata"))?;
+    let mut all = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.error().is_none()) {
+        for p in t.partitions() {
+            all.add_partition(&settings.events_topic, p.id());
+        }
+    }
+    if all.count() == 0 {
+        return Err(Error::Topic {
+            topic: settings.events_topic.clone(),
+            problem: "has no partitions in the metadata".into(),
+        });
+    }
+    let committed = consumer
+        .committed_offsets(all, timeout)
+        .map_err(err("reading the relay's committed offsets"))?;
+    let mut first = TopicPartitionList::new();
+    for e in committed.elements() {
+        if matches!(e.offset(), Offset::Offset(_)) {
+            continue;
+        }
+        let (low, high) = consumer
+            .fetch_watermarks(e.topic(), e.partition(), timeout)
+            .map_err(err("reading the events watermarks"))?;
+        let start = if settings.offset_reset == "earliest" {
+            low
+        } else {
+            high
+        };
+        first
+            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+            .map_err(err("building the relay's start offsets"))?;
+    }
+    if first.count() > 0 {
+        consumer
+            .commit(&first, CommitMode::Sync)
+            .map_err(err("committing the relay's start offsets"))?;
+        tracing::info!(partitions = first.count(), reset = %settings.offset_reset, "event relay: start offsets committed for events partitions the relay had never read");
+    }
+    Ok(())
+}
+
 /// The group member's context: start offsets on assignment, lanes dropped on revocation.
 struct RelayContext {
     settings: RelaySettings,

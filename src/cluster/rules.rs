@@ -179,8 +179,9 @@ pub fn default_partition(vin: &str, partitions: usize) -> i32 {
     (crc32fast::hash(vin.as_bytes()) as usize % partitions.max(1)) as i32
 }
 
-/// Makes sure the rules' topics exist — `V`; the state changelog (compacted) and the inputs
-/// topic, both with the `V` topic's partition count — and sets `settings.partitions`.
+/// Makes sure the rules' topics exist — `V` and the events topic; the state changelog
+/// (compacted) and the inputs topic, both with the `V` topic's partition count — and sets
+/// `settings.partitions`.
 pub async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), Error> {
     use crate::kafka::topics::{
         admin_client, create_if_missing, ensure_copartitioned, partition_count,
@@ -203,6 +204,8 @@ pub async fn ensure_topics(settings: &mut RulesSettings) -> Result<(), Error> {
         settings.timeout,
     )
     .await?;
+    // the events topic: relays subscribe to it before the first event exists
+    create_if_missing(&admin, &settings.events_topic, -1, &[], settings.timeout).await?;
     ensure_copartitioned(
         &admin,
         &settings.inputs_topic,

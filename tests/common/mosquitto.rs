@@ -185,6 +185,11 @@ impl Subscriber {
             .collect()
     }
 
+    /// Every (topic, payload) received so far.
+    pub fn messages(&self) -> Vec<(String, Value)> {
+        self.lines.lock().unwrap().clone()
+    }
+
     pub fn count(&self, topic: &str) -> usize {
         self.topics().iter().filter(|t| *t == topic).count()
     }
