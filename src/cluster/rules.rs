@@ -49,7 +49,7 @@ use crate::kafka::txn::{group_metadata, send_with_room};
 use crate::kafka::{err, Error};
 use crate::metrics as m;
 use crate::rules::input::{Receipt, RuleInput, RECEIPTS_KEPT};
-use crate::rules::{expired_watch_ids, Fleet, RuleState};
+use crate::rules::{Fleet, RuleState};
 use crate::runner::state::WriteCache;
 use crate::state::VehicleUpdate;
 use crate::wire::proto::vehicle_data::Payload;
@@ -775,7 +775,7 @@ impl Transaction<'_> {
                     continue;
                 }
                 let outcome = self.fleet.run(&vin, &RuleInput::Tick { now_ms });
-                if !outcome.changed && outcome.events.is_empty() {
+                if !outcome.changed && outcome.events.is_empty() && outcome.ended.is_empty() {
                     continue;
                 }
                 if !begun {
@@ -785,7 +785,7 @@ impl Transaction<'_> {
                     begun = true;
                 }
                 self.cache.mark(&vin);
-                self.emit(&outcome.events)?;
+                self.emit(&outcome.events, &outcome.ended)?;
             }
         }
         if !begun {
@@ -852,8 +852,8 @@ impl Transaction<'_> {
             };
             self.frames += 1;
             let update = VehicleUpdate::from_payload(&payload, envelope_created_at_s(msg));
-            let events = self.fleet.apply(vin, &update);
-            return self.emit(&events);
+            let outcome = self.fleet.apply_signals(vin, &update);
+            return self.emit(&outcome.events, &outcome.ended);
         }
         let record: InputRecord = match serde_json::from_slice(msg.payload().unwrap_or_default()) {
             Ok(r) => r,
@@ -876,7 +876,7 @@ impl Transaction<'_> {
             }
         }
         self.cache.mark(vin);
-        self.emit(&outcome.events)
+        self.emit(&outcome.events, &outcome.ended)
     }
 
     /// The partition a vehicle's records and state live in.
@@ -889,8 +889,8 @@ impl Transaction<'_> {
             .unwrap_or_else(|| default_partition(vin, self.settings.partitions))
     }
 
-    /// Produces events (and the tombstones of the watches they end) into the transaction.
-    fn emit(&mut self, events: &[Event]) -> Result<(), Error> {
+    /// Produces events, and the tombstones of the watches that `ended`, into the transaction.
+    fn emit(&mut self, events: &[Event], ended: &[String]) -> Result<(), Error> {
         for event in events {
             crate::metrics::count_event(event.kind.as_str());
             let json = serde_json::to_vec(&event.to_cloudevent()).unwrap_or_default();
@@ -911,8 +911,8 @@ impl Transaction<'_> {
             )?;
             self.events += 1;
         }
-        // an expired watch is gone for every instance
-        for id in expired_watch_ids(events) {
+        // an ended watch is gone for every instance
+        for id in ended {
             send_with_room(
                 self.producer,
                 BaseRecord::to(&self.settings.watches_topic).key(id),

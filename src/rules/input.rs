@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, EventType};
+use crate::event::Event;
 use crate::state::VehicleUpdate;
 
 /// One input of the rules, for one vehicle (the VIN travels beside it: the record key in
@@ -65,12 +65,16 @@ pub struct Outcome {
     pub changed: bool,
     /// The answer to a [`RuleInput::ManualArrival`].
     pub arrival: Option<ArrivalReply>,
+    /// Watches that ended with this input (their time passed — with an `arrival.expired`, or
+    /// silently when their charge had completed): deleted durably with the state, or they
+    /// would come back with fresh progress after a restart.
+    pub ended: Vec<String>,
 }
 
 impl Outcome {
-    /// The watches that ended with this input (expired): deleted durably with its state.
+    /// The watches that ended with this input.
     pub fn ended_watches(&self) -> impl Iterator<Item = &str> {
-        crate::rules::expired_watch_ids(&self.events)
+        self.ended.iter().map(String::as_str)
     }
 }
 
@@ -114,11 +118,6 @@ impl Receipt {
 
 /// At most this many receipts are kept per vehicle (the newest).
 pub const RECEIPTS_KEPT: usize = 16;
-
-/// True for the event types that say a watch ended.
-pub fn ends_watch(kind: EventType) -> bool {
-    kind == EventType::ArrivalExpired
-}
 
 #[cfg(test)]
 mod tests {

@@ -190,7 +190,7 @@ impl FleetData {
         let mut out = Outcome::default();
         match input {
             RuleInput::Signals(update) => {
-                out.changed = self.signals(vin, update, &mut out.events);
+                out.changed = self.signals(vin, update, &mut out.events, &mut out.ended);
             }
             RuleInput::ManualArrival {
                 watch_id,
@@ -202,7 +202,9 @@ impl FleetData {
                 out.arrival = Some(reply);
                 out.changed = changed;
             }
-            RuleInput::Tick { now_ms } => out.changed = self.tick(vin, *now_ms, &mut out.events),
+            RuleInput::Tick { now_ms } => {
+                out.changed = self.tick(vin, *now_ms, &mut out.events, &mut out.ended)
+            }
         }
         out
     }
@@ -219,17 +221,29 @@ impl FleetData {
         self.apply(vin, &update)
     }
 
-    /// The events of one update's signals (a shortcut to [`FleetData::run`]). Allocates
-    /// nothing when no event fires.
+    /// The events of one update's signals (a shortcut to [`FleetData::run`] for tests and
+    /// benches: the watches it ends are not reported).
     pub fn apply(&self, vin: &str, u: &VehicleUpdate) -> Vec<Event> {
-        let mut events = Vec::new();
-        self.signals(vin, u, &mut events);
-        events
+        self.apply_signals(vin, u).events
+    }
+
+    /// [`FleetData::run`] for signals without copying them into a [`RuleInput`]: the frame
+    /// path. Allocates nothing when no event fires and no watch ends.
+    pub fn apply_signals(&self, vin: &str, u: &VehicleUpdate) -> Outcome {
+        let mut out = Outcome::default();
+        out.changed = self.signals(vin, u, &mut out.events, &mut out.ended);
+        out
     }
 
     /// Applies signals; returns false when the update was older than the state (nothing
     /// changed). The vehicle is marked dirty for the rule state store otherwise.
-    fn signals(&self, vin: &str, u: &VehicleUpdate, events: &mut Vec<Event>) -> bool {
+    fn signals(
+        &self,
+        vin: &str,
+        u: &VehicleUpdate,
+        events: &mut Vec<Event>,
+        ended: &mut Vec<String>,
+    ) -> bool {
         let index = self.sites.load();
         let has_watches = self
             .watches
@@ -274,7 +288,7 @@ impl FleetData {
             })
         });
         if let Some(view) = view {
-            self.watch_rules(vin, &view, &index, events);
+            self.watch_rules(vin, &view, &index, events, ended);
         }
         applied
     }
@@ -459,6 +473,7 @@ impl FleetData {
         v: &WatchView,
         index: &index::SiteIndex,
         events: &mut Vec<Event>,
+        ended: &mut Vec<String>,
     ) {
         let default_eta = self.config.eta_notify_minutes;
         self.watches.with_vin(vin, |watches| {
@@ -467,6 +482,7 @@ impl FleetData {
                     if !w.progress.charge_complete {
                         events.push(expired_event(vin, w));
                     }
+                    ended.push(w.spec.watch_id.clone());
                     return false;
                 }
                 let Some(site) = index.get(&w.spec.site_id) else { return true };
@@ -548,12 +564,20 @@ impl FleetData {
                 out.push(vin);
             }
         }
+        // the same order in every process (events keep order per vehicle either way)
+        out.sort_unstable();
         out
     }
 
     /// The clock for one vehicle: closes its stale session, expires its watches. True when
     /// anything changed.
-    fn tick(&self, vin: &str, now_ms: i64, events: &mut Vec<Event>) -> bool {
+    fn tick(
+        &self,
+        vin: &str,
+        now_ms: i64,
+        events: &mut Vec<Event>,
+        ended: &mut Vec<String>,
+    ) -> bool {
         let stale_ms = (self.config.charging_stale_s * 1000) as i64;
         let before = events.len();
         let mut changed = self
@@ -575,6 +599,7 @@ impl FleetData {
                     if !w.progress.charge_complete {
                         events.push(expired_event(vin, w));
                     }
+                    ended.push(w.spec.watch_id.clone());
                     changed = true;
                     false
                 } else {
@@ -764,14 +789,6 @@ fn straight_line_minutes(site: &Site, v: &WatchView) -> Option<f64> {
     }
     let minutes = now / speed / 60.0;
     (minutes <= STRAIGHT_LINE_MAX_MINUTES).then_some(minutes)
-}
-
-/// The watch ids that `events` expired (their watches are gone and must be deleted durably).
-pub fn expired_watch_ids(events: &[Event]) -> impl Iterator<Item = &str> {
-    events
-        .iter()
-        .filter(|e| e.kind == EventType::ArrivalExpired)
-        .filter_map(|e| e.data.get("watch_id").and_then(|v| v.as_str()))
 }
 
 fn expired_event(vin: &str, w: &Watch) -> Event {

@@ -121,9 +121,22 @@ impl LocalRules {
     }
 
     /// A frame's signals, on the frame path: the events (allocates nothing when none fires).
-    /// The vehicle is marked dirty by the rules themselves.
+    /// The vehicle is marked dirty by the rules themselves; the watches it ends are queued
+    /// for the journal.
     pub fn on_signals(&self, vin: &str, update: &VehicleUpdate) -> Vec<Event> {
-        self.fleet.apply(vin, update)
+        let outcome = self.fleet.apply_signals(vin, update);
+        self.queue_ended(&outcome.ended);
+        outcome.events
+    }
+
+    /// Queues watches that ended for deletion with the next journal commit.
+    fn queue_ended(&self, ended: &[String]) {
+        if let (Some(j), false) = (&self.journal, ended.is_empty()) {
+            j.ended
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(ended);
+        }
     }
 
     /// Completes `ticket` after the next journal commit (at once when not durable).
@@ -145,15 +158,7 @@ impl LocalRules {
         if outcome.changed {
             self.cache.mark(vin);
         }
-        if let Some(j) = &self.journal {
-            let ended: Vec<String> = outcome.ended_watches().map(str::to_owned).collect();
-            if !ended.is_empty() {
-                j.ended
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend(ended);
-            }
-        }
+        self.queue_ended(&outcome.ended);
         outcome
     }
 
