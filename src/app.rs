@@ -342,7 +342,7 @@ async fn start_embedded(
 async fn start_cluster(
     config: &Config,
     base: &std::path::Path,
-    cluster: &crate::config::ClusterConfig,
+    cluster: &crate::cluster::config::ClusterConfig,
     live: Live,
     sinks: &SinkRouter,
 ) -> Result<crate::cluster::Cluster, ServeError> {
@@ -620,6 +620,11 @@ pub async fn start(
     metrics::register_zeros(&metrics::Registered {
         sinks: sink_names.clone(),
         proxy: proxy_settings.is_some(),
+        close_reasons: crate::ingest::connection::CloseReason::ALL
+            .iter()
+            .map(|r| r.label())
+            .collect(),
+        kafka_client_error_reasons: crate::sinks::kafka::CLIENT_ERROR_REASONS.to_vec(),
     });
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     // every task that outlives start-up: stopped and awaited at shutdown

@@ -79,7 +79,7 @@ pub struct Config {
     pub zmq: Option<Value>,
     /// The MQTT sink's broker and layout (Tesla key; `fleetgate.mqtt` adds TLS and v5).
     #[serde(default)]
-    pub mqtt: Option<MqttConfig>,
+    pub mqtt: Option<crate::sinks::mqtt::config::MqttConfig>,
     /// Tesla key (NATS sink): not implemented, warned about.
     #[serde(default)]
     pub nats: Option<Value>,
@@ -272,140 +272,14 @@ pub struct FleetgateConfig {
     pub sources: SourcesConfig,
     /// MQTT settings Tesla's `mqtt` section has no key for (protocol version, CA file).
     #[serde(default)]
-    pub mqtt: MqttExtrasConfig,
+    pub mqtt: crate::sinks::mqtt::config::MqttExtrasConfig,
     /// The `webhook` sink: receivers, their filters and secrets, the durable outbox.
     #[serde(default)]
     pub webhook: Option<crate::sinks::webhook::WebhookConfig>,
     /// Cluster mode: instances sharing this name share sites, watches and VIN lists through
     /// compacted Kafka topics (needs the top-level `kafka` section). Unset = embedded mode.
     #[serde(default)]
-    pub cluster: Option<ClusterConfig>,
-}
-
-/// `fleetgate.cluster`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterConfig {
-    /// The cluster's name: instances with the same name (and namespace) are one fleet.
-    pub name: String,
-    /// This instance's id, unique in the cluster (default: the host name). It names the
-    /// instance's transactional producer, so two live instances must never share it.
-    #[serde(default)]
-    pub instance_id: Option<String>,
-    /// Names of the compacted topics (defaults `{namespace}_fleetgate_sites`, `…_watches`,
-    /// `…_vins`).
-    #[serde(default)]
-    pub topics: ClusterTopicsConfig,
-    /// How long an admin write may wait for Kafka (commit and read-back) before 503 (s).
-    #[serde(default = "ClusterConfig::default_write_timeout_s")]
-    pub write_timeout_s: u64,
-    /// The rules' consumer group session timeout: how long a crashed instance keeps its
-    /// vehicles' rules before another instance takes them over (s).
-    #[serde(default = "ClusterConfig::default_session_timeout_s")]
-    pub session_timeout_s: u64,
-    /// Kafka transaction timeout of the rules: how long a crashed owner's open transaction
-    /// holds back readers of events before the broker aborts it (s).
-    #[serde(default = "ClusterConfig::default_transaction_timeout_s")]
-    pub transaction_timeout_s: u64,
-    /// Where a new rules group starts reading `V`: `latest` (default) or `earliest` (the whole
-    /// retained history, once). The relay of events to the other sinks starts the same way.
-    #[serde(default = "ClusterConfig::default_rules_offset_reset")]
-    pub rules_offset_reset: String,
-    /// How long one rules transaction collects records before it commits (ms): events,
-    /// changed vehicles' state and offsets commit together, so this is the latency of an
-    /// event for `read_committed` readers against the cost of a commit (see
-    /// docs/benchmarks.md).
-    #[serde(default = "ClusterConfig::default_commit_interval_ms")]
-    pub commit_interval_ms: u64,
-}
-
-impl ClusterConfig {
-    fn default_write_timeout_s() -> u64 {
-        10
-    }
-    fn default_session_timeout_s() -> u64 {
-        10
-    }
-    fn default_transaction_timeout_s() -> u64 {
-        10
-    }
-    fn default_rules_offset_reset() -> String {
-        "latest".into()
-    }
-    fn default_commit_interval_ms() -> u64 {
-        100
-    }
-}
-
-/// `fleetgate.cluster.topics`: topic names (unset = the default for the namespace).
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterTopicsConfig {
-    /// Sites (key: site id, value: GeoJSON Feature).
-    #[serde(default)]
-    pub sites: Option<String>,
-    /// Watches (key: watch id, value: the watch spec).
-    #[serde(default)]
-    pub watches: Option<String>,
-    /// VIN lists (key: `allow:VIN` / `block:VIN`).
-    #[serde(default)]
-    pub vins: Option<String>,
-    /// The rules' state changelog and the cluster's vehicle view (key: VIN; default
-    /// `{namespace}_fleetgate_state`; as many partitions as the `V` topic).
-    #[serde(default)]
-    pub state: Option<String>,
-    /// Which instance holds which socket (default `{namespace}_fleetgate_presence`).
-    #[serde(default)]
-    pub presence: Option<String>,
-    /// Import marks of `sites_file` and config `watches` (default
-    /// `{namespace}_fleetgate_imports`, compacted, one partition).
-    #[serde(default)]
-    pub imports: Option<String>,
-    /// The rules' inputs other than frames — manual arrivals, Smartcar states — keyed by VIN
-    /// (default `{namespace}_fleetgate_inputs`, as many partitions as the `V` topic).
-    #[serde(default)]
-    pub inputs: Option<String>,
-}
-
-/// `mqtt` (Tesla key): the MQTT sink, with the keys and defaults of Tesla's MQTT dispatcher.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-pub struct MqttConfig {
-    /// `host:port` of the broker (`ssl://host:port` for TLS).
-    #[serde(default)]
-    pub broker: String,
-    /// MQTT client id (default `fleetgate-<pid>`); unique per instance.
-    #[serde(default)]
-    pub client_id: String,
-    /// Username, when the broker wants one.
-    #[serde(default)]
-    pub username: String,
-    /// Password, when the broker wants one.
-    #[serde(default)]
-    pub password: String,
-    /// Prefix of every topic: `{topic_base}/{VIN}/v/{Field}`.
-    #[serde(default)]
-    pub topic_base: String,
-    /// QoS of every message: 0 (default), 1 or 2; reliable acks need 1 or 2.
-    #[serde(default)]
-    pub qos: u8,
-    /// Publish every message retained.
-    #[serde(default)]
-    pub retained: bool,
-    /// Connection timeout (ms, default 30000).
-    #[serde(default)]
-    pub connect_timeout_ms: u64,
-    /// How long a message may wait for the broker's confirmation (ms, default 2500).
-    #[serde(default)]
-    pub publish_timeout_ms: u64,
-    /// How long shutdown waits for in-flight messages (ms, default 250).
-    #[serde(default)]
-    pub disconnect_timeout_ms: u64,
-    /// Pause between connection attempts (ms, default 10000).
-    #[serde(default)]
-    pub connect_retry_interval_ms: u64,
-    /// MQTT keep-alive (s, default 30).
-    #[serde(default)]
-    pub keep_alive_seconds: u64,
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
 }
 
 /// `fleetgate.sources`.
@@ -415,18 +289,6 @@ pub struct SourcesConfig {
     /// Smartcar webhooks on `POST /v1/sources/smartcar` of the admin listener (off unless set).
     #[serde(default)]
     pub smartcar: Option<crate::sources::smartcar::SmartcarConfig>,
-}
-
-/// `fleetgate.mqtt`: what Tesla's `mqtt` section has no key for.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MqttExtrasConfig {
-    /// `"3.1.1"` (default) or `"5"`.
-    #[serde(default)]
-    pub protocol_version: Option<String>,
-    /// PEM CA bundle for a TLS broker (default: the system's roots).
-    #[serde(default)]
-    pub ca_file: Option<String>,
 }
 
 /// `fleetgate.admin`.

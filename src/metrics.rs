@@ -142,6 +142,27 @@ pub const RULE_STATE_COMMIT_SECONDS: &str = "fleetgate_rule_state_commit_seconds
 /// Commits of embedded mode's rule journal that failed (reliable frames wait for the next).
 pub const RULE_STATE_COMMIT_ERRORS_TOTAL: &str = "fleetgate_rule_state_commit_errors_total";
 
+/// MQTT sink: 1 while the broker connection is up.
+pub const MQTT_CONNECTED: &str = "fleetgate_mqtt_connected";
+/// MQTT sink: messages the broker confirmed, by record type.
+pub const MQTT_PUBLISHED_TOTAL: &str = "fleetgate_mqtt_published_total";
+/// MQTT sink: JSON bytes handed to the broker, by record type.
+pub const MQTT_PUBLISHED_BYTES_TOTAL: &str = "fleetgate_mqtt_published_bytes_total";
+/// MQTT sink: messages not confirmed, by reason (timeout, refused, queue_full, closed).
+pub const MQTT_ERRORS_TOTAL: &str = "fleetgate_mqtt_errors_total";
+/// MQTT sink: messages queued or sent and not yet confirmed.
+pub const MQTT_IN_FLIGHT: &str = "fleetgate_mqtt_in_flight";
+/// Webhook sink: messages the receivers answered 2xx to, by endpoint.
+pub const WEBHOOK_DELIVERED_TOTAL: &str = "fleetgate_webhook_delivered_total";
+/// Webhook sink: failed attempts that will be retried, by endpoint.
+pub const WEBHOOK_RETRIED_TOTAL: &str = "fleetgate_webhook_retried_total";
+/// Webhook sink: messages moved to the dead-letter file, by endpoint.
+pub const WEBHOOK_DEAD_LETTERED_TOTAL: &str = "fleetgate_webhook_dead_lettered_total";
+/// Webhook sink: messages in the outbox not yet delivered, by endpoint.
+pub const WEBHOOK_OUTBOX_DEPTH: &str = "fleetgate_webhook_outbox_depth";
+/// Webhook sink: outbox batches that could not be committed (their frames were not acked).
+pub const WEBHOOK_OUTBOX_ERRORS_TOTAL: &str = "fleetgate_webhook_outbox_errors_total";
+
 /// What kind of series a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -220,16 +241,16 @@ pub const FAMILIES: &[Family] = &[
     family(KAFKA_PRODUCE_ERRORS_TOTAL, Kind::Counter, "Records the Kafka producer refused at once, by reason"),
     family(KAFKA_CLIENT_ERRORS_TOTAL, Kind::Counter, "Errors reported by the Kafka client, by reason (authentication, tls, authorization, transport, all_brokers_down, resolve, other)"),
     family(KAFKA_DELIVERY_SECONDS, Kind::Histogram, "Seconds from produce to Kafka's delivery report (every record)"),
-    family(crate::sinks::mqtt::MQTT_CONNECTED, Kind::Gauge, "1 while the MQTT broker connection is up, else 0"),
-    family(crate::sinks::mqtt::MQTT_PUBLISHED_TOTAL, Kind::Counter, "MQTT messages the broker confirmed (PUBACK/PUBCOMP; written, at QoS 0), by record_type (V, alerts, errors, connectivity, event)"),
-    family(crate::sinks::mqtt::MQTT_PUBLISHED_BYTES_TOTAL, Kind::Counter, "JSON bytes handed to the MQTT client, by record_type"),
-    family(crate::sinks::mqtt::MQTT_ERRORS_TOTAL, Kind::Counter, "MQTT messages not confirmed, by reason (timeout, refused, queue_full); their frames are not acked"),
-    family(crate::sinks::webhook::WEBHOOK_DELIVERED_TOTAL, Kind::Counter, "Webhook messages a receiver answered 2xx to, by endpoint"),
-    family(crate::sinks::webhook::WEBHOOK_RETRIED_TOTAL, Kind::Counter, "Webhook attempts that failed and will be retried with backoff, by endpoint"),
-    family(crate::sinks::webhook::WEBHOOK_DEAD_LETTERED_TOTAL, Kind::Counter, "Webhook messages moved to the dead-letter file after fleetgate.webhook.dead_letter_after_s, by endpoint"),
-    family(crate::sinks::webhook::WEBHOOK_OUTBOX_DEPTH, Kind::Gauge, "Webhook messages in the durable outbox not yet delivered, by endpoint"),
-    family(crate::sinks::webhook::WEBHOOK_OUTBOX_ERRORS_TOTAL, Kind::Counter, "Webhook outbox batches that could not be committed to disk (their frames were not acked)"),
-    family(crate::sinks::mqtt::MQTT_IN_FLIGHT, Kind::Gauge, "MQTT messages queued or sent and not yet confirmed"),
+    family(MQTT_CONNECTED, Kind::Gauge, "1 while the MQTT broker connection is up, else 0"),
+    family(MQTT_PUBLISHED_TOTAL, Kind::Counter, "MQTT messages the broker confirmed (PUBACK/PUBCOMP; written, at QoS 0), by record_type (V, alerts, errors, connectivity, event)"),
+    family(MQTT_PUBLISHED_BYTES_TOTAL, Kind::Counter, "JSON bytes handed to the MQTT client, by record_type"),
+    family(MQTT_ERRORS_TOTAL, Kind::Counter, "MQTT messages not confirmed, by reason (timeout, refused, queue_full); their frames are not acked"),
+    family(WEBHOOK_DELIVERED_TOTAL, Kind::Counter, "Webhook messages a receiver answered 2xx to, by endpoint"),
+    family(WEBHOOK_RETRIED_TOTAL, Kind::Counter, "Webhook attempts that failed and will be retried with backoff, by endpoint"),
+    family(WEBHOOK_DEAD_LETTERED_TOTAL, Kind::Counter, "Webhook messages moved to the dead-letter file after fleetgate.webhook.dead_letter_after_s, by endpoint"),
+    family(WEBHOOK_OUTBOX_DEPTH, Kind::Gauge, "Webhook messages in the durable outbox not yet delivered, by endpoint"),
+    family(WEBHOOK_OUTBOX_ERRORS_TOTAL, Kind::Counter, "Webhook outbox batches that could not be committed to disk (their frames were not acked)"),
+    family(MQTT_IN_FLIGHT, Kind::Gauge, "MQTT messages queued or sent and not yet confirmed"),
     family(SINK_REFUSED_TOTAL, Kind::Counter, "Records a sink refused at once, by sink (the frame is not acked)"),
     family(CHANGES_SUPPRESSED_DATUMS_TOTAL, Kind::Counter, "Datums not forwarded because their value did not change (changes_only)"),
     family(CHANGES_SUPPRESSED_RECORDS_TOTAL, Kind::Counter, "Records not forwarded because no datum changed (changes_only)"),
@@ -247,6 +268,10 @@ pub struct Registered<'a> {
     pub sinks: Vec<&'a str>,
     /// The proxy listener is configured.
     pub proxy: bool,
+    /// Every `reason` of closed vehicle connections (ingest's labels).
+    pub close_reasons: Vec<&'static str>,
+    /// Every `reason` of Kafka client errors (the Kafka sink's labels).
+    pub kafka_client_error_reasons: Vec<&'static str>,
 }
 
 /// Registers at zero every counter whose label set is known up front, so dashboards show 0
@@ -312,8 +337,8 @@ pub fn register_zeros(what: &Registered<'_>) {
         }
         zero(metrics::counter!(RATE_LIMITED_TOTAL, "topic" => topic));
     }
-    for reason in crate::ingest::connection::CloseReason::ALL {
-        zero(metrics::counter!(WS_CLOSED_TOTAL, "reason" => reason.label()));
+    for reason in &what.close_reasons {
+        zero(metrics::counter!(WS_CLOSED_TOTAL, "reason" => *reason));
     }
     for kind in crate::event::EventType::ALL {
         zero(metrics::counter!(EVENTS_TOTAL, "type" => kind.as_str()));
@@ -345,7 +370,7 @@ pub fn register_zeros(what: &Registered<'_>) {
         for reason in ["queue_full", "too_large", "other"] {
             zero(metrics::counter!(KAFKA_PRODUCE_ERRORS_TOTAL, "reason" => reason));
         }
-        for reason in crate::sinks::kafka::CLIENT_ERROR_REASONS {
+        for reason in &what.kafka_client_error_reasons {
             zero(metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => *reason));
         }
     }

@@ -13,6 +13,7 @@
 //! Must not touch sockets or the frame path: ingest stays stateless per instance and hands
 //! `V` records to Kafka like any sink.
 
+pub mod config;
 pub mod inputs;
 pub mod presence;
 pub mod relay;

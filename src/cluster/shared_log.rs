@@ -53,7 +53,7 @@ pub struct Topics {
 
 impl Topics {
     /// The configured names, or `{namespace}_fleetgate_sites|watches|vins`.
-    pub fn from_config(namespace: &str, c: &crate::config::ClusterTopicsConfig) -> Topics {
+    pub fn from_config(namespace: &str, c: &crate::cluster::config::ClusterTopicsConfig) -> Topics {
         let default =
             |kind: &str| crate::kafka::topic_name(namespace, &format!("fleetgate_{kind}"));
         Topics {
@@ -756,7 +756,7 @@ mod tests {
 
     #[test]
     fn topic_names_follow_the_namespace_unless_set() {
-        let mut c = crate::config::ClusterTopicsConfig::default();
+        let mut c = crate::cluster::config::ClusterTopicsConfig::default();
         let t = Topics::from_config("tesla", &c);
         assert_eq!(
             (t.sites.as_str(), t.watches.as_str(), t.vins.as_str()),

@@ -1,40 +1,11 @@
-//! Token buckets: the per-connection frame rate limit and the per-IP handshake limit.
+//! The per-IP handshake limit (token buckets of the pipeline's kind, one per source address).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-/// A bucket of `capacity` tokens refilled at `capacity / interval`.
-#[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn full(capacity: f64, now: Instant) -> Self {
-        Self {
-            tokens: capacity,
-            last: now,
-        }
-    }
-
-    /// Takes a token; false when empty.
-    pub fn take(&mut self, capacity: f64, interval: Duration, now: Instant) -> bool {
-        let rate = capacity / interval.as_secs_f64().max(1e-9);
-        self.tokens = (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate)
-            .min(capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+use crate::pipeline::rate::TokenBucket;
 
 /// Handshakes per source IP per second (burst = one second's worth).
 pub struct IpRateLimiter {
@@ -62,8 +33,9 @@ impl IpRateLimiter {
         let now = Instant::now();
         if self.buckets.len() > MAX_TRACKED_IPS {
             // a bucket idle for 2 s is full again: forgetting it changes nothing
-            self.buckets
-                .retain(|_, b| now.saturating_duration_since(b.last) < Duration::from_secs(2));
+            self.buckets.retain(|_, b| {
+                now.saturating_duration_since(b.last_take()) < Duration::from_secs(2)
+            });
         }
         let mut b = self
             .buckets
@@ -73,53 +45,9 @@ impl IpRateLimiter {
     }
 }
 
-/// Lets a repeated log line through at most once per `every` (noisy peers never flood).
-#[derive(Debug, Clone, Copy)]
-pub struct LogEvery {
-    every: Duration,
-    last: Option<Instant>,
-}
-
-impl LogEvery {
-    /// A limiter passing one line per `every`.
-    pub const fn new(every: Duration) -> Self {
-        Self { every, last: None }
-    }
-
-    /// True when a line may be logged now.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        match self.last {
-            Some(last) if now.saturating_duration_since(last) < self.every => false,
-            _ => {
-                self.last = Some(now);
-                true
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_refill_over_time() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::full(2.0, t0);
-        assert!(b.take(2.0, Duration::from_secs(1), t0));
-        assert!(b.take(2.0, Duration::from_secs(1), t0));
-        assert!(!b.take(2.0, Duration::from_secs(1), t0));
-        assert!(b.take(2.0, Duration::from_secs(1), t0 + Duration::from_millis(600)));
-    }
-
-    #[test]
-    fn log_every_passes_one_line_per_period() {
-        let t0 = Instant::now();
-        let mut l = LogEvery::new(Duration::from_secs(60));
-        assert!(l.allow(t0));
-        assert!(!l.allow(t0 + Duration::from_secs(59)));
-        assert!(l.allow(t0 + Duration::from_secs(60)));
-    }
 
     #[test]
     fn per_ip_limits_are_independent() {

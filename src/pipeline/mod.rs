@@ -14,6 +14,7 @@
 //! delivers (that is `sinks`).
 
 pub mod changes;
+pub mod rate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,11 +24,12 @@ use prost::Message as _;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::event::{Event, EventType};
-use crate::ingest::rate::{LogEvery, TokenBucket};
+
 use crate::metrics::{self as m, FrameMetrics};
 use crate::sinks::{Completion, DeliveryTicket, SinkRecord, SinkRouter};
 use crate::wire::proto::vehicle_connectivity::{ConnectivityEvent, VehicleConnectivity};
 use crate::wire::{read_envelope, read_frame, FrameError, Topic, MAX_FRAME_BYTES};
+use rate::{LogEvery, TokenBucket};
 
 /// The reference server's rate limit: `message_limit` frames per `interval`.
 #[derive(Debug, Clone, Copy)]

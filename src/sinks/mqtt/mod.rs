@@ -13,6 +13,7 @@
 //! the frames: publishes leave in the order they were queued, so the n-th "sent" report is the
 //! n-th queued message, and a number already in flight is a resend after a reconnect.
 
+pub mod config;
 pub mod layout;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,19 +26,12 @@ use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
 use tokio_util::sync::CancellationToken;
 
 use super::{DeliveryTicket, PublishError, Readiness, Sink, SinkRecord};
-use crate::config::{MqttConfig, MqttExtrasConfig};
 use crate::event::{Event, STRUCTURED_CONTENT_TYPE};
-
-/// Prometheus: 1 while the broker connection is up.
-pub const MQTT_CONNECTED: &str = "fleetgate_mqtt_connected";
-/// Prometheus: messages the broker confirmed, by record type.
-pub const MQTT_PUBLISHED_TOTAL: &str = "fleetgate_mqtt_published_total";
-/// Prometheus: JSON bytes handed to the broker, by record type.
-pub const MQTT_PUBLISHED_BYTES_TOTAL: &str = "fleetgate_mqtt_published_bytes_total";
-/// Prometheus: messages not confirmed, by reason (timeout, refused, queue_full, closed).
-pub const MQTT_ERRORS_TOTAL: &str = "fleetgate_mqtt_errors_total";
-/// Prometheus: messages queued or sent and not yet confirmed.
-pub const MQTT_IN_FLIGHT: &str = "fleetgate_mqtt_in_flight";
+use crate::metrics::{
+    MQTT_CONNECTED, MQTT_ERRORS_TOTAL, MQTT_IN_FLIGHT, MQTT_PUBLISHED_BYTES_TOTAL,
+    MQTT_PUBLISHED_TOTAL,
+};
+use config::{MqttConfig, MqttExtrasConfig};
 
 /// The MQTT protocol version spoken to the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

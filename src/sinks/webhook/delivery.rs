@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{Endpoint, WebhookSettings};
 use super::now_ms;
 use super::outbox::{Op, Outbox, Stored};
-use super::{
+use crate::metrics::{
     WEBHOOK_DEAD_LETTERED_TOTAL, WEBHOOK_DELIVERED_TOTAL, WEBHOOK_OUTBOX_DEPTH,
     WEBHOOK_RETRIED_TOTAL,
 };

@@ -24,17 +24,6 @@ use super::{DeliveryTicket, PublishError, Readiness, Sink, SinkRecord};
 use crate::event::Event;
 pub use config::{WebhookConfig, WebhookSettings};
 
-/// Prometheus: messages the receivers answered 2xx to, by endpoint.
-pub const WEBHOOK_DELIVERED_TOTAL: &str = "fleetgate_webhook_delivered_total";
-/// Prometheus: failed attempts that will be retried, by endpoint.
-pub const WEBHOOK_RETRIED_TOTAL: &str = "fleetgate_webhook_retried_total";
-/// Prometheus: messages moved to the dead-letter file, by endpoint.
-pub const WEBHOOK_DEAD_LETTERED_TOTAL: &str = "fleetgate_webhook_dead_lettered_total";
-/// Prometheus: messages in the outbox not yet delivered, by endpoint.
-pub const WEBHOOK_OUTBOX_DEPTH: &str = "fleetgate_webhook_outbox_depth";
-/// Prometheus: outbox batches that could not be committed (their frames were not acked).
-pub const WEBHOOK_OUTBOX_ERRORS_TOTAL: &str = "fleetgate_webhook_outbox_errors_total";
-
 /// Wall-clock milliseconds since the epoch (outbox entry times, dead-letter age, signatures).
 fn now_ms() -> i64 {
     std::time::SystemTime::now()

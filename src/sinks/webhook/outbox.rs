@@ -292,7 +292,7 @@ fn write_loop(
                 // nothing of this batch is stored: the frames' tickets fail (not acked, so the
                 // vehicles resend); deliveries and dead letters are retried by the dispatcher
                 tracing::error!(error = %e, "webhook outbox: cannot commit a batch (disk full or read-only?); its frames are not acked");
-                metrics::counter!(super::WEBHOOK_OUTBOX_ERRORS_TOTAL).increment(1);
+                metrics::counter!(crate::metrics::WEBHOOK_OUTBOX_ERRORS_TOTAL).increment(1);
                 held.fetch_sub(put, Ordering::AcqRel);
                 drop(stored);
             }
