@@ -86,3 +86,103 @@ pub struct ClusterTopicsConfig {
     #[serde(default)]
     pub inputs: Option<String>,
 }
+
+impl ClusterConfig {
+    /// Problems with this section's own values, as (key, problem). What cluster mode needs of
+    /// the rest of the config (records, events) is checked where the config is assembled.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut issue = |key: &str, problem: String| out.push((key.to_owned(), problem));
+        let id_chars = |s: &str| {
+            !s.trim().is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if !id_chars(&self.name) {
+            issue(
+                "fleetgate.cluster.name",
+                format!(
+                    "`{}`: use letters, digits, `.`, `_` or `-` (it becomes part of Kafka ids)",
+                    self.name
+                ),
+            );
+        }
+        if let Some(id) = &self.instance_id {
+            if id.trim().is_empty() {
+                issue(
+                    "fleetgate.cluster.instance_id",
+                    "must not be empty (leave it out for the default: host name and vehicle port)"
+                        .into(),
+                );
+            } else if !id_chars(id) {
+                issue(
+                    "fleetgate.cluster.instance_id",
+                    format!("`{id}`: use letters, digits, `.`, `_` or `-` (it becomes part of Kafka ids)"),
+                );
+            }
+        }
+        if self.write_timeout_s == 0 {
+            issue(
+                "fleetgate.cluster.write_timeout_s",
+                "must be at least 1".into(),
+            );
+        }
+        if !(6..=300).contains(&self.session_timeout_s) {
+            issue(
+                "fleetgate.cluster.session_timeout_s",
+                "must be within [6, 300] (the broker's group session limits)".into(),
+            );
+        }
+        if !(1..=900).contains(&self.transaction_timeout_s) {
+            issue(
+                "fleetgate.cluster.transaction_timeout_s",
+                "must be within [1, 900]".into(),
+            );
+        }
+        if !(10..=10_000).contains(&self.commit_interval_ms)
+            || self.commit_interval_ms >= self.transaction_timeout_s * 1000
+        {
+            issue(
+                "fleetgate.cluster.commit_interval_ms",
+                "must be within [10, 10000] ms and shorter than transaction_timeout_s".into(),
+            );
+        }
+        if !["latest", "earliest"].contains(&self.rules_offset_reset.as_str()) {
+            issue(
+                "fleetgate.cluster.rules_offset_reset",
+                format!("`{}`: use `latest` or `earliest`", self.rules_offset_reset),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_value_is_named_by_its_key() {
+        let c: ClusterConfig = serde_json::from_str(
+            r#"{"name": "blue green", "instance_id": "pod/1", "write_timeout_s": 0,
+                "session_timeout_s": 3, "transaction_timeout_s": 1, "commit_interval_ms": 5000,
+                "rules_offset_reset": "newest"}"#,
+        )
+        .unwrap();
+        let keys: Vec<String> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "fleetgate.cluster.name",
+                "fleetgate.cluster.instance_id",
+                "fleetgate.cluster.write_timeout_s",
+                "fleetgate.cluster.session_timeout_s",
+                "fleetgate.cluster.commit_interval_ms",
+                "fleetgate.cluster.rules_offset_reset",
+            ]
+        );
+        let fine: ClusterConfig = serde_json::from_str(r#"{"name": "prod-eu.1"}"#).unwrap();
+        assert!(fine.problems().is_empty(), "{:?}", fine.problems());
+        assert_eq!(fine.commit_interval_ms, 100);
+    }
+}

@@ -34,7 +34,33 @@ impl ChangesOnlyConfig {
         self.topics.iter().any(|t| t == "V")
     }
 
-    /// Field-number → minimum delta (unknown names are reported by config validation).
+    /// Problems (key, problem) and warnings of this section.
+    pub fn problems(&self) -> (Vec<(String, String)>, Vec<String>) {
+        let mut issues = Vec::new();
+        let mut warnings = Vec::new();
+        for topic in &self.topics {
+            if topic != "V" {
+                warnings.push(format!(
+                    "fleetgate.changes_only.topics: `{topic}` has no datums; only V is filtered"
+                ));
+            }
+        }
+        for (name, delta) in &self.min_delta {
+            let key = format!("fleetgate.changes_only.min_delta.{name}");
+            if Field::from_str_name(name).is_none() {
+                issues.push((
+                    key.clone(),
+                    "not a telemetry field name (e.g. Soc, VehicleSpeed)".into(),
+                ));
+            }
+            if !delta.is_finite() || *delta < 0.0 {
+                issues.push((key, "must be a number >= 0".into()));
+            }
+        }
+        (issues, warnings)
+    }
+
+    /// Field-number → minimum delta (unknown names are reported by [`Self::problems`]).
     pub fn deltas(&self) -> HashMap<i32, f64> {
         self.min_delta
             .iter()

@@ -126,6 +126,25 @@ impl WatchSpec {
     }
 }
 
+/// Problems (key, problem) of a list of watches (the config's `fleetgate.watches`): each spec
+/// valid, no id twice.
+pub fn spec_problems(specs: &[WatchSpec], key: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for (i, w) in specs.iter().enumerate() {
+        if let Err(e) = w.clone().into_watch() {
+            out.push((format!("{key}[{i}].{}", e.field), e.problem));
+        }
+        if !ids.insert(&w.watch_id) {
+            out.push((
+                format!("{key}[{i}].watch_id"),
+                format!("duplicate `{}`", w.watch_id),
+            ));
+        }
+    }
+    out
+}
+
 /// The live watches, by VIN. Editable at run time.
 #[derive(Default)]
 pub struct WatchSet {

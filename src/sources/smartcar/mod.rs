@@ -71,6 +71,35 @@ impl SmartcarConfig {
     }
 }
 
+impl SmartcarConfig {
+    /// Problems (key, problem) and warnings of this section; with `check_files` false the
+    /// token file is not read (a config rendered for another machine).
+    pub fn problems(
+        &self,
+        base: &std::path::Path,
+        check_files: bool,
+    ) -> (Vec<(String, String)>, Vec<String>) {
+        let mut issues = Vec::new();
+        let mut warnings = Vec::new();
+        if check_files {
+            if let Err(e) = self.token(base) {
+                issues.push(("fleetgate.sources.smartcar.management_token".to_owned(), e));
+            }
+        } else if self.management_token.is_none() && self.management_token_file.is_none() {
+            warnings.push(format!("fleetgate.sources.smartcar: no management token in the config; {TOKEN_ENV} must be set where it runs"));
+        }
+        for (id, vin) in &self.vehicles {
+            if vin.trim().is_empty() || vin.len() > 64 {
+                issues.push((
+                    format!("fleetgate.sources.smartcar.vehicles.{id}"),
+                    "must be a VIN (1 to 64 characters)".to_owned(),
+                ));
+            }
+        }
+        (issues, warnings)
+    }
+}
+
 /// Hex HMAC-SHA256 of `message` keyed with `token`.
 pub fn sign(token: &str, message: &[u8]) -> String {
     let mut mac =

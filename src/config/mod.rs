@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::wire::Topic;
+mod validate;
 
 /// Sink names fleetgate implements.
 pub const SINK_NAMES: &[&str] = &["logger", "kafka", "mqtt", "webhook"];
@@ -421,6 +421,68 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
+    /// Problems (key, problem) of the limits.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut issue = |key: &str, problem: String| out.push((key.to_owned(), problem));
+        let at_least_one = "must be at least 1".to_owned();
+        for (key, v) in [
+            ("fleetgate.limits.max_connections", self.max_connections),
+            (
+                "fleetgate.limits.max_handshakes_in_flight",
+                self.max_handshakes_in_flight,
+            ),
+            (
+                "fleetgate.limits.max_pending_acks_total",
+                self.max_pending_acks_total,
+            ),
+            (
+                "fleetgate.limits.max_pending_acks_per_connection",
+                self.max_pending_acks_per_connection,
+            ),
+        ] {
+            if v == 0 {
+                issue(key, at_least_one.clone());
+            }
+        }
+        for (key, v) in [
+            (
+                "fleetgate.limits.handshake_timeout_s",
+                self.handshake_timeout_s,
+            ),
+            ("fleetgate.limits.upgrade_timeout_s", self.upgrade_timeout_s),
+            ("fleetgate.limits.idle_timeout_s", self.idle_timeout_s),
+            ("fleetgate.limits.ping_interval_s", self.ping_interval_s),
+            ("fleetgate.limits.write_timeout_s", self.write_timeout_s),
+        ] {
+            if v == 0 {
+                issue(key, "must be at least 1 second".into());
+            }
+        }
+        if !self.handshakes_per_ip_per_s.is_finite() || self.handshakes_per_ip_per_s < 0.0 {
+            issue(
+                "fleetgate.limits.handshakes_per_ip_per_s",
+                "must be a number >= 0 (0 = unlimited)".into(),
+            );
+        }
+        if self.max_message_bytes <= crate::wire::MAX_FRAME_BYTES {
+            issue(
+                "fleetgate.limits.max_message_bytes",
+                format!(
+                    "must exceed the {}-byte frame limit so oversized frames get an error reply",
+                    crate::wire::MAX_FRAME_BYTES
+                ),
+            );
+        }
+        if !(256..=1 << 20).contains(&self.ws_read_buffer_bytes) {
+            issue(
+                "fleetgate.limits.ws_read_buffer_bytes",
+                "must be between 256 and 1048576".into(),
+            );
+        }
+        out
+    }
+
     fn default_max_connections() -> usize {
         19_000
     }
@@ -735,519 +797,6 @@ impl Config {
             _ if self.use_default_eng_ca => ClientRoots::EmbeddedEng,
             _ => ClientRoots::EmbeddedProd,
         }
-    }
-
-    /// Checks every value, the files it names too; returns (fatal issues, warnings).
-    pub fn validate(&self, base: &Path) -> (Vec<ConfigIssue>, Vec<String>) {
-        self.validate_with(base, true)
-    }
-
-    /// Checks every value; with `check_files` false, files the config names (certificates,
-    /// sites, VIN lists, secrets) are not opened — for a config rendered for another machine
-    /// (`fleetgate check-config --no-file-checks`, the Helm chart's check).
-    pub fn validate_with(&self, base: &Path, check_files: bool) -> (Vec<ConfigIssue>, Vec<String>) {
-        let mut issues = Vec::new();
-        let mut warnings = Vec::new();
-        let mut issue = |key: &str, problem: String| {
-            issues.push(ConfigIssue {
-                key: key.to_owned(),
-                problem,
-            })
-        };
-
-        for key in &self.unknown_keys {
-            warnings.push(unknown_key_warning(key));
-        }
-        for (key, set, what) in [
-            ("kinesis", self.kinesis.is_some(), "the Kinesis sink"),
-            ("pubsub", self.pubsub.is_some(), "the Google Pub/Sub sink"),
-            ("zmq", self.zmq.is_some(), "the ZeroMQ sink"),
-            ("nats", self.nats.is_some(), "the NATS sink"),
-            (
-                "airbrake",
-                self.airbrake.is_some(),
-                "Airbrake error reporting",
-            ),
-        ] {
-            if set {
-                warnings.push(format!(
-                    "config key `{key}` configures {what} of Tesla's server, which fleetgate does not implement: the section is ignored"
-                ));
-            }
-        }
-        if self.reliable_ack.is_some() {
-            warnings.push("config key `reliable_ack` is Tesla's older switch and is ignored: list topics in `reliable_ack_sources` (e.g. {\"V\": \"kafka\"})".to_owned());
-        }
-        if self.reliable_ack_workers.is_some() {
-            warnings.push("config key `reliable_ack_workers` is ignored: fleetgate acks from each connection's own task".to_owned());
-        }
-        if let Some(dc) = &self.data_connectors {
-            for (key, set) in [
-                ("redis", dc.redis.is_some()),
-                ("http", dc.http.is_some()),
-                ("grpc", dc.grpc.is_some()),
-            ] {
-                if set {
-                    warnings.push(format!("config key `data_connectors.{key}` is not implemented by fleetgate and is ignored: use `data_connectors.file`, `fleetgate.vins` or the admin API's /v1/vins"));
-                }
-            }
-            if let Some(file) = &dc.file {
-                for cap in &file.capabilities {
-                    if cap != "vin_allowed" {
-                        warnings.push(format!("data_connectors.file.capabilities: `{cap}` is not a capability fleetgate knows (vin_allowed is)"));
-                    }
-                }
-                match file.vin_allowed_path() {
-                    Some(_) if !check_files => {}
-                    Some(p) => {
-                        let path = Config::resolve(base, p);
-                        if let Err(e) = crate::ingest::vins::read_allowed_file(&path) {
-                            issue("data_connectors.file.path", e);
-                        }
-                    }
-                    None if file.capabilities.iter().any(|c| c == "vin_allowed") => issue(
-                        "data_connectors.file.path",
-                        "missing: set it to a JSON file {\"vins_allowed\": [\"VIN\", ...]}".into(),
-                    ),
-                    None => {}
-                }
-            }
-        }
-        if let Some(m) = &self.monitoring {
-            if m.statsd.is_some() {
-                warnings.push("config key `monitoring.statsd` is not used by fleetgate (metrics are Prometheus only)".to_owned());
-            }
-            if m.profiling_path.is_some() {
-                warnings.push(
-                    "config key `monitoring.profiling_path` is not used by fleetgate".to_owned(),
-                );
-            }
-            if m.profiler_port.is_some() {
-                warnings.push(
-                    "config key `monitoring.profiler_port` is not served by fleetgate".to_owned(),
-                );
-            }
-        }
-
-        if let Some(cluster) = &self.fleetgate.cluster {
-            if cluster.name.trim().is_empty()
-                || !cluster
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                issue(
-                    "fleetgate.cluster.name",
-                    format!(
-                        "`{}`: use letters, digits, `.`, `_` or `-` (it becomes part of Kafka ids)",
-                        cluster.name
-                    ),
-                );
-            }
-            if self.kafka.is_none() {
-                issue(
-                    "fleetgate.cluster",
-                    "cluster mode shares state through Kafka: add the top-level `kafka` section ({\"bootstrap.servers\": \"host:9092\"})".into(),
-                );
-            }
-            if cluster
-                .instance_id
-                .as_deref()
-                .is_some_and(|i| i.trim().is_empty())
-            {
-                issue(
-                    "fleetgate.cluster.instance_id",
-                    "must not be empty (leave it out to use the host name)".into(),
-                );
-            }
-            if cluster.write_timeout_s == 0 {
-                issue(
-                    "fleetgate.cluster.write_timeout_s",
-                    "must be at least 1".into(),
-                );
-            }
-            if !(6..=300).contains(&cluster.session_timeout_s) {
-                issue(
-                    "fleetgate.cluster.session_timeout_s",
-                    "must be within [6, 300] (the broker's group session limits)".into(),
-                );
-            }
-            if !(1..=900).contains(&cluster.transaction_timeout_s) {
-                issue(
-                    "fleetgate.cluster.transaction_timeout_s",
-                    "must be within [1, 900]".into(),
-                );
-            }
-            if !["latest", "earliest"].contains(&cluster.rules_offset_reset.as_str()) {
-                issue(
-                    "fleetgate.cluster.rules_offset_reset",
-                    format!(
-                        "`{}`: use `latest` or `earliest`",
-                        cluster.rules_offset_reset
-                    ),
-                );
-            }
-            // the rules read the V records from Kafka: they must be there, whole, as protobuf
-            if !self.sinks_for("V").iter().any(|s| s == "kafka") {
-                issue("records.V", "cluster mode runs the rules from the V records in Kafka: route V to `kafka` (e.g. \"V\": [\"kafka\"])".into());
-            }
-            if self.transmit_decoded_records {
-                issue(
-                    "transmit_decoded_records",
-                    "cluster mode reads the V records back as protobuf: set it to false".into(),
-                );
-            }
-            if self.fleetgate.changes_only.enabled_for_v() {
-                issue(
-                    "fleetgate.changes_only.topics",
-                    "cluster mode's rules need every V datum in Kafka: remove V from changes_only"
-                        .into(),
-                );
-            }
-            if !self.event_sinks().iter().any(|s| s == "kafka") {
-                issue(
-                    "fleetgate.events.sinks",
-                    "cluster mode commits events to Kafka with the rule state: include `kafka`"
-                        .into(),
-                );
-            }
-        }
-        match &self.tls {
-            None => issue(
-                "tls",
-                "missing: fleetgate is mTLS only; set tls.server_cert, tls.server_key and tls.ca_file (`fleetgate certs dev --out DIR` makes a dev set)".into(),
-            ),
-            Some(tls) => {
-                for (key, value, what) in [
-                    ("tls.server_cert", &tls.server_cert, "the server certificate (PEM)"),
-                    ("tls.server_key", &tls.server_key, "the server private key (PEM)"),
-                ] {
-                    if value.is_empty() {
-                        issue(key, format!("missing: set it to {what}"));
-                    } else if check_files {
-                        let path = Config::resolve(base, value);
-                        if !path.is_file() {
-                            issue(key, format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file)", path.display()));
-                        }
-                    }
-                }
-                if check_files && !tls.ca_file.is_empty() {
-                    let path = Config::resolve(base, &tls.ca_file);
-                    if !path.is_file() {
-                        issue("tls.ca_file", format!("file {} does not exist or is not a file: fix the path (relative paths are relative to the config file), or remove the key to trust Tesla's embedded vehicle CAs", path.display()));
-                    }
-                }
-            }
-        }
-
-        if let Some(kafka) = &self.kafka {
-            for (key, problem) in
-                crate::kafka::check_properties(kafka, &self.fleetgate.kafka, base, check_files)
-            {
-                issue(&key, problem);
-            }
-        }
-
-        if let Some(smartcar) = &self.fleetgate.sources.smartcar {
-            if self.fleetgate.admin.is_none() {
-                issue("fleetgate.sources.smartcar", "Smartcar posts to the admin listener (`POST /v1/sources/smartcar`): configure fleetgate.admin".into());
-            }
-            if check_files {
-                if let Err(e) = smartcar.token(base) {
-                    issue("fleetgate.sources.smartcar.management_token", e);
-                }
-            } else if smartcar.management_token.is_none()
-                && smartcar.management_token_file.is_none()
-            {
-                warnings.push(format!("fleetgate.sources.smartcar: no management token in the config; {} must be set where it runs", crate::sources::smartcar::TOKEN_ENV));
-            }
-            for (id, vin) in &smartcar.vehicles {
-                if vin.trim().is_empty() || vin.len() > 64 {
-                    issue(
-                        &format!("fleetgate.sources.smartcar.vehicles.{id}"),
-                        "must be a VIN (1 to 64 characters)".into(),
-                    );
-                }
-            }
-        }
-        if let Some(mqtt) = &self.mqtt {
-            let routed = self.records.values().any(|s| s.iter().any(|s| s == "mqtt"))
-                || self.event_sinks().iter().any(|s| s == "mqtt");
-            if !routed {
-                warnings.push("config key `mqtt` is set but nothing routes to it: add \"mqtt\" to a topic of `records` (e.g. {\"V\": [\"mqtt\"]}) or to fleetgate.events.sinks".to_owned());
-            }
-            match crate::sinks::mqtt::MqttSettings::from_config(mqtt, &self.fleetgate.mqtt, base) {
-                Err(problems) => {
-                    for (key, problem) in problems {
-                        issue(&key, problem);
-                    }
-                }
-                Ok(settings) => {
-                    if check_files {
-                        if let Some(ca) = &settings.ca_file {
-                            if !ca.is_file() {
-                                issue(
-                                    "fleetgate.mqtt.ca_file",
-                                    format!("{} is not a readable file", ca.display()),
-                                );
-                            }
-                        }
-                    }
-                    for (topic, sink) in &self.reliable_ack_sources {
-                        if sink == "mqtt" && mqtt.qos == 0 {
-                            issue(&format!("reliable_ack_sources.{topic}"), "acks after `mqtt` need the broker's confirmation: set mqtt.qos to 1 (or 2)".into());
-                        }
-                    }
-                }
-            }
-        }
-        let webhook_routed = self
-            .records
-            .values()
-            .any(|s| s.iter().any(|s| s == "webhook"))
-            || self.event_sinks().iter().any(|s| s == "webhook");
-        match &self.fleetgate.webhook {
-            None if webhook_routed => issue("fleetgate.webhook", "`webhook` is routed to but has no section: add {\"endpoints\": [{\"name\": \"orders\", \"url\": \"https://…\", \"secret\": \"whsec_…\"}]}".into()),
-            None => {}
-            Some(webhook) => {
-                if !webhook_routed {
-                    warnings.push("fleetgate.webhook is set but nothing routes to it: add \"webhook\" to fleetgate.events.sinks (or to a topic of `records`)".to_owned());
-                }
-                let data_dir = self.fleetgate.data_dir.as_ref().map(|d| Config::resolve(base, d));
-                match crate::sinks::webhook::WebhookSettings::from_config(webhook, data_dir.as_deref(), base, check_files) {
-                    Err(problems) => {
-                        for (key, problem) in problems {
-                            issue(&key, problem);
-                        }
-                    }
-                    Ok(settings) => {
-                        for (i, e) in settings.endpoints.iter().enumerate() {
-                            for topic in e.topics.iter().flatten() {
-                                if !self.sinks_for(topic.as_str()).iter().any(|s| s == "webhook") {
-                                    warnings.push(format!("fleetgate.webhook.endpoints[{i}].topics: `{}` is not routed to `webhook` in `records`, so none of its records reach `{}`", topic.as_str(), e.name));
-                                }
-                            }
-                        }
-                        if check_files {
-                            if let Some(ca) = &settings.ca_file {
-                                if !ca.is_file() {
-                                    issue("fleetgate.webhook.ca_file", format!("{} is not a readable file", ca.display()));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if self.records.is_empty() {
-            warnings.push("`records` is empty: frames are acked but sent nowhere".to_owned());
-        }
-        for (topic, sinks) in &self.records {
-            if Topic::from_wire(topic.as_bytes()).is_none() {
-                warnings.push(format!("records.{topic}: topic has no known schema; its frames are acked and counted, never dispatched"));
-            }
-            for sink in sinks {
-                if SINK_NAMES.contains(&sink.as_str()) {
-                    continue;
-                }
-                let why = if REFERENCE_ONLY_SINKS.contains(&sink.as_str()) {
-                    format!("sink `{sink}` of Tesla's server is not implemented by fleetgate")
-                } else {
-                    format!("unknown sink `{sink}`")
-                };
-                issue(
-                    &format!("records.{topic}"),
-                    format!("{why}: use one of {SINK_NAMES:?}"),
-                );
-            }
-            if sinks.iter().any(|s| s == "mqtt") && self.mqtt.is_none() {
-                issue(&format!("records.{topic}"), "routes to `mqtt` but there is no `mqtt` section: add {\"broker\": \"host:1883\", \"topic_base\": \"telemetry\", \"qos\": 1}".into());
-            }
-            if sinks.iter().any(|s| s == "kafka") && self.kafka.is_none() {
-                issue(&format!("records.{topic}"), "routes to `kafka` but there is no `kafka` section: add {\"bootstrap.servers\": \"host:9092\"}".into());
-            }
-        }
-        for (topic, sink) in &self.reliable_ack_sources {
-            if !self.records.get(topic).is_some_and(|s| s.contains(sink)) {
-                issue(
-                    &format!("reliable_ack_sources.{topic}"),
-                    format!("sink `{sink}` is not among records.{topic}: add it there or remove this entry"),
-                );
-            }
-            if sink == "logger" {
-                warnings.push(format!(
-                    "reliable_ack_sources.{topic}: the logger sink confirms at once; reliable acks only matter for kafka"
-                ));
-            }
-        }
-        if let Some(rl) = &self.rate_limit {
-            if rl.message_limit == 0 {
-                issue("rate_limit.message_limit", "must be at least 1".into());
-            }
-            if rl.message_interval_time == 0 {
-                issue(
-                    "rate_limit.message_interval_time",
-                    "must be at least 1 second".into(),
-                );
-            }
-        }
-        if let Some(level) = &self.log_level {
-            if !["error", "warn", "warning", "info", "debug", "trace"]
-                .contains(&level.to_ascii_lowercase().as_str())
-            {
-                issue(
-                    "log_level",
-                    format!("`{level}` is not a level: use error, warn, info, debug or trace"),
-                );
-            }
-        }
-        if self.vins_signal_tracking_enabled.len() > 20 {
-            issue(
-                "vins_signal_tracking_enabled",
-                format!(
-                    "{} VINs listed; at most 20 keep metric cardinality bounded",
-                    self.vins_signal_tracking_enabled.len()
-                ),
-            );
-        }
-        // addresses and networks: parsed once, by `settings`, which reports its own problems
-        if let Err(problems) = self.settings() {
-            for p in problems {
-                issue(&p.key, p.problem);
-            }
-        }
-        let co = &self.fleetgate.changes_only;
-        for topic in &co.topics {
-            if topic != "V" {
-                warnings.push(format!(
-                    "fleetgate.changes_only.topics: `{topic}` has no datums; only V is filtered"
-                ));
-            }
-        }
-        for (name, delta) in &co.min_delta {
-            if crate::wire::proto::vehicle_data::Field::from_str_name(name).is_none() {
-                issue(
-                    &format!("fleetgate.changes_only.min_delta.{name}"),
-                    "not a telemetry field name (e.g. Soc, VehicleSpeed)".into(),
-                );
-            }
-            if !delta.is_finite() || *delta < 0.0 {
-                issue(
-                    &format!("fleetgate.changes_only.min_delta.{name}"),
-                    "must be a number >= 0".into(),
-                );
-            }
-        }
-        for (key, problem) in self.fleetgate.rules.problems() {
-            issue(key, problem);
-        }
-        if let Some(file) = self.fleetgate.sites_file.as_ref().filter(|_| check_files) {
-            let path = Config::resolve(base, file);
-            if !path.is_file() {
-                issue(
-                    "fleetgate.sites_file",
-                    format!(
-                        "file {} does not exist: fix the path (relative to the config file)",
-                        path.display()
-                    ),
-                );
-            }
-        }
-        let mut watch_ids = std::collections::HashSet::new();
-        for (i, w) in self.fleetgate.watches.iter().enumerate() {
-            if let Err(e) = w.clone().into_watch() {
-                issue(&format!("fleetgate.watches[{i}].{}", e.field), e.problem);
-            }
-            if !watch_ids.insert(&w.watch_id) {
-                issue(
-                    &format!("fleetgate.watches[{i}].watch_id"),
-                    format!("duplicate `{}`", w.watch_id),
-                );
-            }
-        }
-        if let Some(sinks) = &self.fleetgate.events.sinks {
-            for sink in sinks {
-                if !SINK_NAMES.contains(&sink.as_str()) {
-                    issue(
-                        "fleetgate.events.sinks",
-                        format!("unknown sink `{sink}`: use one of {SINK_NAMES:?}"),
-                    );
-                }
-                if sink == "kafka" && self.kafka.is_none() {
-                    issue(
-                        "fleetgate.events.sinks",
-                        "`kafka` needs a `kafka` section".into(),
-                    );
-                }
-                if sink == "mqtt" && self.mqtt.is_none() {
-                    issue(
-                        "fleetgate.events.sinks",
-                        "`mqtt` needs an `mqtt` section".into(),
-                    );
-                }
-            }
-        }
-        let l = &self.fleetgate.limits;
-        if l.max_connections == 0 {
-            issue(
-                "fleetgate.limits.max_connections",
-                "must be at least 1".into(),
-            );
-        }
-        for (key, v) in [
-            (
-                "fleetgate.limits.handshake_timeout_s",
-                l.handshake_timeout_s,
-            ),
-            ("fleetgate.limits.upgrade_timeout_s", l.upgrade_timeout_s),
-            ("fleetgate.limits.idle_timeout_s", l.idle_timeout_s),
-            ("fleetgate.limits.ping_interval_s", l.ping_interval_s),
-            ("fleetgate.limits.write_timeout_s", l.write_timeout_s),
-        ] {
-            if v == 0 {
-                issue(key, "must be at least 1 second".into());
-            }
-        }
-        if l.max_handshakes_in_flight == 0 {
-            issue(
-                "fleetgate.limits.max_handshakes_in_flight",
-                "must be at least 1".into(),
-            );
-        }
-        if !l.handshakes_per_ip_per_s.is_finite() || l.handshakes_per_ip_per_s < 0.0 {
-            issue(
-                "fleetgate.limits.handshakes_per_ip_per_s",
-                "must be a number >= 0 (0 = unlimited)".into(),
-            );
-        }
-        if l.max_pending_acks_total == 0 {
-            issue(
-                "fleetgate.limits.max_pending_acks_total",
-                "must be at least 1".into(),
-            );
-        }
-        if l.max_pending_acks_per_connection == 0 {
-            issue(
-                "fleetgate.limits.max_pending_acks_per_connection",
-                "must be at least 1".into(),
-            );
-        }
-        if l.max_message_bytes <= crate::wire::MAX_FRAME_BYTES {
-            issue(
-                "fleetgate.limits.max_message_bytes",
-                format!(
-                    "must exceed the {}-byte frame limit so oversized frames get an error reply",
-                    crate::wire::MAX_FRAME_BYTES
-                ),
-            );
-        }
-        if !(256..=1 << 20).contains(&l.ws_read_buffer_bytes) {
-            issue(
-                "fleetgate.limits.ws_read_buffer_bytes",
-                "must be between 256 and 1048576".into(),
-            );
-        }
-        (issues, warnings)
     }
 
     /// Address the vehicle listener binds.
