@@ -12,17 +12,25 @@
 //!   routing, changes-only, the rules call, the ack decision; connectivity records and
 //!   vehicle events.
 //! - [`state`]: the vehicle table (data only; the rules read and update it).
-//! - [`rules`]: sites (index, GeoJSON), watches and charging sessions → events.
+//! - [`rules`]: sites (index, GeoJSON), watches and charging sessions; one door —
+//!   `RuleInput` (signals, a manual arrival, a tick) → `Fleet::run` → events and changes.
+//! - [`runner`]: where the rules run — the local placement (embedded: the write cache
+//!   committed to the rule journal) and the `Placement` interface inputs are submitted through.
 //! - [`event`]: the event model and its CloudEvents form, shared by rules and sinks.
-//! - [`sinks`]: delivery only (logger, Kafka, MQTT), with tickets for reliable acks.
-//! - [`sources`]: vehicle state from elsewhere (Smartcar webhooks) as the rules' typed updates.
+//! - [`sinks`]: delivery only (logger, Kafka, MQTT, webhook), with tickets for reliable acks;
+//!   the one fan-out of events.
+//! - [`sources`]: vehicle state from elsewhere (Smartcar webhooks) as the rules' inputs.
 //! - [`geometry`]: distances on the Earth, for the table and the rules.
-//! - [`admin`]: the admin API; [`control`]: its changes, made durable and applied to the fleet.
-//! - [`store`]: embedded mode's SQLite store and the rule journal (rule state across restarts).
+//! - [`admin`]: the admin API, one module per resource; [`api`]: the JSON error shape.
+//! - [`control`]: the one admin log (its changes, replay → apply, config imports).
+//! - [`store`]: embedded mode's SQLite store — the admin log's and the rule journal's backend.
+//! - [`kafka`]: Kafka client code shared by the sink and cluster mode.
 //! - [`cluster`]: cluster mode — shared admin state in compacted Kafka topics, rules
-//!   partitioned by VIN (changelog, transactions), the cluster-wide vehicle view.
+//!   partitioned by VIN (inputs topic, changelog, transactions), the relay of events to the
+//!   other sinks, the cluster-wide view, presence and identity checks.
 //! - [`config`]: Tesla's keys and the `fleetgate` section, validated; [`metrics`]: every metric
-//!   family; [`app`]: `serve` wiring and the ordered shutdown.
+//!   family; [`paths`]: config-relative paths; [`app`]: `serve` wiring and the ordered
+//!   shutdown.
 //! - [`tools`]: apart from the product — dev PKI, vehicle client, simulator, load bench,
 //!   `decode` / `demo` / `sim`.
 #![deny(unsafe_code)]

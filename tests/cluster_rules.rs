@@ -495,3 +495,116 @@ async fn an_instance_joining_under_load_moves_only_the_partitions_it_takes() {
         "some partitions moved, not all"
     );
 }
+
+/// Measures what a join costs the partitions that do not move (docs/benchmarks.md): with load
+/// flowing, a third instance joins, and a `read_committed` consumer of the events records each
+/// partition's longest gap between events around the join, and how many partitions each
+/// instance restored. Run by hand (against another build with FLEETGATE_TEST_BIN):
+/// `cargo test --test cluster_rules measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for docs/benchmarks.md, not a check"]
+async fn measure_the_pause_of_a_join_under_load() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::Producer;
+    use rdkafka::Message as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let broker = require_broker();
+    let namespace = unique_namespace("fgpause");
+    let pki = Pki::new();
+    let start = |id: &str| Server::start(&cluster_config(&pki, &broker, &namespace, id));
+    let a = start("a");
+    let b = start("b");
+    wait_for_rules(&[&a, &b], 3);
+    let site = json!({"name": "Depot", "kind": "merchant", "radius_m": 150,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    assert_eq!(a.admin("PUT", "/v1/sites/depot", Some(&site.to_string())).0, 201);
+    until(&b, "/v1/sites/depot", |s, _| s == 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // every record moves its vehicle in or out: one event per record
+    let producer_thread = {
+        let (broker, topic, stop) = (broker.clone(), format!("{namespace}_V"), stop.clone());
+        std::thread::spawn(move || {
+            let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &broker)
+                .set("linger.ms", "5")
+                .create()
+                .unwrap();
+            let vins: Vec<String> = (0..300).map(|i| format!("PAUSEVIN{i:09}")).collect();
+            let mut round = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                let lat = if round % 2 == 0 { CAFE.0 } else { CAFE.0 + 0.01 };
+                for vin in vins.iter().skip((round as usize % 5) * 60).take(60) {
+                    produce_v(&producer, &topic, vin, T0 + round, lat);
+                }
+                producer.poll(Duration::ZERO);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            producer.flush(Duration::from_secs(10)).unwrap();
+        })
+    };
+    let arrivals: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
+    let consumer_thread = {
+        let (broker, topic, stop, arrivals) = (
+            broker.clone(),
+            format!("{namespace}_events"),
+            stop.clone(),
+            arrivals.clone(),
+        );
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &broker)
+                .set("group.id", uuid::Uuid::new_v4().to_string())
+                .set("auto.offset.reset", "earliest")
+                .set("isolation.level", "read_committed")
+                .set("fetch.wait.max.ms", "10")
+                .create()
+                .unwrap();
+            consumer.subscribe(&[&topic]).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    arrivals.lock().unwrap().push((m.partition(), Instant::now()));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(8));
+    let restored = |s: &Server| s.metric("fleetgate_cluster_rules_partitions_restored_total");
+    let before = (restored(&a), restored(&b));
+    let joined_at = Instant::now();
+    let c = start("c");
+    let owned = wait_for_rules(&[&a, &b, &c], 3);
+    let settled = joined_at.elapsed();
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    producer_thread.join().unwrap();
+    consumer_thread.join().unwrap();
+    let after = (restored(&a), restored(&b), restored(&c));
+    let arrivals = arrivals.lock().unwrap().clone();
+    let gap = |p: i32, from: Instant, to: Instant| {
+        let times: Vec<Instant> = arrivals
+            .iter()
+            .filter(|(q, t)| *q == p && *t >= from && *t <= to)
+            .map(|(_, t)| *t)
+            .collect();
+        times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default()
+    };
+    eprintln!(
+        "join settled after {settled:?}; owned a/b/c {owned:?}; partitions restored during the join: a {}, b {}, c {}",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2
+    );
+    for p in 0..3 {
+        let steady = gap(p, joined_at - Duration::from_secs(6), joined_at);
+        let join = gap(p, joined_at, joined_at + settled + Duration::from_secs(6));
+        eprintln!("partition {p}: longest gap between events before the join {steady:?}, during it {join:?}");
+    }
+}

@@ -56,6 +56,14 @@ impl Pki {
     }
 }
 
+/// The `fleetgate` binary the servers run: this build's, or `FLEETGATE_TEST_BIN` (to run a
+/// test against another build, e.g. an older commit's, and see what it catches).
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("FLEETGATE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fleetgate")))
+}
+
 /// A running `fleetgate serve` process.
 pub struct Server {
     pub child: Child,
@@ -134,7 +142,7 @@ impl Server {
         let path = dir.path().join("config.json");
         std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let addrs_path = dir.path().join("addrs.json");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        let mut child = Command::new(server_binary())
             .args(["serve", "--config"])
             .arg(&path)
             .arg("--addrs-file")
