@@ -519,7 +519,10 @@ async fn measure_the_pause_of_a_join_under_load() {
     wait_for_rules(&[&a, &b], 3);
     let site = json!({"name": "Depot", "kind": "merchant", "radius_m": 150,
         "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
-    assert_eq!(a.admin("PUT", "/v1/sites/depot", Some(&site.to_string())).0, 201);
+    assert_eq!(
+        a.admin("PUT", "/v1/sites/depot", Some(&site.to_string())).0,
+        201
+    );
     until(&b, "/v1/sites/depot", |s, _| s == 200);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -535,7 +538,11 @@ async fn measure_the_pause_of_a_join_under_load() {
             let vins: Vec<String> = (0..300).map(|i| format!("PAUSEVIN{i:09}")).collect();
             let mut round = 0i64;
             while !stop.load(Ordering::Relaxed) {
-                let lat = if round % 2 == 0 { CAFE.0 } else { CAFE.0 + 0.01 };
+                let lat = if round % 2 == 0 {
+                    CAFE.0
+                } else {
+                    CAFE.0 + 0.01
+                };
                 for vin in vins.iter().skip((round as usize % 5) * 60).take(60) {
                     produce_v(&producer, &topic, vin, T0 + round, lat);
                 }
@@ -566,7 +573,10 @@ async fn measure_the_pause_of_a_join_under_load() {
             consumer.subscribe(&[&topic]).unwrap();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                    arrivals.lock().unwrap().push((m.partition(), Instant::now()));
+                    arrivals
+                        .lock()
+                        .unwrap()
+                        .push((m.partition(), Instant::now()));
                 }
             }
         })

@@ -185,11 +185,20 @@ async fn kill_9_under_load_keeps_admin_state_and_resent_frames_get_the_same_even
     let second_run = server.wait_for_records(1, Duration::from_secs(2), |v| {
         v["type"] == "fleetgate.arrival.arrived"
     });
-    assert_eq!(second_run.len(), 1);
-    assert_eq!(
-        second_run[0]["id"], first_run[0]["id"],
-        "a resent frame yields the same event id"
+    // The rule journal commits every 50 ms: when it committed the arrival before the kill,
+    // the restored watch has arrived and nothing fires again; when the kill came first, the
+    // resent frames fire it again — with the same id and time, so consumers dedupe.
+    assert!(second_run.len() <= 1, "at most once: {second_run:?}");
+    if let Some(again) = second_run.first() {
+        assert_eq!(
+            again["id"], first_run[0]["id"],
+            "a resent frame yields the same event id"
+        );
+        assert_eq!(again["time"], first_run[0]["time"]);
+    }
+    let (_, watch) = server.admin("GET", "/v1/watches/w9", None);
+    assert!(
+        watch["progress"]["arrived_at_ms"].is_i64(),
+        "arrived either way: {watch}"
     );
-    let entered_before = first_run[0]["time"].clone();
-    assert_eq!(second_run[0]["time"], entered_before);
 }

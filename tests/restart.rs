@@ -170,3 +170,57 @@ async fn rule_state_survives_kill_9_and_restarts_fire_nothing_again() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rule_events(&server, 2).len(), 2);
 }
+
+/// The car sends its charge limit once; with reliable acks the ack waits for the rule journal,
+/// so a `kill -9` right after the ack loses nothing: the SoC reaching the limit after the
+/// restart fires `arrival.charge_complete` (before the journal covered every change, a limit
+/// that caused no event was only written once a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_limit_acked_reliably_survives_kill_9_right_after_its_ack() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    // the logger confirms at once: the ack waits only for the journal
+    config["reliable_ack_sources"] = json!({"V": "logger"});
+    let server = Server::start(&config);
+    let site = json!({"name": "Cafe", "kind": "merchant", "radius_m": 100,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    assert_eq!(
+        server
+            .admin("PUT", "/v1/sites/cafe", Some(&site.to_string()))
+            .0,
+        201
+    );
+    // no target_soc: complete at the car's own limit
+    let watch = json!({"watch_id": "order-l", "vin": VIN, "site_id": "cafe",
+        "expires_at": "2099-01-01T00:00:00Z"});
+    assert_eq!(
+        server
+            .admin("POST", "/v1/watches", Some(&watch.to_string()))
+            .0,
+        201
+    );
+    let limit = datum(Field::ChargeLimitSoc, V::DoubleValue(80.0));
+    send(
+        &server,
+        &pki,
+        vec![
+            (0, vec![loc(CAFE.0), soc(60.0)]),
+            (2, vec![loc(CAFE.0), limit, soc(60.5)]),
+        ],
+    )
+    .await;
+    // acked: killed at once
+    server.signal("KILL");
+    drop(server);
+    assert_eq!(
+        {
+            let restarted = Server::start(&config);
+            let (_, v) = restarted.admin("GET", &format!("/v1/vehicles/{VIN}"), None);
+            assert_eq!(v["state"]["charge_limit_soc"], json!(80.0), "{v}");
+            send(&restarted, &pki, vec![(600, vec![loc(CAFE.0), soc(80.5)])]).await;
+            rule_events(&restarted, 1)
+        },
+        ["fleetgate.arrival.charge_complete"],
+        "the limit survived the kill"
+    );
+}

@@ -548,13 +548,9 @@ impl FleetData {
     /// without frames for `charging_stale_s`, or a watch whose time passed.
     pub fn due(&self, now_ms: i64) -> Vec<String> {
         let stale_ms = (self.config.charging_stale_s * 1000) as i64;
-        let mut out: Vec<String> = self
+        let mut out = self
             .vehicles
-            .snapshot()
-            .into_iter()
-            .filter(|(_, s)| s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms)
-            .map(|(vin, _)| vin)
-            .collect();
+            .vins_where(|s| s.tracking.session.is_some() && now_ms - s.last_seen_ms >= stale_ms);
         for vin in self.watches.vins() {
             let expired = self
                 .watches

@@ -410,6 +410,15 @@ impl VehicleTable {
         }
     }
 
+    /// The VINs whose state `pred` accepts (locks one shard at a time; copies only the VINs).
+    pub fn vins_where(&self, pred: impl Fn(&VehicleState) -> bool) -> Vec<String> {
+        self.map
+            .iter()
+            .filter(|e| pred(e.value()))
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
     /// VINs and states of every vehicle (copies; for sweeps and admin listings).
     pub fn snapshot(&self) -> Vec<(String, VehicleState)> {
         self.map
