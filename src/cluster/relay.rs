@@ -307,6 +307,12 @@ fn run(settings: &RelaySettings, sinks: &SinkRouter, stop: &AtomicBool) -> Resul
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", &settings.offset_reset)
         .set("session.timeout.ms", &session_ms)
+        .set(
+            "heartbeat.interval.ms",
+            crate::kafka::heartbeat_interval(settings.session_timeout)
+                .as_millis()
+                .to_string(),
+        )
         .set("fetch.wait.max.ms", "50");
     let lanes: Arc<Mutex<HashMap<i32, Lane>>> = Arc::default();
     let consumer: RelayConsumer = config

@@ -616,8 +616,8 @@ fn run(
     let inputs = Arc::new(inputs_reader(settings)?);
     let mut config = crate::kafka::connection_config(&settings.properties)?;
     let session_ms = settings.session_timeout.as_millis().to_string();
-    let heartbeat_ms = (settings.session_timeout.as_millis() / 3)
-        .max(500)
+    let heartbeat_ms = crate::kafka::heartbeat_interval(settings.session_timeout)
+        .as_millis()
         .to_string();
     config
         .set("group.id", settings.group_id())

@@ -236,10 +236,14 @@ pub struct ImportItem {
     pub digest: String,
 }
 
+/// Items written per admin write by [`import`] (a large `sites_file` is many transactions,
+/// each durable with its marks: an import cut short goes on where it stopped).
+pub const IMPORT_CHUNK: usize = 2000;
+
 /// Imports the items of a config `source` through the log: each item that was never imported,
-/// or whose content changed since, is written with its new mark, all in one write; items
-/// imported before in this version are left alone (if one was deleted through the API, it
-/// stays deleted). Returns how many items were written.
+/// or whose content changed since, is written with its new mark, [`IMPORT_CHUNK`] items per
+/// write; items imported before in this version are left alone (if one was deleted through
+/// the API, it stays deleted). Returns how many items were written.
 pub async fn import(
     log: &dyn AdminLog,
     live: &Live,
@@ -251,24 +255,29 @@ pub async fn import(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let mut changes = Vec::new();
-    for item in items {
-        let key = (source.to_owned(), item.item.clone());
-        if marks.get(&key) == Some(&item.digest) {
-            continue;
+    let due: Vec<ImportItem> = items
+        .into_iter()
+        .filter(|item| marks.get(&(source.to_owned(), item.item.clone())) != Some(&item.digest))
+        .collect();
+    let total = due.len();
+    let mut written = 0;
+    for chunk in due.chunks(IMPORT_CHUNK) {
+        let mut changes = Vec::with_capacity(chunk.len() * 2);
+        for item in chunk {
+            changes.push(item.change.clone());
+            changes.push(Change::Imported(ImportMark {
+                source: source.to_owned(),
+                item: item.item.clone(),
+                digest: item.digest.clone(),
+            }));
         }
-        changes.push(item.change);
-        changes.push(Change::Imported(ImportMark {
-            source: source.to_owned(),
-            item: item.item,
-            digest: item.digest,
-        }));
-    }
-    let n = changes.len() / 2;
-    if n > 0 {
         log.write(changes).await?;
+        written += chunk.len();
+        if total > IMPORT_CHUNK {
+            tracing::info!(source, written, total, "importing config items");
+        }
     }
-    Ok(n)
+    Ok(written)
 }
 
 #[cfg(test)]

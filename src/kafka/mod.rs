@@ -91,6 +91,13 @@ impl From<SetupError> for Error {
     }
 }
 
+/// The group heartbeat for a session timeout: a third of it (Kafka's rule), at most 1 s — a
+/// cooperative rebalance takes two rounds, and the second starts at a member's next
+/// heartbeat, so the heartbeat bounds how long a moving partition waits between them.
+pub fn heartbeat_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 3).clamp(Duration::from_millis(300), Duration::from_secs(1))
+}
+
 /// Maps an rdkafka error to [`Error::Kafka`] saying what was being done.
 pub fn err(what: &'static str) -> impl Fn(rdkafka::error::KafkaError) -> Error {
     move |e| Error::Kafka {
