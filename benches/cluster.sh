@@ -8,6 +8,7 @@
 # transactions). Starts the test broker when none answers on 127.0.0.1:9092.
 #   benches/cluster.sh [VEHICLES] [SECONDS]      # defaults: 10000 vehicles, 30 s
 #   MODES=cluster benches/cluster.sh             # one mode only
+#   COMMIT_INTERVAL_MS=50 MODES=cluster benches/cluster.sh   # the rules' commit interval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vehicles="${1:-10000}"
@@ -51,9 +52,9 @@ stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 for mode in ${MODES:-embedded cluster}; do
   ns="benchc_${mode}_${stamp}"
   config="$work/$mode.json"
-  python3 - "$config" "$mode" "$ns" "$PWD/$work" <<'PY'
+  python3 - "$config" "$mode" "$ns" "$PWD/$work" "${COMMIT_INTERVAL_MS:-}" <<'PY'
 import json, sys
-path, mode, ns, work = sys.argv[1:]
+path, mode, ns, work, commit_ms = sys.argv[1:]
 c = {
   "host": "127.0.0.1", "port": 0, "log_level": "info", "namespace": ns,
   "tls": {"ca_file": f"{work}/pki/ca.pem", "server_cert": f"{work}/pki/server.pem", "server_key": f"{work}/pki/server.key"},
@@ -65,6 +66,8 @@ c = {
 }
 if mode == "cluster":
     c["fleetgate"]["cluster"] = {"name": "bench", "instance_id": "bench-1"}
+    if commit_ms:
+        c["fleetgate"]["cluster"]["commit_interval_ms"] = int(commit_ms)
 json.dump(c, open(path, "w"), indent=1)
 PY
   rm -f "$work/addrs.json"

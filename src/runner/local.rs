@@ -2,10 +2,10 @@
 //! one runner, and its events leave through the one fan-out ([`SinkRouter`]).
 //!
 //! Rule state is kept by a journal when the store is durable (`fleetgate.data_dir`): a
-//! thread commits the write cache ([`WriteCache`]) every [`COMMIT_EVERY`] — every vehicle
-//! whose state changed, whatever changed (a charge limit sent once, a position, an open
-//! session, watch progress) — together with the watches that ended, in one store
-//! transaction. A frame of a reliably acked topic is acked only after the commit that
+//! thread commits the write cache ([`WriteCache`]) — every vehicle whose state changed,
+//! whatever changed (a charge limit sent once, a position, an open session, watch progress) —
+//! together with the watches that ended, in one store transaction, every [`COMMIT_EVERY`] or
+//! [`GATHER`] after the first frame or request waiting for it (group commit). A frame of a reliably acked topic is acked only after the commit that
 //! covers it, and a submitted input (manual arrival, Smartcar state) is answered only after
 //! it: nothing acknowledged can be missing from the state a restart restores.
 
@@ -21,8 +21,11 @@ use crate::rules::{Fleet, RuleState};
 use crate::sinks::{Delivery, DeliveryTicket, SinkRouter};
 use crate::state::VehicleUpdate;
 
-/// How often the journal commits the changed vehicles (group commit).
+/// How often the journal commits the changed vehicles when nobody waits for it.
 pub const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// When a frame's ack or a request waits for the journal, the commit starts this long after
+/// the first waiter (group commit: the waiters that come meanwhile share it).
+pub const GATHER: Duration = Duration::from_millis(2);
 
 /// Where embedded mode's rule state is made durable (the store's journal).
 pub trait StateBackend: Send + Sync {
@@ -56,6 +59,8 @@ struct Journal {
     flush: Mutex<mpsc::Sender<mpsc::Sender<()>>>,
     stop: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The thread, to wake it when the first ticket of a commit arrives.
+    wake: std::sync::OnceLock<std::thread::Thread>,
 }
 
 impl LocalRules {
@@ -78,11 +83,13 @@ impl LocalRules {
                     flush: Mutex::new(tx),
                     stop: AtomicBool::new(false),
                     thread: Mutex::new(None),
+                    wake: std::sync::OnceLock::new(),
                 });
                 let (j, f, c) = (journal.clone(), fleet.clone(), cache.clone());
                 let thread = std::thread::Builder::new()
                     .name("rule-journal".into())
                     .spawn(move || j.run(&rx, &f, &c))?;
+                let _ = journal.wake.set(thread.thread().clone());
                 *journal.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
                 Some(journal)
             }
@@ -139,14 +146,22 @@ impl LocalRules {
         }
     }
 
-    /// Completes `ticket` after the next journal commit (at once when not durable).
+    /// Completes `ticket` after the next journal commit (at once when not durable); the first
+    /// ticket of a commit wakes the journal, which commits [`GATHER`] later.
     pub fn after_commit(&self, ticket: DeliveryTicket) {
         match &self.journal {
-            Some(j) => j
-                .waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ticket),
+            Some(j) => {
+                let first = {
+                    let mut waiting = j.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                    waiting.push(ticket);
+                    waiting.len() == 1
+                };
+                if first {
+                    if let Some(t) = j.wake.get() {
+                        t.unpark();
+                    }
+                }
+            }
             None => ticket.complete(true),
         }
     }
@@ -200,6 +215,9 @@ impl LocalRules {
             .unwrap_or_else(|e| e.into_inner())
             .send(tx)
             .is_ok();
+        if let Some(t) = j.wake.get() {
+            t.unpark();
+        }
         if sent && rx.recv_timeout(timeout).is_err() {
             tracing::error!("the rule journal did not commit within the shutdown budget");
         }
@@ -211,18 +229,21 @@ impl LocalRules {
 }
 
 impl Journal {
+    /// Commits every [`COMMIT_EVERY`], or [`GATHER`] after the first waiter, or when asked.
     fn run(&self, rx: &mpsc::Receiver<mpsc::Sender<()>>, fleet: &Fleet, cache: &WriteCache) {
         loop {
-            let asked = match rx.recv_timeout(COMMIT_EVERY) {
-                Ok(done) => Some(done),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.commit(fleet, cache);
-                    return;
-                }
-            };
+            std::thread::park_timeout(COMMIT_EVERY);
+            let waited = !self
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            if waited {
+                std::thread::sleep(GATHER);
+            }
+            let asked: Vec<mpsc::Sender<()>> = rx.try_iter().collect();
             self.commit(fleet, cache);
-            if let Some(done) = asked {
+            for done in asked {
                 let _ = done.send(());
             }
             if self.stop.load(Ordering::Relaxed) {
