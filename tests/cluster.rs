@@ -492,20 +492,9 @@ async fn a_rebalance_under_load_of_1000_vehicles_loses_no_event_and_doubles_none
     let a = start("a");
     let mut b = Some(start("b"));
     wait_for_rules(&[&a, b.as_ref().unwrap()], 3);
-    let site = json!({"name": "Depot", "kind": "merchant", "radius_m": 150,
-        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
-    assert_eq!(
-        a.admin("PUT", "/v1/sites/depot", Some(&site.to_string())).0,
-        201
-    );
-    until(b.as_ref().unwrap(), "/v1/sites/depot", |s, _| s == 200);
+    depot(&a, &[b.as_ref().unwrap()]);
 
-    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &broker)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
+    let producer = v_producer(&broker);
     let topic = format!("{namespace}_V");
     let vins: Vec<String> = (0..1000).map(|i| format!("LOADVIN{i:010}")).collect();
     // each vehicle: far, inside, inside, far → one entry and one exit

@@ -64,6 +64,16 @@ async fn send(
     }
 }
 
+/// The `cafe` charger site (100 m) and `watch` on it.
+fn cafe_with_watch(server: &Server, watch: Value) {
+    let site = json!({"name": "Cafe", "kind": "charger", "radius_m": 100,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    let (status, body) = server.admin("PUT", "/v1/sites/cafe", Some(&site.to_string()));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server.admin("POST", "/v1/watches", Some(&watch.to_string()));
+    assert_eq!(status, 201, "{body}");
+}
+
 /// Rule events (not connectivity) printed by the logger sink, waiting for `n` of them.
 fn rule_events(server: &Server, n: usize) -> Vec<String> {
     server
@@ -82,21 +92,10 @@ async fn rule_state_survives_kill_9_and_restarts_fire_nothing_again() {
     let pki = Pki::new();
     let config = base_config(&pki);
     let server = Server::start(&config);
-    let site = json!({"name": "Cafe", "kind": "charger", "radius_m": 100,
-        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
-    assert_eq!(
-        server
-            .admin("PUT", "/v1/sites/cafe", Some(&site.to_string()))
-            .0,
-        201
-    );
-    let watch = json!({"watch_id": "order-9", "vin": VIN, "site_id": "cafe", "target_soc": 80,
-        "expires_at": "2099-01-01T00:00:00Z"});
-    assert_eq!(
-        server
-            .admin("POST", "/v1/watches", Some(&watch.to_string()))
-            .0,
-        201
+    cafe_with_watch(
+        &server,
+        json!({"watch_id": "order-9", "vin": VIN, "site_id": "cafe", "target_soc": 80,
+            "expires_at": "2099-01-01T00:00:00Z"}),
     );
     let charging = datum(
         Field::DetailedChargeState,
@@ -182,22 +181,11 @@ async fn a_charge_limit_acked_reliably_survives_kill_9_right_after_its_ack() {
     // the logger confirms at once: the ack waits only for the journal
     config["reliable_ack_sources"] = json!({"V": "logger"});
     let server = Server::start(&config);
-    let site = json!({"name": "Cafe", "kind": "merchant", "radius_m": 100,
-        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
-    assert_eq!(
-        server
-            .admin("PUT", "/v1/sites/cafe", Some(&site.to_string()))
-            .0,
-        201
-    );
     // no target_soc: complete at the car's own limit
-    let watch = json!({"watch_id": "order-l", "vin": VIN, "site_id": "cafe",
-        "expires_at": "2099-01-01T00:00:00Z"});
-    assert_eq!(
-        server
-            .admin("POST", "/v1/watches", Some(&watch.to_string()))
-            .0,
-        201
+    cafe_with_watch(
+        &server,
+        json!({"watch_id": "order-l", "vin": VIN, "site_id": "cafe",
+            "expires_at": "2099-01-01T00:00:00Z"}),
     );
     let limit = datum(Field::ChargeLimitSoc, V::DoubleValue(80.0));
     send(

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -140,26 +140,8 @@ pub fn commit_start_offsets(settings: &RelaySettings) -> Result<(), Error> {
             problem: "has no partitions in the metadata".into(),
         });
     }
-    let committed = consumer
-        .committed_offsets(all, timeout)
-        .map_err(err("reading the relay's committed offsets"))?;
-    let mut first = TopicPartitionList::new();
-    for e in committed.elements() {
-        if matches!(e.offset(), Offset::Offset(_)) {
-            continue;
-        }
-        let (low, high) = consumer
-            .fetch_watermarks(e.topic(), e.partition(), timeout)
-            .map_err(err("reading the events watermarks"))?;
-        let start = if settings.offset_reset == "earliest" {
-            low
-        } else {
-            high
-        };
-        first
-            .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-            .map_err(err("building the relay's start offsets"))?;
-    }
+    let earliest = |_: &str| settings.offset_reset == "earliest";
+    let (_, first) = crate::kafka::group::start_offsets(&consumer, &all, earliest, timeout)?;
     if first.count() > 0 {
         consumer
             .commit(&first, CommitMode::Sync)
@@ -190,10 +172,6 @@ impl ConsumerContext for RelayContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr;
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = self.start_offsets(consumer, tpl) {
@@ -215,11 +193,7 @@ impl ConsumerContext for RelayContext {
                     );
                 }
                 drop(lanes);
-                let _ = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
+                let _ = crate::kafka::group::assign(consumer, tpl);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // what was not confirmed is relayed again by the next owner
@@ -228,11 +202,7 @@ impl ConsumerContext for RelayContext {
                     lanes.remove(&e.partition());
                 }
                 drop(lanes);
-                let _ = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let _ = crate::kafka::group::unassign(consumer, tpl);
             }
             other => {
                 tracing::warn!(error = ?other, "event relay: rebalance error");
@@ -251,33 +221,12 @@ impl RelayContext {
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
     ) -> Result<(), Error> {
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        let timeout = self.settings.timeout;
-        let committed = consumer
-            .committed_offsets(tpl.clone(), timeout)
-            .map_err(err("reading the relay's committed offsets"))?;
-        let mut first = TopicPartitionList::new();
-        for e in committed.elements() {
-            let start = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(e.topic(), e.partition(), timeout)
-                        .map_err(err("reading the events watermarks"))?;
-                    let start = if self.settings.offset_reset == "earliest" {
-                        low
-                    } else {
-                        high
-                    };
-                    first
-                        .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                        .map_err(err("building the start offsets"))?;
-                    start
-                }
-            };
-            tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
+        let earliest = |_: &str| self.settings.offset_reset == "earliest";
+        let (starts, first) =
+            crate::kafka::group::start_offsets(consumer, tpl, earliest, self.settings.timeout)?;
+        // set in place: the list belongs to librdkafka's callback
+        for e in starts.elements() {
+            tpl.set_partition_offset(e.topic(), e.partition(), e.offset())
                 .map_err(err("setting a start offset"))?;
         }
         if first.count() > 0 {
@@ -309,7 +258,7 @@ fn run(settings: &RelaySettings, sinks: &SinkRouter, stop: &AtomicBool) -> Resul
         .set("session.timeout.ms", &session_ms)
         .set(
             "heartbeat.interval.ms",
-            crate::kafka::heartbeat_interval(settings.session_timeout)
+            crate::kafka::group::heartbeat_interval(settings.session_timeout)
                 .as_millis()
                 .to_string(),
         )

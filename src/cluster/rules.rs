@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -324,10 +324,6 @@ impl ConsumerContext for RulesContext {
         tpl: &mut TopicPartitionList,
     ) {
         use rdkafka::types::RDKafkaRespErr;
-        let cooperative = matches!(
-            consumer.rebalance_protocol(),
-            RebalanceProtocol::Cooperative
-        );
         let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -341,12 +337,7 @@ impl ConsumerContext for RulesContext {
                 if let Err(e) = outcome {
                     self.fail(e);
                 }
-                let assigned = if cooperative {
-                    consumer.incremental_assign(tpl)
-                } else {
-                    consumer.assign(tpl)
-                };
-                if let Err(e) = assigned {
+                if let Err(e) = crate::kafka::group::assign(consumer, tpl) {
                     self.fail(err_of("assigning the rules partitions", e));
                 }
                 if let Err(e) = self.inputs.incremental_assign(&inputs) {
@@ -361,11 +352,7 @@ impl ConsumerContext for RulesContext {
                 let lost = consumer.assignment_lost();
                 tracing::info!(partitions = ?parts, lost, "cluster rules: partitions revoked; their vehicles' state is forgotten here");
                 self.let_go(&parts);
-                let _ = if cooperative {
-                    consumer.incremental_unassign(tpl)
-                } else {
-                    consumer.unassign()
-                };
+                let _ = crate::kafka::group::unassign(consumer, tpl);
             }
             other => {
                 tracing::warn!(error = ?other, "cluster rules: rebalance error; letting every partition go");
@@ -412,52 +399,29 @@ impl RulesContext {
 
     /// Sets each assigned `V` partition's start offset in `tpl` and fills `inputs` with the
     /// same-numbered inputs partitions at theirs: the committed ones, else the resolved reset
-    /// offsets, committed now in a transaction of their own.
+    /// offsets (the inputs from their beginning), committed now in a transaction of their own.
     fn start_offsets(
         &self,
         consumer: &BaseConsumer<Self>,
         tpl: &mut TopicPartitionList,
         inputs: &mut TopicPartitionList,
     ) -> Result<(), Error> {
-        if tpl.count() == 0 {
-            return Ok(());
-        }
-        let timeout = self.settings.timeout;
         let mut wanted = tpl.clone();
         for e in tpl.elements() {
             wanted.add_partition(&self.settings.inputs_topic, e.partition());
         }
-        let committed = consumer
-            .committed_offsets(wanted, timeout)
-            .map_err(err("reading the committed offsets"))?;
-        let mut first = TopicPartitionList::new();
-        for e in committed.elements() {
-            let is_frames = e.topic() == self.settings.frames_topic;
-            let start = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => {
-                    let (low, high) = consumer
-                        .fetch_watermarks(e.topic(), e.partition(), timeout)
-                        .map_err(err("reading the watermarks"))?;
-                    let start = if !is_frames || self.settings.offset_reset == "earliest" {
-                        low
-                    } else {
-                        high
-                    };
-                    first
-                        .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                        .map_err(err("building the start offsets"))?;
-                    start
-                }
-            };
-            if is_frames {
-                tpl.set_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                    .map_err(err("setting a start offset"))?;
+        let frames = self.settings.frames_topic.as_str();
+        let earliest = |topic: &str| topic != frames || self.settings.offset_reset == "earliest";
+        let timeout = self.settings.timeout;
+        let (starts, first) =
+            crate::kafka::group::start_offsets(consumer, &wanted, earliest, timeout)?;
+        for e in starts.elements() {
+            if e.topic() == frames {
+                tpl.set_partition_offset(e.topic(), e.partition(), e.offset())
             } else {
-                inputs
-                    .add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))
-                    .map_err(err("setting a start offset"))?;
+                inputs.add_partition_offset(e.topic(), e.partition(), e.offset())
             }
+            .map_err(err("setting a start offset"))?;
         }
         if first.count() > 0 {
             let cgm = group_metadata(consumer)?;
@@ -616,7 +580,7 @@ fn run(
     let inputs = Arc::new(inputs_reader(settings)?);
     let mut config = crate::kafka::connection_config(&settings.properties)?;
     let session_ms = settings.session_timeout.as_millis().to_string();
-    let heartbeat_ms = crate::kafka::heartbeat_interval(settings.session_timeout)
+    let heartbeat_ms = crate::kafka::group::heartbeat_interval(settings.session_timeout)
         .as_millis()
         .to_string();
     config

@@ -780,12 +780,7 @@ impl Config {
 
     /// Resolves a path from the config relative to the config file's folder.
     pub fn resolve(base: &Path, value: &str) -> PathBuf {
-        let p = Path::new(value);
-        if p.is_absolute() {
-            p.to_owned()
-        } else {
-            base.join(p)
-        }
+        crate::paths::resolve(base, value)
     }
 
     /// Where vehicle certificates must chain to: `tls.ca_file`, else Tesla's embedded bundle

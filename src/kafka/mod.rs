@@ -2,12 +2,14 @@
 //! configured from the user's `kafka` section (safe producer defaults, connection-only
 //! properties for consumers and admin clients, secrets from the environment or a file, a
 //! dry-run check of every property), topic names, topic creation and checks ([`topics`]),
-//! transactional producers and group metadata ([`txn`]), plain readers of whole topics
-//! ([`reader`]) and the CloudEvents Kafka binding of events ([`cloudevents`]).
+//! transactional producers and group metadata ([`txn`]), consumer groups' start offsets and
+//! assignments ([`group`]), plain readers of whole topics ([`reader`]) and the CloudEvents
+//! Kafka binding of events ([`cloudevents`]).
 //!
 //! Knows librdkafka and the event model; never the rules, the sinks' routing or sockets.
 
 pub mod cloudevents;
+pub mod group;
 pub mod reader;
 pub mod topics;
 pub mod txn;
@@ -89,13 +91,6 @@ impl From<SetupError> for Error {
     fn from(e: SetupError) -> Self {
         Error::Setup(e.to_string())
     }
-}
-
-/// The group heartbeat for a session timeout: a third of it (Kafka's rule), at most 1 s — a
-/// cooperative rebalance takes two rounds, and the second starts at a member's next
-/// heartbeat, so the heartbeat bounds how long a moving partition waits between them.
-pub fn heartbeat_interval(session_timeout: Duration) -> Duration {
-    (session_timeout / 3).clamp(Duration::from_millis(300), Duration::from_secs(1))
 }
 
 /// Maps an rdkafka error to [`Error::Kafka`] saying what was being done.

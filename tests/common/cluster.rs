@@ -215,6 +215,28 @@ pub fn owner_of(servers: &[&Server], vin: &str, partitions: usize) -> usize {
         .expect("every partition has an owner")
 }
 
+/// Creates the `depot` site (150 m around [`CAFE`]) through `writer` and waits until every
+/// one of `others` has it.
+pub fn depot(writer: &Server, others: &[&Server]) {
+    let site = json!({"name": "Depot", "kind": "merchant", "radius_m": 150,
+        "geometry": {"type": "Point", "coordinates": [CAFE.1, CAFE.0]}});
+    let (status, body) = writer.admin("PUT", "/v1/sites/depot", Some(&site.to_string()));
+    assert_eq!(status, 201, "{body}");
+    for s in others {
+        until(s, "/v1/sites/depot", |s, _| s == 200);
+    }
+}
+
+/// A producer that writes `V` records as an ingest instance would (idempotent, 5 ms linger).
+pub fn v_producer(broker: &str) -> rdkafka::producer::BaseProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("a V producer")
+}
+
 /// Writes `V` records as ingest does (key VIN, protobuf payload, `timestamp` header in ms).
 pub fn produce_v(
     producer: &rdkafka::producer::BaseProducer,
