@@ -55,5 +55,6 @@ pub mod sinks;
 pub mod sources;
 pub mod state;
 pub mod store;
+pub mod tesla;
 pub mod tools;
 pub mod wire;

@@ -1,0 +1,2 @@
+//! Vehicle onboarding with Tesla: the partner key and signed telemetry configs ([`jws`]).
+pub mod jws;
