@@ -466,10 +466,17 @@ async fn start_cluster(
             .map_err(fail)?,
         )
     };
+    let partitions = settings.partitions;
     let rules = RulesProcessor::start(settings, live.fleet.clone(), view.clone()).map_err(fail)?;
     let inputs = Arc::new(
-        crate::cluster::inputs::InputClient::new(&properties, &inputs_topic, view.clone())
-            .map_err(fail)?,
+        crate::cluster::inputs::InputClient::new(
+            &properties,
+            &inputs_topic,
+            view.clone(),
+            rules.status_handle(),
+            partitions,
+        )
+        .map_err(fail)?,
     );
     Ok(crate::cluster::Cluster {
         name: cluster.name.clone(),
@@ -657,6 +664,7 @@ pub async fn start(
         vins: vins.clone(),
         registry: registry.clone(),
         imports: Default::default(),
+        onboarding: Default::default(),
     };
     // Where the rules run, where admin writes go, and which sinks the frame path's own events
     // (vehicle.connected / disconnected) reach: everything in this process (embedded), or

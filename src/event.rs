@@ -29,11 +29,14 @@ pub enum EventType {
     VehicleConnected,
     /// The vehicle's last socket closed (after the grace period).
     VehicleDisconnected,
+    /// The vehicle's Tesla onboarding state changed (pending_key, configuring, synced,
+    /// streaming, error, removing).
+    VehicleOnboarding,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::SiteEntered,
         EventType::SiteExited,
         EventType::ArrivalApproaching,
@@ -44,6 +47,7 @@ impl EventType {
         EventType::ChargingStopped,
         EventType::VehicleConnected,
         EventType::VehicleDisconnected,
+        EventType::VehicleOnboarding,
     ];
 
     /// The CloudEvents `type`.
@@ -59,6 +63,7 @@ impl EventType {
             EventType::ChargingStopped => "fleetgate.charging.stopped",
             EventType::VehicleConnected => "fleetgate.vehicle.connected",
             EventType::VehicleDisconnected => "fleetgate.vehicle.disconnected",
+            EventType::VehicleOnboarding => "fleetgate.vehicle.onboarding",
         }
     }
 }

@@ -162,6 +162,16 @@ pub const WEBHOOK_DEAD_LETTERED_TOTAL: &str = "fleetgate_webhook_dead_lettered_t
 pub const WEBHOOK_OUTBOX_DEPTH: &str = "fleetgate_webhook_outbox_depth";
 /// Webhook sink: outbox batches that could not be committed (their frames were not acked).
 pub const WEBHOOK_OUTBOX_ERRORS_TOTAL: &str = "fleetgate_webhook_outbox_errors_total";
+/// Tesla onboarding: vehicles per onboarding state.
+pub const TESLA_VEHICLES: &str = "fleetgate_tesla_vehicles";
+/// Tesla onboarding: Fleet API requests by endpoint and outcome.
+pub const TESLA_API_REQUESTS_TOTAL: &str = "fleetgate_tesla_api_requests_total";
+/// Tesla onboarding: access-token refreshes by outcome (ok, refused, failed).
+pub const TESLA_TOKEN_REFRESHES_TOTAL: &str = "fleetgate_tesla_token_refreshes_total";
+/// Tesla onboarding: onboarding state changes, by the state entered.
+pub const TESLA_STATE_CHANGES_TOTAL: &str = "fleetgate_tesla_state_changes_total";
+/// Tesla onboarding: signed configs pushed to vehicles.
+pub const TESLA_CONFIGS_PUSHED_TOTAL: &str = "fleetgate_tesla_configs_pushed_total";
 
 /// What kind of series a family is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +260,11 @@ pub const FAMILIES: &[Family] = &[
     family(WEBHOOK_DEAD_LETTERED_TOTAL, Kind::Counter, "Webhook messages moved to the dead-letter file after fleetgate.webhook.dead_letter_after_s, by endpoint"),
     family(WEBHOOK_OUTBOX_DEPTH, Kind::Gauge, "Webhook messages in the durable outbox not yet delivered, by endpoint"),
     family(WEBHOOK_OUTBOX_ERRORS_TOTAL, Kind::Counter, "Webhook outbox batches that could not be committed to disk (their frames were not acked)"),
+    family(TESLA_VEHICLES, Kind::Gauge, "Tesla onboarding: vehicles per state (pending_key, configuring, synced, streaming, error, removing), as this instance sees the cluster"),
+    family(TESLA_API_REQUESTS_TOTAL, Kind::Counter, "Tesla onboarding: Fleet API requests by endpoint and outcome (ok, client_error, server_error, rate_limited, network, malformed)"),
+    family(TESLA_TOKEN_REFRESHES_TOTAL, Kind::Counter, "Tesla onboarding: access-token refreshes by outcome (ok, refused: a new grant is needed, failed: retried)"),
+    family(TESLA_STATE_CHANGES_TOTAL, Kind::Counter, "Tesla onboarding: vehicle state changes made by this instance's reconciler, by the state entered"),
+    family(TESLA_CONFIGS_PUSHED_TOTAL, Kind::Counter, "Tesla onboarding: signed telemetry configs pushed to Tesla by this instance"),
     family(MQTT_IN_FLIGHT, Kind::Gauge, "MQTT messages queued or sent and not yet confirmed"),
     family(SINK_REFUSED_TOTAL, Kind::Counter, "Records a sink refused at once, by sink (the frame is not acked)"),
     family(CHANGES_SUPPRESSED_DATUMS_TOTAL, Kind::Counter, "Datums not forwarded because their value did not change (changes_only)"),

@@ -85,6 +85,10 @@ pub struct ClusterTopicsConfig {
     /// (default `{namespace}_fleetgate_inputs`, as many partitions as the `V` topic).
     #[serde(default)]
     pub inputs: Option<String>,
+    /// Tesla onboarding's records — accounts (sealed tokens), desired vehicles, their status
+    /// (default `{namespace}_fleetgate_tesla`, compacted).
+    #[serde(default)]
+    pub tesla: Option<String>,
 }
 
 impl ClusterConfig {

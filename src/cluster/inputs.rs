@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
+use super::rules::{default_partition, RulesStatus};
 use super::view::ClusterView;
 use crate::kafka::{err, Error};
 use crate::rules::input::RuleInput;
@@ -31,14 +32,19 @@ pub struct InputClient {
     producer: FutureProducer,
     topic: String,
     view: Arc<ClusterView>,
+    owned: Arc<RulesStatus>,
+    partitions: usize,
 }
 
 impl InputClient {
-    /// A client producing to `topic` with the `kafka` properties (the partitioner of `V`).
+    /// A client producing to `topic` with the `kafka` properties (the partitioner of `V`);
+    /// `owned` and `partitions` (of `V`) tell which vehicles' rules run here.
     pub fn new(
         properties: &serde_json::Map<String, serde_json::Value>,
         topic: &str,
         view: Arc<ClusterView>,
+        owned: Arc<RulesStatus>,
+        partitions: usize,
     ) -> Result<InputClient, Error> {
         let mut config = crate::kafka::client_config(properties)?;
         config.remove("statistics.interval.ms");
@@ -49,6 +55,8 @@ impl InputClient {
             producer,
             topic: topic.to_owned(),
             view,
+            owned,
+            partitions,
         })
     }
 }
@@ -91,5 +99,13 @@ impl Placement for InputClient {
                 }),
             }
         })
+    }
+
+    fn runs_here(&self, key: &str) -> bool {
+        let partition = self
+            .view
+            .partition_of(key)
+            .unwrap_or_else(|| default_partition(key, self.partitions));
+        self.owned.owned().contains(&partition)
     }
 }

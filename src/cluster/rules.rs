@@ -162,6 +162,11 @@ impl RulesProcessor {
         &self.status
     }
 
+    /// A handle on [`RulesProcessor::status`] that outlives a borrow.
+    pub fn status_handle(&self) -> Arc<RulesStatus> {
+        self.status.clone()
+    }
+
     /// Stops the thread after its current transaction (committed or aborted), leaving the
     /// group.
     pub fn stop(&self) {

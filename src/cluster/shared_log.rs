@@ -49,6 +49,8 @@ pub struct Topics {
     pub vins: String,
     /// Import marks of the config's own sites and watches.
     pub imports: String,
+    /// Tesla onboarding's records.
+    pub tesla: String,
 }
 
 impl Topics {
@@ -61,15 +63,17 @@ impl Topics {
             watches: c.watches.clone().unwrap_or_else(|| default("watches")),
             vins: c.vins.clone().unwrap_or_else(|| default("vins")),
             imports: c.imports.clone().unwrap_or_else(|| default("imports")),
+            tesla: c.tesla.clone().unwrap_or_else(|| default("tesla")),
         }
     }
 
-    fn all(&self) -> [(Kind, &str); 4] {
+    fn all(&self) -> [(Kind, &str); 5] {
         [
             (Kind::Sites, &self.sites),
             (Kind::Watches, &self.watches),
             (Kind::Vins, &self.vins),
             (Kind::Imports, &self.imports),
+            (Kind::Tesla, &self.tesla),
         ]
     }
 }
@@ -85,6 +89,8 @@ pub enum Kind {
     Vins,
     /// Import marks.
     Imports,
+    /// Tesla onboarding's records.
+    Tesla,
 }
 
 impl Kind {
@@ -95,6 +101,7 @@ impl Kind {
             Kind::Watches => "watches",
             Kind::Vins => "vins",
             Kind::Imports => "imports",
+            Kind::Tesla => "tesla",
         }
     }
 }
@@ -128,6 +135,8 @@ pub fn encode(change: &Change) -> (Kind, String, Option<Vec<u8>>) {
             })),
         ),
         Change::DeleteVin(list, vin) => (Kind::Vins, vin_key(*list, vin), None),
+        Change::PutTesla(record) => (Kind::Tesla, record.key(), Some(json(record))),
+        Change::DeleteTesla(key) => (Kind::Tesla, key.clone(), None),
         Change::Imported(mark) => (
             Kind::Imports,
             format!("{}/{}", mark.source, mark.item),
@@ -164,6 +173,10 @@ pub fn decode(
                     Change::DeleteVin(list, vin.to_owned())
                 }
                 Kind::Imports => return Err("an import mark is never deleted".into()),
+                Kind::Tesla if crate::tesla::state::is_key(key) => {
+                    Change::DeleteTesla(key.to_owned())
+                }
+                Kind::Tesla => return Err(format!("key `{key}` is not a Tesla record's key")),
             })
         }
         Some(v) => v,
@@ -200,6 +213,17 @@ pub fn decode(
                 return Err(format!("key `{key}` differs from the record"));
             }
             Ok(Change::PutVin(r.list, r.vin))
+        }
+        Kind::Tesla => {
+            let record: crate::tesla::state::TeslaRecord = serde_json::from_slice(value)
+                .map_err(|e| format!("not a Tesla onboarding record: {e}"))?;
+            if record.key() != key {
+                return Err(format!(
+                    "key `{key}` differs from the record's `{}`",
+                    record.key()
+                ));
+            }
+            Ok(Change::PutTesla(record))
         }
         Kind::Imports => {
             let (source, item) = key
@@ -499,6 +523,7 @@ impl SharedLog {
             Kind::Watches => &self.settings.topics.watches,
             Kind::Vins => &self.settings.topics.vins,
             Kind::Imports => &self.settings.topics.imports,
+            Kind::Tesla => &self.settings.topics.tesla,
         }
     }
 

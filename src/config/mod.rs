@@ -280,6 +280,10 @@ pub struct FleetgateConfig {
     /// compacted Kafka topics (needs the top-level `kafka` section). Unset = embedded mode.
     #[serde(default)]
     pub cluster: Option<crate::cluster::config::ClusterConfig>,
+    /// Tesla onboarding: the partner key, the signed telemetry config vehicles get, and the
+    /// Fleet API reconciler (off unless set).
+    #[serde(default)]
+    pub tesla: Option<crate::tesla::config::TeslaConfig>,
 }
 
 /// `fleetgate.sources`.

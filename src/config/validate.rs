@@ -75,6 +75,7 @@ impl Config {
             f.extend_both(smartcar.problems(base, check_files));
         }
         self.mqtt(&mut f, base, check_files);
+        self.tesla(&mut f, base, check_files);
         self.webhook(&mut f, base, check_files);
         self.routing(&mut f);
         self.process(&mut f);
@@ -109,6 +110,33 @@ impl Config {
         ));
         f.extend(self.fleetgate.limits.problems());
         (f.issues, f.warnings)
+    }
+
+    /// `fleetgate.tesla`: its own keys, what the reconciler needs of the rest (the admin API,
+    /// a durable store), and the `ca` chain against the certificate fleetgate serves.
+    fn tesla(&self, f: &mut Findings, base: &Path, check_files: bool) {
+        let Some(tesla) = &self.fleetgate.tesla else {
+            return;
+        };
+        f.extend_both(tesla.problems(base, check_files));
+        if tesla.reconciler_enabled() {
+            if self.fleetgate.admin.is_none() {
+                f.issue("fleetgate.tesla.client_id", "accounts and vehicles are managed through the admin API (`/v1/tesla`): configure fleetgate.admin");
+            }
+            if self.fleetgate.cluster.is_none() && self.fleetgate.data_dir.is_none() {
+                f.warn("fleetgate.tesla: fleetgate.data_dir is not set, so Tesla accounts and onboarded vehicles are lost on restart");
+            }
+        }
+        if check_files {
+            match crate::tesla::telemetry_config::check_config_chain(self, tesla, base) {
+                Ok(check) => {
+                    for w in check.warnings {
+                        f.warn(format!("fleetgate.tesla.ca_file: {w}"));
+                    }
+                }
+                Err(e) => f.issue("fleetgate.tesla.ca_file", e),
+            }
+        }
     }
 
     /// Keys of Tesla's server that fleetgate reads and ignores, and unknown keys.

@@ -1,4 +1,5 @@
-//! The control plane: the admin changes (sites, watches, VIN lists, import marks), the one
+//! The control plane: the admin changes (sites, watches, VIN lists, import marks, Tesla
+//! onboarding's records), the one
 //! admin log they are made durable in before a write is answered, and how they reach the
 //! live fleet.
 //!
@@ -28,6 +29,7 @@ use crate::rules::arrival::WatchSpec;
 use crate::rules::sites::Site;
 use crate::rules::Fleet;
 use crate::runner::BoxFuture;
+use crate::tesla::state::{Onboarding, TeslaRecord};
 
 /// Which VIN list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,6 +78,11 @@ pub enum Change {
     /// An item of a config file (`sites_file`, config `watches`) was imported with this
     /// content digest: imported again only when the file's entry changes.
     Imported(ImportMark),
+    /// Create or replace a record of Tesla onboarding (an account, a desired vehicle, a
+    /// vehicle's status, a token refresh request).
+    PutTesla(TeslaRecord),
+    /// Remove a record of Tesla onboarding by its key (`account/ID`, `vehicle/VIN`, …).
+    DeleteTesla(String),
 }
 
 /// That an item of a config source was imported, and which version of it.
@@ -107,6 +114,8 @@ pub struct Live {
     pub registry: Arc<Registry>,
     /// (source, item) → digest of the version last imported.
     pub imports: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Tesla onboarding: accounts, desired vehicles, their status.
+    pub onboarding: Arc<Onboarding>,
 }
 
 impl Live {
@@ -153,6 +162,8 @@ impl Live {
                             mark.digest.clone(),
                         );
                 }
+                Change::PutTesla(record) => self.onboarding.put(record),
+                Change::DeleteTesla(key) => self.onboarding.delete(key),
                 Change::PutVin(list, vin) | Change::DeleteVin(list, vin) => {
                     let lists =
                         admin_vins.get_or_insert_with(|| (*self.vins.admin_lists()).clone());
@@ -325,6 +336,7 @@ mod tests {
             vins: Arc::new(VinPolicy::new(Default::default(), Default::default())),
             registry: Arc::new(Registry::default()),
             imports: Default::default(),
+            onboarding: Default::default(),
         };
         let log = Direct(live.clone());
         let file = [site("a", 1.0), site("b", 2.0)];

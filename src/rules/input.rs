@@ -34,6 +34,22 @@ pub enum RuleInput {
         /// Wall-clock time of the tick (ms).
         now_ms: i64,
     },
+    /// The vehicle's Tesla onboarding state changed: announced as a
+    /// `fleetgate.vehicle.onboarding` event, in order with the vehicle's other events.
+    Onboarding {
+        /// The state entered.
+        state: String,
+        /// The state left (None for the first).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_state: Option<String>,
+        /// Why (what to do), when there is something to say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        /// The change's number for the vehicle (with the VIN, the event's id).
+        seq: u64,
+        /// When the reconciler saw the change (ms).
+        at_ms: i64,
+    },
 }
 
 /// What a manual arrival did.
@@ -139,6 +155,13 @@ mod tests {
                 at_ms: 1_764_000_000_123,
             },
             RuleInput::Tick { now_ms: 42 },
+            RuleInput::Onboarding {
+                state: "synced".into(),
+                previous_state: Some("configuring".into()),
+                reason: None,
+                seq: 3,
+                at_ms: 7,
+            },
         ];
         for input in inputs {
             let json = serde_json::to_string(&input).unwrap();

@@ -205,6 +205,38 @@ impl FleetData {
             RuleInput::Tick { now_ms } => {
                 out.changed = self.tick(vin, *now_ms, &mut out.events, &mut out.ended)
             }
+            RuleInput::Onboarding {
+                state,
+                previous_state,
+                reason,
+                seq,
+                at_ms,
+            } => {
+                // no rule state: the event only, in the vehicle's order. Its id depends on
+                // the change (VIN, number, state), not on when it was seen, so two instances
+                // announcing the same change (a partition moving) give the same id.
+                let mut data = serde_json::Map::new();
+                data.insert("state".into(), state.as_str().into());
+                data.insert(
+                    "previous_state".into(),
+                    previous_state
+                        .clone()
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+                data.insert(
+                    "reason".into(),
+                    reason.clone().map_or(serde_json::Value::Null, Into::into),
+                );
+                let mut event = Event::new(
+                    EventType::VehicleOnboarding,
+                    vin,
+                    &format!("onboarding/{seq}/{state}"),
+                    0,
+                    data,
+                );
+                event.time_ms = *at_ms;
+                out.events.push(event);
+            }
         }
         out
     }

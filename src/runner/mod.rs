@@ -62,6 +62,11 @@ pub trait Placement: Send + Sync {
         input: RuleInput,
         wait: Duration,
     ) -> BoxFuture<'a, Result<Submitted, SubmitError>>;
+
+    /// True when the rules of `key` (a VIN, or another key placed like one) run in this
+    /// process now: work that must happen once per vehicle (Tesla onboarding's reconciler)
+    /// runs where this is true.
+    fn runs_here(&self, key: &str) -> bool;
 }
 
 /// A fresh id for a submitted input.

@@ -1,6 +1,6 @@
 //! The durable store of embedded mode: the admin log's SQLite backend (sites, watches, the
-//! admin VIN lists, import marks) and the rule journal's (every vehicle's rule state, written
-//! by the local placement's commits: [`crate::runner::local::StateBackend`]). SQLite (bundled)
+//! admin VIN lists, import marks, Tesla onboarding's records) and the rule journal's (every
+//! vehicle's rule state, written by the local placement's commits: [`crate::runner::local::StateBackend`]). SQLite (bundled)
 //! in WAL mode with `synchronous=FULL`, so a write that returned is on disk and survives
 //! `kill -9`. Sites are kept as GeoJSON features, watches as their JSON spec. Blocking: call
 //! from `spawn_blocking` in async code.
@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS imports (
     item TEXT NOT NULL,
     digest TEXT NOT NULL,
     PRIMARY KEY (source, item)
+);
+CREATE TABLE IF NOT EXISTS tesla (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rule_state (
     vin TEXT PRIMARY KEY,
@@ -167,6 +171,18 @@ impl Store {
                     tx.prepare_cached("DELETE FROM vin_lists WHERE list = ?1 AND vin = ?2")?
                         .execute(params![list.as_str(), vin])?;
                 }
+                Change::PutTesla(record) => {
+                    let text = serde_json::to_string(record).unwrap_or_default();
+                    tx.prepare_cached(
+                        "INSERT INTO tesla (key, record) VALUES (?1, ?2)
+                         ON CONFLICT(key) DO UPDATE SET record = excluded.record",
+                    )?
+                    .execute(params![record.key(), text])?;
+                }
+                Change::DeleteTesla(key) => {
+                    tx.prepare_cached("DELETE FROM tesla WHERE key = ?1")?
+                        .execute(params![key])?;
+                }
                 Change::Imported(mark) => {
                     tx.prepare_cached(
                         "INSERT INTO imports (source, item, digest) VALUES (?1, ?2, ?3)
@@ -214,6 +230,17 @@ impl Store {
         })?;
         for row in rows {
             changes.push(Change::Imported(row?));
+        }
+        let mut stmt = conn.prepare("SELECT key, record FROM tesla ORDER BY key")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (key, text) = row?;
+            let record: crate::tesla::state::TeslaRecord =
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    id: key.clone(),
+                    detail: e.to_string(),
+                })?;
+            changes.push(Change::PutTesla(record));
         }
         Ok(changes)
     }
