@@ -490,6 +490,68 @@ async fn start_cluster(
     })
 }
 
+/// Tesla onboarding: the Fleet API client, the token broker and the reconciler (started on
+/// every instance; each acts only on the vehicles and accounts placed on it).
+#[allow(clippy::too_many_arguments)]
+fn start_onboarding(
+    config: &Config,
+    base: &std::path::Path,
+    tesla: &crate::tesla::config::TeslaConfig,
+    live: &Live,
+    log: Arc<dyn AdminLog>,
+    placement: Arc<dyn Placement>,
+    background: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<crate::admin::tesla::TeslaAdmin, ServeError> {
+    use crate::tesla::{fleet_api::FleetApi, reconcile, seal::TokenKey, tokens::TokenBroker};
+    let fail = |e: String| ServeError::Config(e);
+    let api = FleetApi::new(
+        tesla.fleet_api().map_err(fail)?,
+        tesla.auth().map_err(fail)?,
+        tesla.client_id.clone().unwrap_or_default(),
+        tesla.client_secret(base).map_err(fail)?,
+        Duration::from_secs(15),
+    )
+    .map_err(|e| ServeError::Config(e.to_string()))?;
+    let api = Arc::new(api);
+    let key = Arc::new(TokenKey::new(&tesla.token_key(base).map_err(fail)?));
+    let broker = Arc::new(TokenBroker::new(
+        live.onboarding.clone(),
+        key,
+        api.clone(),
+        log.clone(),
+        placement.clone(),
+    ));
+    let template =
+        crate::tesla::telemetry_config::ConfigTemplate::from_config(config, base).map_err(fail)?;
+    let reconciler = Arc::new(reconcile::Reconciler::new(
+        live.onboarding.clone(),
+        api,
+        broker.clone(),
+        log,
+        placement,
+        live.fleet.clone(),
+        tesla.partner_key(base).map_err(fail)?,
+        reconcile::ReconcileSettings {
+            interval: Duration::from_secs(tesla.reconcile_interval_s),
+            poll: Duration::from_secs(tesla.poll_interval_s),
+            partner_domain: tesla.partner_domain.clone().unwrap_or_default(),
+            template,
+        },
+    ));
+    tracing::info!(
+        accounts = live.onboarding.accounts().len(),
+        vehicles = live.onboarding.vehicles().len(),
+        "Tesla onboarding on"
+    );
+    background.spawn(reconciler.run(shutdown.clone()));
+    Ok(crate::admin::tesla::TeslaAdmin {
+        onboarding: live.onboarding.clone(),
+        broker,
+        config: Arc::new(tesla.clone()),
+    })
+}
+
 /// Where the rules run and admin writes go, as `start` wires them.
 struct Placed {
     /// The admin log (the store, or the shared topics).
@@ -707,6 +769,24 @@ pub async fn start(
     };
     let listener_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
     background.spawn(report_fleet_size(fleet.clone(), shutdown.clone()));
+    let tesla = match config
+        .fleetgate
+        .tesla
+        .as_ref()
+        .filter(|t| t.reconciler_enabled())
+    {
+        Some(tesla) => Some(start_onboarding(
+            config,
+            &base,
+            tesla,
+            &live,
+            log.clone(),
+            placement.clone(),
+            &background,
+            &shutdown,
+        )?),
+        None => None,
+    };
 
     let limits = &config.fleetgate.limits;
     let settings = ServerSettings {
@@ -779,7 +859,15 @@ pub async fn start(
     if let Some(addr) = parsed.status {
         let l = bind("status", addr).await?;
         status_addr = l.local_addr().ok();
-        background.spawn(server::serve_status(l, shutdown.clone()));
+        let public_key = match config.fleetgate.tesla.as_ref() {
+            Some(t) if t.private_key_file.is_some() => Some(
+                t.partner_key(&base)
+                    .map_err(ServeError::Config)?
+                    .public_pem(),
+            ),
+            _ => None,
+        };
+        background.spawn(server::serve_status(l, public_key, shutdown.clone()));
     }
     let mut admin_addr = None;
     if let (Some(admin), Some(addr)) = (&config.fleetgate.admin, parsed.admin) {
@@ -815,6 +903,7 @@ pub async fn start(
                 source: smartcar,
                 rules: placement.clone(),
             },
+            tesla: tesla.clone(),
         };
         let app = crate::admin::router(state);
         let stop = shutdown.clone();

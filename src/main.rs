@@ -92,6 +92,103 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Tesla onboarding: the partner key, signed telemetry configs, pre-flight checks.
+    Tesla {
+        #[command(subcommand)]
+        command: TeslaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TeslaCommand {
+    /// A new partner key: DIR/private-key.pem (P-256, mode 0600) and
+    /// DIR/com.tesla.3p.public-key.pem (host it on the partner domain).
+    Keygen {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the signed telemetry config (Tesla.SS256 JWS) that fleetgate.tesla describes.
+    SignConfig {
+        /// Configuration file (JSON).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the claims JSON instead of the token.
+        #[arg(long)]
+        claims: bool,
+    },
+    /// Check what cars check: the ca chain against the served certificate, its key and
+    /// expiry, the integer port, the client CAs the server asks for, the partner domain.
+    Doctor {
+        /// Configuration file (JSON).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Fetch the served certificate from HOST:PORT instead of hostname:port.
+        #[arg(long)]
+        connect: Option<String>,
+    },
+}
+
+fn tesla(command: TeslaCommand) -> ExitCode {
+    use fleetgate::tesla::commands;
+    match command {
+        TeslaCommand::Keygen { out } => match commands::keygen(&out) {
+            Ok((private, public)) => {
+                println!("wrote {} (mode 0600: keep it secret)", private.display());
+                println!("wrote {}", public.display());
+                println!("next: serve the public key at https://<partner_domain>/.well-known/appspecific/com.tesla.3p.public-key.pem");
+                println!("      (fleetgate's status port serves it there when fleetgate.tesla.private_key_file is set),");
+                println!(
+                    "      and set fleetgate.tesla.private_key_file = {}",
+                    private.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetgate tesla keygen: {e}");
+                ExitCode::from(1)
+            }
+        },
+        TeslaCommand::SignConfig { config, claims } => match commands::sign_config(&config, claims)
+        {
+            Ok((signed, warnings)) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                match signed {
+                    commands::Signed::Token(t) | commands::Signed::Claims(t) => println!("{t}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetgate tesla sign-config: {e}");
+                ExitCode::from(2)
+            }
+        },
+        TeslaCommand::Doctor { config, connect } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("fleetgate tesla doctor: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let report =
+                runtime.block_on(fleetgate::tesla::doctor::run(&config, connect.as_deref()));
+            for line in report.lines() {
+                println!("{line}");
+            }
+            if report.failed() {
+                eprintln!(
+                    "fleetgate tesla doctor: vehicles will not stream until every FAIL is fixed"
+                );
+                ExitCode::from(1)
+            } else {
+                println!("fleetgate tesla doctor: what cars check passes");
+                ExitCode::SUCCESS
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -473,6 +570,7 @@ fn main() -> ExitCode {
                 },
         } => certs_dev(out, vehicles, server_names, no_negative),
         Command::Bench { command } => bench(command),
+        Command::Tesla { command } => tesla(command),
         Command::Demo { json, pace_ms } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,

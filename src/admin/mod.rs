@@ -1,6 +1,7 @@
 //! The admin API (axum, its own listener): health and readiness, the OpenAPI document, and
 //! bearer-token-protected `/v1` routes, one module per resource — [`sites`], [`watches`],
-//! [`vins`], [`vehicles`] (and connections), [`cluster`] — beside [`health`]. The Smartcar
+//! [`vins`], [`vehicles`] (and connections), [`cluster`], [`tesla`] (onboarding) — beside
+//! [`health`]. The Smartcar
 //! webhook is mounted here from `sources` (it is signed by Smartcar, not by the token).
 //!
 //! Writes go through the one admin log (`control`): made durable first — the SQLite store in
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod health;
 pub mod openapi;
 pub mod sites;
+pub mod tesla;
 pub mod vehicles;
 pub mod vins;
 pub mod watches;
@@ -69,6 +71,8 @@ pub struct AdminState {
     pub token: Arc<String>,
     /// The Smartcar webhook source's state (its route answers 404 when not configured).
     pub smartcar: crate::sources::smartcar::http::SmartcarState,
+    /// Tesla onboarding (None: `/v1/tesla` answers 404 `tesla_not_configured`).
+    pub tesla: Option<tesla::TeslaAdmin>,
 }
 
 impl From<WriteError> for ApiError {
@@ -184,6 +188,7 @@ pub fn api(state: AdminState) -> (Router<AdminState>, utoipa::openapi::OpenApi) 
         .merge(vehicles::routes())
         .merge(cluster::routes())
         .merge(vins::routes())
+        .merge(tesla::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     OpenApiRouter::with_openapi(openapi::base())
         // signed by Smartcar, not by our bearer token

@@ -13,7 +13,7 @@ pub fn base() -> OpenApi {
                 .title("fleetgate admin API")
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
-                    "Sites, watches, VIN lists, vehicles and connections of a fleetgate server. \
+                    "Sites, watches, VIN lists, vehicles, connections and Tesla onboarding of a fleetgate server. \
                      Every error is `{error, detail}` JSON; `/v1` needs `Authorization: Bearer`.",
                 ))
                 .build(),

@@ -484,9 +484,31 @@ pub async fn run(
     0
 }
 
-/// The plain-HTTP status listener (`status_port`): `GET /status` → `200 ok`.
-pub async fn serve_status(listener: TcpListener, shutdown: CancellationToken) {
-    let app = axum::Router::new().route("/status", axum::routing::get(|| async { "ok" }));
+/// The path Tesla fetches a partner's public key from.
+pub const PUBLIC_KEY_PATH: &str = "/.well-known/appspecific/com.tesla.3p.public-key.pem";
+
+/// The plain-HTTP status listener (`status_port`): `GET /status` → `200 ok`; with a partner
+/// key (`fleetgate.tesla.private_key_file`), its public half at [`PUBLIC_KEY_PATH`].
+pub async fn serve_status(
+    listener: TcpListener,
+    public_key_pem: Option<String>,
+    shutdown: CancellationToken,
+) {
+    let mut app = axum::Router::new().route("/status", axum::routing::get(|| async { "ok" }));
+    if let Some(pem) = public_key_pem {
+        app = app.route(
+            PUBLIC_KEY_PATH,
+            axum::routing::get(move || {
+                let pem = pem.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
+                        pem,
+                    )
+                }
+            }),
+        );
+    }
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

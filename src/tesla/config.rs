@@ -73,10 +73,13 @@ pub struct TeslaConfig {
     /// is `https://tesla.com/_ak/{partner_domain}`).
     #[serde(default)]
     pub partner_domain: Option<String>,
-    /// Seconds between checks of a vehicle that is streaming or waiting for its key
-    /// (default 300; a configuring vehicle is checked every 30 s at most).
+    /// Seconds between checks of a vehicle that is streaming or in error (default 300).
     #[serde(default = "default_reconcile_interval_s")]
     pub reconcile_interval_s: u64,
+    /// Seconds between checks of a vehicle being configured (waiting for `synced`), and the
+    /// first step of a failing vehicle's backoff (default 30).
+    #[serde(default = "default_poll_interval_s")]
+    pub poll_interval_s: u64,
     /// A file holding the 32-byte token key as 64 hex characters (`FLEETGATE_TESLA_TOKEN_KEY`
     /// wins): access and refresh tokens are sealed with it at rest.
     #[serde(default)]
@@ -94,6 +97,9 @@ fn default_ttl_days() -> u32 {
 }
 fn default_reconcile_interval_s() -> u64 {
     300
+}
+fn default_poll_interval_s() -> u64 {
+    30
 }
 
 /// How often a vehicle sends one field (Tesla's field config).
@@ -468,11 +474,13 @@ impl TeslaConfig {
                     );
                 }
             }
-            if self.reconcile_interval_s < 10 {
+            if self.reconcile_interval_s == 0 || self.poll_interval_s == 0 {
                 issue(
                     "fleetgate.tesla.reconcile_interval_s",
-                    "must be at least 10 (Tesla's rate limits are per application)".into(),
+                    "reconcile_interval_s and poll_interval_s must be at least 1".into(),
                 );
+            } else if self.reconcile_interval_s < 60 || self.poll_interval_s < 10 {
+                warnings.push("fleetgate.tesla: reconcile_interval_s under 60 or poll_interval_s under 10 spends Tesla's rate limits (per application, not per car) quickly".into());
             }
             if check_files {
                 if let Err(e) = self.token_key(base) {

@@ -30,8 +30,8 @@ use super::tokens::{TokenBroker, TokenError};
 use crate::control::{AdminLog, Change};
 use crate::metrics as m;
 use crate::rules::input::RuleInput;
+use crate::rules::Fleet;
 use crate::runner::{now_ms, Placement};
-use crate::state::VehicleTable;
 
 /// The oldest firmware that takes a config signed by the partner key (Tesla's documented
 /// minimum for self-signed configs).
@@ -57,7 +57,7 @@ pub struct Reconciler {
     tokens: Arc<TokenBroker>,
     log: Arc<dyn AdminLog>,
     placement: Arc<dyn Placement>,
-    vehicles: VehicleTable,
+    fleet: Fleet,
     key: PartnerKey,
     settings: ReconcileSettings,
     schedule: Mutex<HashMap<String, Due>>,
@@ -82,8 +82,8 @@ enum Next {
 }
 
 impl Reconciler {
-    /// A reconciler; `vehicles` is the rules' vehicle table of this process (where a
-    /// vehicle's frames land when its rules run here).
+    /// A reconciler; `fleet` is the rules' fleet of this process (where a vehicle's frames
+    /// land when its rules run here).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         onboarding: Arc<Onboarding>,
@@ -91,7 +91,7 @@ impl Reconciler {
         tokens: Arc<TokenBroker>,
         log: Arc<dyn AdminLog>,
         placement: Arc<dyn Placement>,
-        vehicles: VehicleTable,
+        fleet: Fleet,
         key: PartnerKey,
         settings: ReconcileSettings,
     ) -> Reconciler {
@@ -101,7 +101,7 @@ impl Reconciler {
             tokens,
             log,
             placement,
-            vehicles,
+            fleet,
             key,
             settings,
             schedule: Mutex::new(HashMap::new()),
@@ -181,7 +181,8 @@ impl Reconciler {
     }
 
     fn last_frame_ms(&self, vin: &str) -> Option<i64> {
-        self.vehicles
+        self.fleet
+            .vehicles
             .update(vin, |s| s.last_seen_ms)
             .filter(|&ms| ms > 0)
     }
