@@ -568,10 +568,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid JSON or a value has the wrong type.
-    #[error("config file {path} is not valid: {source} (line {line}, column {column})")]
+    #[error("config file {path} is not valid: {key}{source} (line {line}, column {column})")]
     Parse {
         /// The file.
         path: PathBuf,
+        /// Where the wrong value sits (`fleetgate.tesla.port: `), empty when unknown.
+        key: String,
         /// serde_json's message (names the key for type errors).
         source: serde_json::Error,
         /// 1-based line.
@@ -737,15 +739,31 @@ impl Config {
     pub fn from_json(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_err = |source: serde_json::Error| ConfigError::Parse {
             path: path.to_owned(),
+            key: String::new(),
             line: source.line(),
             column: source.column(),
             source,
         };
         let mut unknown = Vec::new();
         let mut de = serde_json::Deserializer::from_str(text);
-        let mut config: Config =
-            serde_ignored::deserialize(&mut de, |p| unknown.push(key_path(&p)))
-                .map_err(parse_err)?;
+        let mut record_unknown = |p: serde_ignored::Path<'_>| unknown.push(key_path(&p));
+        let ignoring = serde_ignored::Deserializer::new(&mut de, &mut record_unknown);
+        // the key a wrong type sits at (`fleetgate.tesla.port`), for the message
+        let mut config: Config = serde_path_to_error::deserialize(ignoring).map_err(|e| {
+            let key = e.path().to_string();
+            let source = e.into_inner();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                key: if key == "." || key == "?" {
+                    String::new()
+                } else {
+                    format!("{key}: ")
+                },
+                line: source.line(),
+                column: source.column(),
+                source,
+            }
+        })?;
         de.end().map_err(parse_err)?;
         config.unknown_keys = unknown;
         Ok(config)

@@ -4,7 +4,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::jws::PartnerKey;
+use super::jws::{go_json, PartnerKey, TELEMETRY_AUDIENCE};
 use super::telemetry_config::ConfigTemplate;
 use crate::config::Config;
 
@@ -63,18 +63,15 @@ pub fn sign_config(config_path: &Path, claims_only: bool) -> Result<(Signed, Vec
     let template = ConfigTemplate::from_config(&loaded.config, &base)?;
     let exp = crate::runner::now_ms() / 1000 + template.ttl_s;
     let claims = template.claims(&template.default_fields, exp);
+    let key = tesla.partner_key(&base)?;
     if claims_only {
-        let mut sorted = serde_json::Map::new();
-        let mut keys: Vec<&String> = claims.keys().collect();
-        keys.sort();
-        for k in keys {
-            sorted.insert(k.clone(), claims[k].clone());
-        }
-        let text = serde_json::to_string_pretty(&serde_json::Value::Object(sorted))
-            .map_err(|e| e.to_string())?;
+        // the payload exactly as signed (sorted keys, Go's number forms), aud and iss included
+        let mut payload = claims;
+        payload.insert("aud".into(), TELEMETRY_AUDIENCE.into());
+        payload.insert("iss".into(), key.issuer().into());
+        let text = go_json(&serde_json::Value::Object(payload));
         return Ok((Signed::Claims(text), loaded.warnings));
     }
-    let key = tesla.partner_key(&base)?;
     Ok((
         Signed::Token(key.sign_telemetry_config(&claims)),
         loaded.warnings,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fleet_api;
 pub mod mosquitto;
 pub mod webhook;
 
