@@ -16,13 +16,20 @@ cargo build -q --bin fleetgate
 work="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 target/debug/fleetgate certs dev --out "$work/certs" --no-negative >/dev/null
+target/debug/fleetgate tesla keygen --out "$work/tesla" >/dev/null
 token="schemathesis-$(date +%s)"
 cat >"$work/config.json" <<JSON
 {"host": "127.0.0.1", "port": 0, "log_level": "warn",
  "tls": {"ca_file": "certs/ca.pem", "server_cert": "certs/server.pem", "server_key": "certs/server.key"},
  "records": {"V": ["logger"]},
- "fleetgate": {"admin": {"listen": "127.0.0.1:0", "token": "$token"}, "data_dir": "data", "logger_file": "records.jsonl"}}
+ "fleetgate": {"admin": {"listen": "127.0.0.1:0", "token": "$token"}, "data_dir": "data", "logger_file": "records.jsonl",
+   "tesla": {"private_key_file": "tesla/private-key.pem", "hostname": "localhost", "port": 4443, "ca_file": "certs/ca.pem",
+             "client_id": "schemathesis", "partner_domain": "localhost",
+             "fleet_api_url": "http://127.0.0.1:9", "auth_url": "http://127.0.0.1:9"}}}
 JSON
+# onboarding is on (its routes take generated accounts and vehicles); its Fleet API is a
+# closed loopback port, so the reconciler's calls fail fast and are retried with backoff
+export FLEETGATE_TESLA_TOKEN_KEY=000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f
 RUST_LOG=info target/debug/fleetgate serve --config "$work/config.json" 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 1 100); do

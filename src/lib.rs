@@ -20,6 +20,9 @@
 //! - [`sinks`]: delivery only (logger, Kafka, MQTT, webhook), with tickets for reliable acks;
 //!   the one fan-out of events.
 //! - [`sources`]: vehicle state from elsewhere (Smartcar webhooks) as the rules' inputs.
+//! - [`tesla`]: vehicle onboarding with Tesla — signed telemetry configs (`Tesla.SS256`),
+//!   the Fleet API reconciler (accounts, desired vehicles, one status per car in the admin
+//!   log), `tesla doctor`; it announces state changes through the rules' door.
 //! - [`geometry`]: distances on the Earth, for the table and the rules.
 //! - [`admin`]: the admin API, one module per resource; [`api`]: the JSON error shape.
 //! - [`control`]: the one admin log (its changes, replay → apply, config imports).

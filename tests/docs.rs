@@ -26,6 +26,7 @@ fn key_paths(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
                     "reliable_ack_sources",
                     "fleetgate.changes_only.min_delta",
                     "fleetgate.sources.smartcar.vehicles",
+                    "fleetgate.tesla.fields",
                     "fleetgate.webhook.endpoints[].headers",
                 ]
                 .contains(&path.as_str())

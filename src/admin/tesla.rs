@@ -167,6 +167,7 @@ async fn get_account(
     (status = 400, description = "Malformed JSON", body = ErrorBody),
     (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
     (status = 404, description = "Tesla onboarding is not configured", body = ErrorBody),
+    (status = 415, description = "Body is not application/json", body = ErrorBody),
     (status = 422, description = "Invalid id or body", body = ErrorBody),
     (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
     (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
@@ -406,6 +407,7 @@ fn check_vin(vin: &str) -> ApiResult<()> {
     (status = 400, description = "Malformed JSON", body = ErrorBody),
     (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
     (status = 404, description = "Tesla onboarding is not configured", body = ErrorBody),
+    (status = 415, description = "Body is not application/json", body = ErrorBody),
     (status = 422, description = "Invalid VIN, unknown account, or invalid fields", body = ErrorBody),
     (status = 503, description = "Store unavailable; nothing was written", body = ErrorBody),
     (status = 507, description = "Data disk full; nothing was written", body = ErrorBody)))]
