@@ -52,6 +52,13 @@ fn tesla_config(pki: &Pki, api: &StandIn, port: u16) -> Value {
     config
 }
 
+/// `PUT /v1/tesla/vehicles/{vin}` with the account's default fields; asserts 201.
+fn onboard(server: &Server, vin: &str, account: &str) {
+    let body = json!({ "account_id": account }).to_string();
+    let (status, answer) = server.admin("PUT", &format!("/v1/tesla/vehicles/{vin}"), Some(&body));
+    assert_eq!(status, 201, "{answer}");
+}
+
 fn vehicle(server: &Server, vin: &str) -> (u16, Value) {
     server.admin("GET", &format!("/v1/tesla/vehicles/{vin}"), None)
 }
@@ -511,14 +518,7 @@ fn refusals_name_the_car_and_the_fix() {
         201
     );
     for vin in [old, full, silent] {
-        assert_eq!(
-            put(
-                &format!("/v1/tesla/vehicles/{vin}"),
-                json!({"account_id": "acct-1"})
-            )
-            .0,
-            201
-        );
+        onboard(&server, vin, "acct-1");
     }
     assert_eq!(
         put(
@@ -604,6 +604,82 @@ fn refusals_name_the_car_and_the_fix() {
     assert_eq!(listed, vec![old, full]);
     let (status, _) = server.admin("GET", "/v1/tesla/vehicles?state=bogus", None);
     assert_eq!(status, 400);
+
+    // the config a car already has: kept when it is what fleetgate would push, renewed when
+    // its exp is near, and a car whose reads fail backs off alone, then goes on
+    let mut current_config = api.car(silent).config.unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let current = "5YJ3E1EA7KF200005";
+    let expiring = "5YJ3E1EA7KF200006";
+    let flaky = "5YJ3E1EA7KF200007";
+    current_config.insert("exp".into(), json!(now_s + 80 * 86_400));
+    let mut expiring_config = current_config.clone();
+    expiring_config.insert("exp".into(), json!(now_s + 3600));
+    api.add_car(
+        current,
+        Car {
+            key_paired: true,
+            config: Some(current_config),
+            sync_after_reads: 0,
+            ..Car::new("acct-1")
+        },
+    );
+    api.add_car(
+        expiring,
+        Car {
+            key_paired: true,
+            config: Some(expiring_config),
+            sync_after_reads: 0,
+            ..Car::new("acct-1")
+        },
+    );
+    api.add_car(
+        flaky,
+        Car {
+            key_paired: true,
+            failing_reads: 2,
+            ..Car::new("acct-1")
+        },
+    );
+    for vin in [current, expiring, flaky] {
+        onboard(&server, vin, "acct-1");
+    }
+    wait_vehicle(&server, flaky, Duration::from_secs(10), |v| {
+        v["last_error"].as_str().is_some_and(|e| e.contains("503"))
+    });
+    wait_state(&server, current, "synced");
+    let v = wait_state(&server, expiring, "synced");
+    assert!(
+        v["config_exp"].as_i64().unwrap() > now_s + 80 * 86_400,
+        "{v}"
+    );
+    let pushed_to = |vin: &str| {
+        api.pushes()
+            .iter()
+            .filter(|(v, _)| v.contains(&vin.to_owned()))
+            .count()
+    };
+    assert_eq!(
+        pushed_to(current),
+        0,
+        "a config the car already has was pushed again"
+    );
+    assert_eq!(
+        pushed_to(expiring),
+        1,
+        "a config near its exp was not renewed"
+    );
+    let v = wait_vehicle(&server, flaky, Duration::from_secs(20), |v| {
+        v["state"] == "synced"
+    });
+    assert!(
+        v["last_error"].is_null() || !v["last_error"].as_str().unwrap().contains("503"),
+        "{v}"
+    );
+    assert_eq!(pushed_to(flaky), 1);
 
     // an account with vehicles cannot be deleted
     let (status, body) = server.admin("DELETE", "/v1/tesla/accounts/acct-1", None);
@@ -740,20 +816,13 @@ async fn in_cluster_mode_one_reconciler_per_vin_and_status_from_any_instance() {
 
     // the onboarding events are in Kafka, in order per car, once per change
     let topic = format!("{namespace}_events");
-    let events = committed_events(&broker, &topic, |events| {
-        events
-            .iter()
-            .filter(|e| e["type"] == "fleetgate.vehicle.onboarding")
-            .count()
-            >= 9
-    });
+    let events = committed_onboarding_events(&broker, &topic, 9);
     for vin in vins {
-        let states: Vec<&str> = events
-            .iter()
-            .filter(|e| e["type"] == "fleetgate.vehicle.onboarding" && e["data"]["vin"] == vin)
-            .map(|e| e["data"]["state"].as_str().unwrap())
-            .collect();
-        assert_eq!(states, vec!["configuring", "synced", "streaming"], "{vin}");
+        assert_eq!(
+            states_of(&events, vin),
+            ["configuring", "synced", "streaming"],
+            "{vin}"
+        );
     }
 
     // an instance dies: the survivor reconciles its cars and refreshes its account with the
@@ -795,25 +864,34 @@ async fn in_cluster_mode_one_reconciler_per_vin_and_status_from_any_instance() {
         a.admin("GET", "/v1/tesla/accounts/fleet", None).1["state"],
         "ok"
     );
-    let events = committed_events(&broker, &topic, |events| {
-        events
-            .iter()
-            .filter(|e| e["type"] == "fleetgate.vehicle.onboarding")
-            .count()
-            >= 12
-    });
+    let events = committed_onboarding_events(&broker, &topic, 12);
     for vin in vins {
-        let states: Vec<&str> = events
-            .iter()
-            .filter(|e| e["type"] == "fleetgate.vehicle.onboarding" && e["data"]["vin"] == vin)
-            .map(|e| e["data"]["state"].as_str().unwrap())
-            .collect();
         assert_eq!(
-            &states[..4],
+            &states_of(&events, vin)[..4],
             ["configuring", "synced", "streaming", "configuring"],
             "{vin}"
         );
     }
+}
+
+/// The committed onboarding events on `topic`, read until at least `n` arrived.
+fn committed_onboarding_events(broker: &str, topic: &str, n: usize) -> Vec<Value> {
+    let onboarding = |e: &&Value| e["type"] == "fleetgate.vehicle.onboarding";
+    common::cluster::committed_events(broker, topic, |events| {
+        events.iter().filter(onboarding).count() >= n
+    })
+    .into_iter()
+    .filter(|e| onboarding(&e))
+    .collect()
+}
+
+/// The states `vin`'s onboarding events announce, in order.
+fn states_of<'a>(events: &'a [Value], vin: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e["data"]["vin"] == vin)
+        .map(|e| e["data"]["state"].as_str().unwrap())
+        .collect()
 }
 
 mod cli {
@@ -849,6 +927,13 @@ mod cli {
             .join(format!("cli-{}.json", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         path
+    }
+
+    /// `fleetgate tesla doctor` of `config` against the server on loopback `port`.
+    fn doctor(config: &Path, port: u16) -> (i32, String, String) {
+        let connect = format!("127.0.0.1:{port}");
+        let config = config.to_str().unwrap();
+        fleetgate(&["tesla", "doctor", "--config", config, "--connect", &connect])
     }
 
     #[test]
@@ -965,14 +1050,7 @@ mod cli {
         let good = write_config(&pki, port, json!({}));
         let config: Value = serde_json::from_slice(&std::fs::read(&good).unwrap()).unwrap();
         let _server = Server::start(&config);
-        let (code, stdout, stderr) = fleetgate(&[
-            "tesla",
-            "doctor",
-            "--config",
-            good.to_str().unwrap(),
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-        ]);
+        let (code, stdout, stderr) = doctor(&good, port);
         assert_eq!(code, 0, "{stdout}\n{stderr}");
         assert!(!stdout.contains("FAIL"), "{stdout}");
         assert!(stdout.contains("what cars check passes"), "{stdout}");
@@ -981,27 +1059,13 @@ mod cli {
         let stranger = fleetgate::tools::certs::DevCa::root("Someone Else Root").unwrap();
         write_file(pki.dir.path(), "stranger.pem", &stranger.cert_pem);
         let wrong_ca = write_config(&pki, port, json!({"ca_file": pki.path("stranger.pem")}));
-        let (code, stdout, _) = fleetgate(&[
-            "tesla",
-            "doctor",
-            "--config",
-            wrong_ca.to_str().unwrap(),
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-        ]);
+        let (code, stdout, _) = doctor(&wrong_ca, port);
         assert_ne!(code, 0);
         assert!(stdout.contains("FAIL"), "{stdout}");
 
         // a hostname outside the partner domain
         let outside = write_config(&pki, port, json!({"partner_domain": "fleet.example.com"}));
-        let (code, stdout, _) = fleetgate(&[
-            "tesla",
-            "doctor",
-            "--config",
-            outside.to_str().unwrap(),
-            "--connect",
-            &format!("127.0.0.1:{port}"),
-        ]);
+        let (code, stdout, _) = doctor(&outside, port);
         assert_ne!(code, 0);
         assert!(
             stdout.contains("FAIL") && stdout.contains("fleet.example.com"),
@@ -1010,14 +1074,7 @@ mod cli {
 
         // nothing listens: the doctor says so rather than passing
         let nobody = free_port();
-        let (code, stdout, _) = fleetgate(&[
-            "tesla",
-            "doctor",
-            "--config",
-            good.to_str().unwrap(),
-            "--connect",
-            &format!("127.0.0.1:{nobody}"),
-        ]);
+        let (code, stdout, _) = doctor(&good, nobody);
         assert_ne!(code, 0);
         assert!(stdout.contains("FAIL"), "{stdout}");
     }

@@ -251,7 +251,30 @@ impl Reconciler {
         Next::Failed
     }
 
+    /// A Fleet API call's answer, or (its failure recorded) how the pass ends.
+    async fn answer<T>(
+        &self,
+        vehicle: &VehicleRecord,
+        generation: u64,
+        status: &mut VehicleStatus,
+        call: Result<T, ApiError>,
+    ) -> Result<T, Next> {
+        match call {
+            Ok(answer) => Ok(answer),
+            Err(e) => Err(self
+                .api_failed(&vehicle.vin, status, &vehicle.account_id, generation, e)
+                .await),
+        }
+    }
+
     async fn pass(&self, vehicle: &VehicleRecord) -> Next {
+        match self.try_pass(vehicle).await {
+            Ok(next) | Err(next) => next,
+        }
+    }
+
+    /// One pass; `Err` ends it early (a failed call, recorded).
+    async fn try_pass(&self, vehicle: &VehicleRecord) -> Result<Next, Next> {
         let vin = vehicle.vin.as_str();
         let stored = self.onboarding.status(vin);
         let mut status = stored
@@ -261,59 +284,54 @@ impl Reconciler {
             status.state = OnboardingState::Removing;
             status.reason = Some("DELETE asked: removing the config at Tesla".into());
             if self.save(vin, status.clone()).await.is_err() {
-                return Next::Failed;
+                return Err(Next::Failed);
             }
         }
         let access = match self.tokens.access_token(&vehicle.account_id).await {
             Ok(access) => access,
-            Err(TokenError::Waiting) => return Next::After(Duration::from_secs(2)),
+            Err(TokenError::Waiting) => return Ok(Next::After(Duration::from_secs(2))),
             Err(TokenError::Api(e)) => {
-                return self
+                return Err(self
                     .api_failed(vin, &mut status, &vehicle.account_id, 0, e)
-                    .await
+                    .await)
             }
             Err(TokenError::Store(e)) => {
                 status.last_error = Some(e.to_string());
-                return Next::Failed;
+                return Err(Next::Failed);
             }
             Err(
                 e @ (TokenError::NoAccount(_) | TokenError::Refused(_) | TokenError::Sealed(_)),
             ) => {
                 if vehicle.removing {
                     // nothing can be done at Tesla without the account: forget the vehicle
-                    return self.forget(vin).await;
+                    return Ok(self.forget(vin).await);
                 }
                 status.state = OnboardingState::Error;
                 status.reason = Some(e.to_string());
                 let _ = self.save(vin, status).await;
-                return Next::After(self.settings.interval);
+                return Ok(Next::After(self.settings.interval));
             }
         };
         let (token, generation) = (access.token.as_str(), access.generation);
         if vehicle.removing {
             return match self.api.delete_config(token, vin).await {
-                Ok(()) | Err(ApiError::Status { status: 404, .. }) => self.forget(vin).await,
-                Err(e) => {
-                    self.api_failed(vin, &mut status, &vehicle.account_id, generation, e)
-                        .await
-                }
+                Ok(()) | Err(ApiError::Status { status: 404, .. }) => Ok(self.forget(vin).await),
+                Err(e) => Err(self
+                    .api_failed(vin, &mut status, &vehicle.account_id, generation, e)
+                    .await),
             };
         }
 
         // 1. the key and the firmware
-        let key = match self.api.fleet_status(token, vin).await {
-            Ok(key) => key,
-            Err(e) => {
-                return self
-                    .api_failed(vin, &mut status, &vehicle.account_id, generation, e)
-                    .await
-            }
-        };
+        let answered = self.api.fleet_status(token, vin).await;
+        let key = self
+            .answer(vehicle, generation, &mut status, answered)
+            .await?;
         status.key_paired = Some(key.key_paired);
         status.firmware = key.firmware.clone();
         status.protocol_required = key.protocol_required;
         if !key.key_paired {
-            return self.pending_key(vin, status).await;
+            return Ok(self.pending_key(vin, status).await);
         }
         if let Some(firmware) = key.firmware.as_deref().filter(|f| firmware_too_old(f)) {
             status.state = OnboardingState::Error;
@@ -322,23 +340,19 @@ impl Reconciler {
                 MIN_FIRMWARE.0, MIN_FIRMWARE.1
             ));
             let _ = self.save(vin, status).await;
-            return Next::After(self.settings.interval);
+            return Ok(Next::After(self.settings.interval));
         }
 
         // 2. what the car has
-        let config = match self.api.read_config(token, vin).await {
-            Ok(config) => config,
-            Err(e) => {
-                return self
-                    .api_failed(vin, &mut status, &vehicle.account_id, generation, e)
-                    .await
-            }
-        };
+        let answered = self.api.read_config(token, vin).await;
+        let config = self
+            .answer(vehicle, generation, &mut status, answered)
+            .await?;
         status.synced = Some(config.synced);
         status.limit_reached = Some(config.limit_reached);
         if config.key_paired == Some(false) {
             // the car answers for a config signed by a key it does not hold
-            return self.pending_key(vin, status).await;
+            return Ok(self.pending_key(vin, status).await);
         }
         let fields = vehicle.fields_or(&self.settings.template.default_fields);
         let wanted = self.settings.template.content(&fields);
@@ -356,7 +370,7 @@ impl Reconciler {
             .is_some_and(|c| same_config(c, &wanted));
         let resync = vehicle.resync > status.pushed_resync;
         if !same || expiring || resync {
-            return self.push(vehicle, status, token, generation, &fields).await;
+            return Ok(self.push(vehicle, status, token, generation, &fields).await);
         }
         status.config_exp = reported_exp;
         if !config.synced {
@@ -364,24 +378,24 @@ impl Reconciler {
             status.reason = Some("Tesla holds the config; the car takes it the next time it is online (wake it, or wait)".into());
             self.read_errors(vin, &mut status, token).await;
             let _ = self.save(vin, status).await;
-            return Next::After(self.settings.poll);
+            return Ok(Next::After(self.settings.poll));
         }
         status.last_error = None;
         if self.last_frame_ms(vin).is_some() {
             self.streaming(&mut status);
             let _ = self.save(vin, status).await;
-            return Next::After(self.settings.interval);
+            return Ok(Next::After(self.settings.interval));
         }
         status.state = OnboardingState::Synced;
         status.reason = Some("the car has the config, and no frame of it reached fleetgate yet: see tesla_errors, and run `fleetgate tesla doctor`".into());
         self.read_errors(vin, &mut status, token).await;
         let _ = self.save(vin, status).await;
-        Next::After(
+        Ok(Next::After(
             self.settings
                 .poll
                 .max(Duration::from_secs(30))
                 .min(self.settings.interval),
-        )
+        ))
     }
 
     async fn pending_key(&self, vin: &str, mut status: VehicleStatus) -> Next {

@@ -56,6 +56,8 @@ pub struct Car {
     pub reads_since_push: u32,
     /// What `fleet_telemetry_errors` lists.
     pub errors: Vec<Value>,
+    /// The next this many reads of the car's config answer 503 (Tesla's outages).
+    pub failing_reads: u32,
 }
 
 impl Car {
@@ -70,6 +72,7 @@ impl Car {
             config: None,
             reads_since_push: 0,
             errors: Vec::new(),
+            failing_reads: 0,
         }
     }
 
@@ -372,6 +375,24 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// The car a per-vehicle call is about, with the call's rate limit, bearer token and the
+/// car's account checked (else the answer to give).
+fn car_call<'a>(
+    i: &'a mut Inner,
+    endpoint: &'static str,
+    headers: &HeaderMap,
+    vin: &str,
+) -> Result<&'a mut Car, Box<Response>> {
+    if let Some(r) = i.limited(endpoint) {
+        return Err(Box::new(r));
+    }
+    let account = i
+        .account_of(headers)
+        .map_err(|r| Box::new(r.into_response()))?;
+    i.car_of(&account, vin)
+        .map_err(|r| Box::new(r.into_response()))
+}
+
 fn ok(response: Value) -> Response {
     Json(json!({ "response": response })).into_response()
 }
@@ -563,17 +584,18 @@ async fn read_config(
     Path(vin): Path<String>,
 ) -> Response {
     let mut i = s.lock().unwrap();
-    if let Some(r) = i.limited("fleet_telemetry_config") {
-        return r;
-    }
-    let account = match i.account_of(&headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
-    let car = match i.car_of(&account, &vin) {
+    let car = match car_call(&mut i, "fleet_telemetry_config", &headers, &vin) {
         Ok(car) => car,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
+    if car.failing_reads > 0 {
+        car.failing_reads -= 1;
+        return Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream internal error".into(),
+        )
+        .into_response();
+    }
     if car.config.is_some() {
         car.reads_since_push += 1;
     }
@@ -591,16 +613,9 @@ async fn delete_config(
     Path(vin): Path<String>,
 ) -> Response {
     let mut i = s.lock().unwrap();
-    if let Some(r) = i.limited("fleet_telemetry_config_delete") {
-        return r;
-    }
-    let account = match i.account_of(&headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
-    let car = match i.car_of(&account, &vin) {
+    let car = match car_call(&mut i, "fleet_telemetry_config_delete", &headers, &vin) {
         Ok(car) => car,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
     car.config = None;
     i.deletes.push(vin);
@@ -609,16 +624,9 @@ async fn delete_config(
 
 async fn errors(State(s): State<Shared>, headers: HeaderMap, Path(vin): Path<String>) -> Response {
     let mut i = s.lock().unwrap();
-    if let Some(r) = i.limited("fleet_telemetry_errors") {
-        return r;
-    }
-    let account = match i.account_of(&headers) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
-    let car = match i.car_of(&account, &vin) {
+    let car = match car_call(&mut i, "fleet_telemetry_errors", &headers, &vin) {
         Ok(car) => car,
-        Err(r) => return r.into_response(),
+        Err(r) => return *r,
     };
     ok(json!({"fleet_telemetry_errors": car.errors}))
 }
