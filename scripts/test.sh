@@ -53,11 +53,14 @@ cargo test --all-targets --no-run "$@"
 mkdir -p target
 log=target/test-output.log
 echo "== cargo test (all targets)"
-cargo test --all-targets "$@" 2>&1 | tee "$log"
+# --no-fail-fast: every failing test binary is reported, not only the first
+status=0
+cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 echo "== doc tests"
-cargo test --doc "$@" 2>&1 | tee -a "$log"
+cargo test --doc "$@" 2>&1 | tee -a "$log" || status=$?
 # One closing line with the totals of every test binary.
 count() { awk -v word="$1" '/test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" word) n += $(i-1) } END { print n + 0 }' "$log"; }
 passed=$(count passed)
 failed=$(count failed)
 echo "tests: ${passed:-0} passed, ${failed:-0} failed" | tee target/test-summary.txt
+exit "$status"

@@ -74,6 +74,8 @@ async fn webhook_and_mqtt_receive_every_event_across_kill_9_of_the_owner_right_a
             .0,
         201
     );
+    // the watches are created through another instance: it must have applied the site first
+    until(refs[1], "/v1/sites/cafe", |s, _| s == 200);
     let vins: Vec<String> = (0..4).map(|i| format!("RELAYVIN{i:09}")).collect();
     for (i, vin) in vins.iter().enumerate() {
         let watch = json!({"watch_id": format!("order-{i}"), "vin": vin, "site_id": "cafe",
