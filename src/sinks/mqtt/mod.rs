@@ -497,6 +497,8 @@ impl MqttSink {
             last_error: Mutex::new("not connected yet".into()),
         });
         let stop = CancellationToken::new();
+        // before the driver starts: it may connect (and set 1) at once
+        metrics::gauge!(MQTT_CONNECTED).set(0.0);
         tokio::spawn(drive(
             driver,
             shared.clone(),
@@ -504,7 +506,6 @@ impl MqttSink {
             format!("{}:{}", settings.host, settings.port),
             settings.connect_retry_interval,
         ));
-        metrics::gauge!(MQTT_CONNECTED).set(0.0);
         Ok(Self {
             client,
             settings,
