@@ -2,30 +2,26 @@
 # Matches helm/fleetgate: ports 4443 (vehicles), 8081 (admin), 9273 (metrics); config at
 # /etc/fleetgate/config/config.json; data under /var/lib/fleetgate; read-only root fs works.
 # The build image's Rust is Cargo.toml's rust-version (scripts/toolchain-check.sh checks both
-# against what the locked dependencies need).
-FROM rust:1.89-bookworm AS build
+# against what the locked dependencies need). CI builds this file and runs the image
+# (scripts/image.sh).
+FROM rust:1.89-bookworm AS chef
+# the official image's cargo home (set again: a stand-in base image may lack it)
+ENV CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH
 # cmake builds librdkafka (with its vendored OpenSSL, libcurl, zstd and zlib: no system libs)
 RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+# cargo-chef: the dependencies in a layer of their own, rebuilt only when they change
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
 
-# Dependencies first, in their own layer: rebuilt only when Cargo.toml or Cargo.lock change.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > build.rs \
-    && for b in decode rules; do echo 'fn main() {}' > "benches/$b.rs"; done \
-    && cargo build --release --locked --bin fleetgate \
-    && rm -rf src benches build.rs target/release/fleetgate* target/release/deps/fleetgate-* \
-       target/release/deps/libfleetgate-* target/release/.fingerprint/fleetgate-* \
-       target/release/build/fleetgate-*
+# The recipe: Cargo.toml, Cargo.lock and the targets' layout, without the code.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
 
-# Then the crate itself.
-COPY build.rs ./
-COPY proto proto
-COPY certs/tesla certs/tesla
-COPY src src
-COPY benches benches
-COPY testdata testdata
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --bin fleetgate --recipe-path recipe.json
+COPY . .
 RUN cargo build --release --locked --bin fleetgate && strip target/release/fleetgate
 
 FROM debian:bookworm-slim

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc: measurably cheaper per-frame allocations than the system allocator (docs/benchmarks.md).
 #[global_allocator]
@@ -92,6 +92,15 @@ enum Command {
         #[command(subcommand)]
         command: CertsCommand,
     },
+    /// Print a shell completion script: `fleetgate completions bash >
+    /// /etc/bash_completion.d/fleetgate` (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print fleetgate's man page (roff): `fleetgate man > /usr/local/share/man/man1/fleetgate.1`.
+    Man,
     /// Tesla onboarding: the partner key, signed telemetry configs, pre-flight checks.
     Tesla {
         #[command(subcommand)]
@@ -547,8 +556,34 @@ fn certs_dev(
     }
 }
 
+/// The arguments as clap reads them: Tesla's server is started as `fleet-telemetry
+/// -config=FILE` (Go's flag forms: `-config FILE`, `-config=FILE`, `--config …`), and a
+/// container or unit written for it starts `serve` with the same arguments.
+fn with_tesla_invocation(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let tesla_form = ["-config", "--config", "-c"].iter().any(|flag| {
+        first == *flag || first.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
+    });
+    if !tesla_form {
+        return args;
+    }
+    let mut out = Vec::with_capacity(args.len() + 2);
+    out.push(args[0].clone());
+    out.push("serve".into());
+    for arg in &args[1..] {
+        // Go's single-dash long flag is clap's double-dash one
+        match arg.to_str() {
+            Some(a) if a == "-config" || a.starts_with("-config=") => {
+                out.push(format!("-{a}").into())
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(with_tesla_invocation(std::env::args_os().collect()));
     match cli.command {
         Command::Serve {
             config,
@@ -571,6 +606,17 @@ fn main() -> ExitCode {
         } => certs_dev(out, vehicles, server_names, no_negative),
         Command::Bench { command } => bench(command),
         Command::Tesla { command } => tesla(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "fleetgate", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetgate man: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Demo { json, pace_ms } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -652,5 +698,47 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<std::ffi::OsString> {
+        line.split(' ').map(Into::into).collect()
+    }
+
+    #[test]
+    fn teslas_invocation_starts_serve() {
+        for line in [
+            "fleet-telemetry -config=/etc/c.json",
+            "fleet-telemetry -config /etc/c.json",
+            "fleet-telemetry --config=/etc/c.json",
+            "fleet-telemetry --config /etc/c.json",
+        ] {
+            let cli = Cli::try_parse_from(with_tesla_invocation(args(line))).unwrap();
+            match cli.command {
+                Command::Serve { config, .. } => assert_eq!(config, PathBuf::from("/etc/c.json"), "{line}"),
+                _ => panic!("{line} did not start serve"),
+            }
+        }
+        // fleetgate's own forms are left alone
+        let own = args("fleetgate check-config /etc/c.json");
+        assert_eq!(with_tesla_invocation(own.clone()), own);
+        let cli = Cli::try_parse_from(with_tesla_invocation(args("fleetgate serve -c /etc/c.json"))).unwrap();
+        assert!(matches!(cli.command, Command::Serve { .. }));
+    }
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_cli_definition() {
+        let mut bash = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "fleetgate", &mut bash);
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("check-config") && bash.contains("sign-config"), "{bash}");
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH fleetgate") && man.contains("check\\-config"), "{man}");
     }
 }

@@ -199,8 +199,12 @@ const fn family(name: &'static str, kind: Kind, help: &'static str) -> Family {
     Family { name, kind, help }
 }
 
+/// Always 1, labelled with the version that runs (`version`).
+pub const BUILD_INFO: &str = "fleetgate_build_info";
+
 /// Every metric family fleetgate exports (process metrics aside), with its HELP text.
 pub const FAMILIES: &[Family] = &[
+    family(BUILD_INFO, Kind::Gauge, "Always 1; `version` is the fleetgate version that runs (join on it to see which instance runs what)"),
     family(CLUSTER_RULES_PARTITIONS, Kind::Gauge, "Cluster mode: V partitions whose vehicles' rules this instance owns"),
     family(CLUSTER_RULES_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds the last restore of assigned partitions' rule state took"),
     family(CLUSTER_RULES_FRAMES_TOTAL, Kind::Counter, "Cluster mode: V records processed by the rules and committed"),
@@ -451,6 +455,7 @@ fn describe() {
         }
     }
     process_collector().describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// CPU, memory, open files and threads of this process (`process_*`), collected per scrape.

@@ -296,6 +296,12 @@ fn watches_crud_and_validation() {
             422,
             "invalid_body",
         ),
+        (
+            // expired years ago: it could never fire
+            json!({"watch_id": "w2", "vin": VIN, "site_id": "cafe", "expires_at": "2021-01-01T00:00:00Z"}),
+            422,
+            "invalid_watch",
+        ),
     ] {
         let (s, v) = server.admin("POST", "/v1/watches", Some(&body.to_string()));
         assert_eq!(

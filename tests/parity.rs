@@ -226,3 +226,50 @@ fn the_listening_json_log_line_carries_its_addresses_as_fields() {
     }
     assert_eq!(fields["proxy"], "off");
 }
+
+/// A container or unit written for Tesla's server starts it as `fleet-telemetry
+/// -config=FILE`: the same arguments start fleetgate's server.
+#[test]
+fn teslas_command_line_starts_the_server() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, base_config(&pki).to_string()).unwrap();
+    for form in ["-config=", "-config"] {
+        let addrs = dir.path().join(format!("addrs{form}.json"));
+        let mut command = std::process::Command::new(server_binary());
+        if form.ends_with('=') {
+            command.arg(format!("{form}{}", config.display()));
+        } else {
+            command.arg(form).arg(&config);
+        }
+        let mut child = command
+            .arg("--addrs-file")
+            .arg(&addrs)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let bound: fleetgate::app::BoundAddrs = loop {
+            if let Ok(text) = std::fs::read_to_string(&addrs) {
+                break serde_json::from_str(&text).unwrap();
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "`fleetgate {form} FILE` did not start the server"
+            );
+            assert!(std::time::Instant::now() < deadline, "{form}: not listening after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // and the running version is on /metrics
+        let metrics = http_get(&bound.metrics.unwrap().to_string(), "/metrics");
+        let series = format!(
+            "fleetgate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(metrics.contains(&series), "{series} missing");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -99,8 +99,8 @@ async fn get_vehicle(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct NearQuery {
-    /// `LAT,LON` in degrees (required).
-    near: Option<String>,
+    /// `LAT,LON` in degrees.
+    near: String,
     /// Radius in metres, (0, 100000] (default 1000).
     radius_m: Option<f64>,
     /// Most vehicles to return, [1, 1000] (default 100).
@@ -119,8 +119,8 @@ async fn vehicles_near(
 ) -> ApiResult<Json<NearList>> {
     let Query(q) = q.map_err(query_error)?;
     let bad = |d: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", d);
-    let near = q.near.ok_or_else(|| bad("near=LAT,LON is required"))?;
-    let (lat, lon) = near
+    let (lat, lon) = q
+        .near
         .split_once(',')
         .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
         .ok_or_else(|| bad("near must be LAT,LON"))?;

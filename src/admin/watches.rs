@@ -92,6 +92,16 @@ async fn create_watch(
             e.to_string(),
         )
     })?;
+    if watch.expires_at_ms <= crate::runner::now_ms() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_watch",
+            format!(
+                "expires_at: {} is in the past: a watch that has expired can never fire; give a time to come",
+                spec.expires_at
+            ),
+        ));
+    }
     if state.fleet.sites.load().get(&spec.site_id).is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

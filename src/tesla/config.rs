@@ -489,6 +489,11 @@ impl TeslaConfig {
                 if let Err(e) = self.client_secret(base) {
                     issue("fleetgate.tesla.client_secret_file", e);
                 }
+            } else if std::env::var(TOKEN_KEY_ENV).is_ok_and(|k| !k.is_empty()) {
+                // set here as where it runs (a chart passes it from a Secret): check its form
+                if let Err(e) = self.token_key(base) {
+                    issue("fleetgate.tesla.token_key_file", e);
+                }
             } else if self.token_key_file.is_none() {
                 warnings.push(format!("fleetgate.tesla: no token_key_file in the config; {TOKEN_KEY_ENV} must be set where it runs"));
             }

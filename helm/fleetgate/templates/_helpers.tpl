@@ -23,6 +23,14 @@ app.kubernetes.io/name: {{ include "fleetgate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{- define "fleetgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "fleetgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "fleetgate.adminSecret" -}}
 {{- default (printf "%s-admin" (include "fleetgate.fullname" .)) .Values.admin.existingSecret -}}
 {{- end -}}
@@ -42,6 +50,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.sitesGeoJson }}{{- $_ := set $fg "sites_file" "/etc/fleetgate/config/sites.geojson" -}}{{- end -}}
 {{- if and .Values.proxyMtls.enabled (empty .Values.proxyMtls.trustedProxies) }}{{- fail "proxyMtls.enabled needs proxyMtls.trustedProxies: the load balancer's address ranges (CIDR)" -}}{{- end -}}
 {{- if .Values.proxyMtls.enabled }}{{- $_ := set $fg "proxy_mtls" (dict "listen" (printf "0.0.0.0:%v" .Values.proxyMtls.port) "header" .Values.proxyMtls.header "trusted_proxies" .Values.proxyMtls.trustedProxies "tls" .Values.proxyMtls.tls) -}}{{- end -}}
+{{- if .Values.tesla.secret }}
+{{- $_ := set $cfg "status_port" .Values.tesla.statusPort -}}
+{{- $tesla := deepCopy (default dict $fg.tesla) -}}
+{{- $_ := set $tesla "private_key_file" "/etc/fleetgate/tesla/private-key.pem" -}}
+{{- if not (hasKey $tesla "ca_file") }}{{- $_ := set $tesla "ca_file" "/etc/fleetgate/tesla/ca-chain.pem" -}}{{- end -}}
+{{- $_ := set $fg "tesla" $tesla -}}
+{{- end -}}
 {{- if .Values.cluster.enabled }}{{- $_ := set $fg "cluster" (dict "name" (default .Release.Name .Values.cluster.name) "session_timeout_s" .Values.cluster.sessionTimeoutSeconds "transaction_timeout_s" .Values.cluster.transactionTimeoutSeconds) -}}{{- end -}}
 {{- $_ := set $cfg "fleetgate" $fg -}}
 {{- toPrettyJson $cfg -}}
