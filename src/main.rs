@@ -562,7 +562,10 @@ fn certs_dev(
 fn with_tesla_invocation(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     let tesla_form = ["-config", "--config", "-c"].iter().any(|flag| {
-        first == *flag || first.strip_prefix(flag).is_some_and(|rest| rest.starts_with('='))
+        first == *flag
+            || first
+                .strip_prefix(flag)
+                .is_some_and(|rest| rest.starts_with('='))
     });
     if !tesla_form {
         return args;
@@ -607,16 +610,23 @@ fn main() -> ExitCode {
         Command::Bench { command } => bench(command),
         Command::Tesla { command } => tesla(command),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "fleetgate", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "fleetgate",
+                &mut std::io::stdout(),
+            );
             ExitCode::SUCCESS
         }
-        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fleetgate man: {e}");
-                ExitCode::from(1)
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetgate man: {e}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
         Command::Demo { json, pace_ms } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -719,26 +729,44 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(with_tesla_invocation(args(line))).unwrap();
             match cli.command {
-                Command::Serve { config, .. } => assert_eq!(config, PathBuf::from("/etc/c.json"), "{line}"),
+                Command::Serve { config, .. } => {
+                    assert_eq!(config, PathBuf::from("/etc/c.json"), "{line}")
+                }
                 _ => panic!("{line} did not start serve"),
             }
         }
         // fleetgate's own forms are left alone
         let own = args("fleetgate check-config /etc/c.json");
         assert_eq!(with_tesla_invocation(own.clone()), own);
-        let cli = Cli::try_parse_from(with_tesla_invocation(args("fleetgate serve -c /etc/c.json"))).unwrap();
+        let cli = Cli::try_parse_from(with_tesla_invocation(args(
+            "fleetgate serve -c /etc/c.json",
+        )))
+        .unwrap();
         assert!(matches!(cli.command, Command::Serve { .. }));
     }
 
     #[test]
     fn completions_and_the_man_page_come_from_the_cli_definition() {
         let mut bash = Vec::new();
-        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "fleetgate", &mut bash);
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "fleetgate",
+            &mut bash,
+        );
         let bash = String::from_utf8(bash).unwrap();
-        assert!(bash.contains("check-config") && bash.contains("sign-config"), "{bash}");
+        assert!(
+            bash.contains("check-config") && bash.contains("sign-config"),
+            "{bash}"
+        );
         let mut man = Vec::new();
-        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
         let man = String::from_utf8(man).unwrap();
-        assert!(man.contains(".TH fleetgate") && man.contains("check\\-config"), "{man}");
+        assert!(
+            man.contains(".TH fleetgate") && man.contains("check\\-config"),
+            "{man}"
+        );
     }
 }

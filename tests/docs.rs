@@ -180,3 +180,34 @@ fn docs_and_comments_speak_of_the_product_only() {
     }
     assert!(offenders.is_empty(), "{offenders:#?}");
 }
+
+#[test]
+fn tables_are_not_cut_by_a_blank_line() {
+    // a blank line between rows ends the table: the rows after it render as plain text
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "md"))
+    {
+        let text = std::fs::read_to_string(file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for i in 1..lines.len().saturating_sub(1) {
+            let cut = lines[i].trim().is_empty()
+                && lines[i - 1].starts_with('|')
+                && lines[i + 1].starts_with('|')
+                && !lines[i + 2..]
+                    .first()
+                    .is_some_and(|l| l.starts_with("|---"));
+            assert!(
+                !cut,
+                "{}:{}: a blank line cuts a table",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+}

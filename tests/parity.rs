@@ -259,7 +259,10 @@ fn teslas_command_line_starts_the_server() {
                 child.try_wait().unwrap().is_none(),
                 "`fleetgate {form} FILE` did not start the server"
             );
-            assert!(std::time::Instant::now() < deadline, "{form}: not listening after 20 s");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{form}: not listening after 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         // and the running version is on /metrics

@@ -9,8 +9,8 @@ use common::*;
 
 #[test]
 fn the_operating_guides_curl_walkthrough_runs_as_written() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md"))
-        .unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
     let block = doc
         .split("<!-- walkthrough -->")
         .nth(1)
@@ -25,7 +25,10 @@ fn the_operating_guides_curl_walkthrough_runs_as_written() {
     let server = Server::start(&base_config(&pki));
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
-        .env("ADMIN", format!("http://{}", server.admin.as_deref().unwrap()))
+        .env(
+            "ADMIN",
+            format!("http://{}", server.admin.as_deref().unwrap()),
+        )
         .env("TOKEN", TOKEN)
         .output()
         .expect("bash and curl run the walkthrough");
