@@ -258,6 +258,15 @@ async fn every_negative_certificate_is_refused_with_a_counted_reason() {
         wait_metric(&server, &series, 1.0).await;
         assert_eq!(server.metric(&series), 1.0, "{case}: {series}");
     }
+    // an operator sees why at info level (one line per reason every 10 s)
+    let log = server.stderr_text();
+    for reason in ["untrusted_issuer", "expired", "not_yet_valid"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tls handshake refused") && l.contains(reason)),
+            "no info line for {reason}:\n{log}"
+        );
+    }
 
     // verified by TLS, refused by the identity rules (403 at the upgrade)
     for (case, reason) in [

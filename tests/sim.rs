@@ -42,6 +42,12 @@ fn sim_gets_every_frame_acked() {
             .unwrap_or(-1.0)
     };
     assert_eq!(value("vehicles connected"), 4.0);
+    // no terminal here: progress as plain lines while it runs
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fleetgate sim: 1/2 s, ") && stderr.contains("vehicles streaming"),
+        "{stderr}"
+    );
     assert!(value("frames sent") >= 40.0, "{stdout}");
     assert_eq!(value("frames sent"), value("frames acked"));
     assert!(value("ack latency p99 (ms)") > 0.0);

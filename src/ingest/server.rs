@@ -141,13 +141,50 @@ async fn tls_handshake(
         Ok(Err(e)) => {
             let reason = handshake_failure_reason(&e);
             metrics::counter!(m::HANDSHAKES_TOTAL, "result" => reason).increment(1);
-            tracing::debug!(%peer, reason, error = %e, "tls handshake failed");
+            if let Some(suppressed) = refusal_log_slot(reason) {
+                tracing::info!(%peer, reason, error = %e, similar_since_last_line = suppressed,
+                    "tls handshake refused (one line per reason every 10 s; all are counted in fleetgate_handshakes_total)");
+            } else {
+                tracing::debug!(%peer, reason, error = %e, "tls handshake failed");
+            }
             None
         }
         Err(_) => {
             metrics::counter!(m::HANDSHAKES_TOTAL, "result" => "timeout").increment(1);
             tracing::debug!(%peer, "tls handshake timed out");
             None
+        }
+    }
+}
+
+/// Refused handshakes are logged at info, one line per reason every 10 s at most: an operator
+/// sees why a car cannot connect (an expired or foreign certificate) without a reconnect storm
+/// flooding the log. Some(refusals of this reason not logged since the last line) when this
+/// one may be logged.
+fn refusal_log_slot(reason: &'static str) -> Option<u64> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+    static LAST: OnceLock<Mutex<HashMap<&'static str, (Instant, u64)>>> = OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    match last.get_mut(reason) {
+        Some((at, suppressed)) if now.duration_since(*at) < Duration::from_secs(10) => {
+            *suppressed += 1;
+            None
+        }
+        Some((at, suppressed)) => {
+            let logged = Some(*suppressed);
+            *at = now;
+            *suppressed = 0;
+            logged
+        }
+        None => {
+            last.insert(reason, (now, 0));
+            Some(0)
         }
     }
 }

@@ -141,6 +141,7 @@ pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, St
         ProgressBar::hidden()
     };
     let vins = crate::tools::certs::example_vins(opts.vehicles);
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for (i, vin) in vins.iter().enumerate() {
@@ -149,6 +150,7 @@ pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, St
             crate::tools::client::client_config_from_pem(&ca_pem, &pair.chain_pem, &pair.key_pem)
                 .map_err(|e| e.to_string())?;
         let (addr, host, route, vin) = (addr.clone(), host.clone(), route.clone(), vin.clone());
+        let streaming = streaming.clone();
         tasks.push(tokio::spawn(async move {
             let ws = crate::tools::client::connect(
                 &addr,
@@ -158,6 +160,7 @@ pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, St
             )
             .await
             .map_err(|e| format!("{vin}: {e}"))?;
+            streaming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // spread vehicles around Austin, or along the route with staggered starts
             let start = route.as_ref().map(|r| r[i % r.len()]).unwrap_or((
                 30.2672 + (i % 50) as f64 * 0.002,
@@ -192,10 +195,21 @@ pub async fn run(opts: SimOptions, show_progress: bool) -> Result<SimSummary, St
     }
     let ticker = {
         let bar = bar.clone();
+        let (total, vehicles) = (opts.duration_s, opts.vehicles);
+        // without a terminal (a log, a pipe, CI): a plain line every quarter of the run, at
+        // most every 10 s
+        let every = (total / 4).clamp(1, 10);
         tokio::spawn(async move {
+            let mut elapsed = 0u64;
             while Instant::now() < until {
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                elapsed += 1;
+                let connected = streaming.load(std::sync::atomic::Ordering::Relaxed);
+                bar.set_message(format!("{connected}/{vehicles} vehicles streaming"));
                 bar.inc(1);
+                if !show_progress && elapsed.is_multiple_of(every) {
+                    eprintln!("fleetgate sim: {elapsed}/{total} s, {connected}/{vehicles} vehicles streaming");
+                }
             }
         })
     };
