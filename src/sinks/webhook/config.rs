@@ -203,9 +203,10 @@ pub fn decode_secret(secret: &str) -> Result<Vec<u8>, String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
-    if !(16..=64).contains(&key.len()) {
+    // the Standard Webhooks specification: secrets of 24 to 64 bytes
+    if !(24..=64).contains(&key.len()) {
         return Err(format!(
-            "decodes to {} bytes; use 16 to 64 (32 recommended)",
+            "decodes to {} bytes; Standard Webhooks secrets are 24 to 64 bytes (32 recommended)",
             key.len()
         ));
     }
@@ -440,6 +441,21 @@ impl WebhookSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_24_to_64_bytes_as_standard_webhooks_says() {
+        use base64::Engine as _;
+        let of = |n: usize| {
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(vec![7u8; n])
+            )
+        };
+        assert!(decode_secret(&of(23)).unwrap_err().contains("24 to 64"));
+        assert_eq!(decode_secret(&of(24)).unwrap().len(), 24);
+        assert_eq!(decode_secret(&of(64)).unwrap().len(), 64);
+        assert!(decode_secret(&of(65)).is_err());
+    }
 
     fn parse(v: serde_json::Value) -> Result<WebhookSettings, Vec<(String, String)>> {
         let c: WebhookConfig = serde_json::from_value(v).unwrap();
