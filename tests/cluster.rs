@@ -144,6 +144,25 @@ async fn admin_writes_on_one_instance_reach_every_instance_and_a_late_one_restor
         connect(&d, &ca, &cert, &[]).await.is_err(),
         "blocked on D too"
     );
+
+    // a client behind a load balancer: a site created on one instance, at once a watch for
+    // it on another — accepted every time (the other instance waits for the site briefly)
+    for i in 0..5 {
+        let (s, v) = a.admin("PUT", &format!("/v1/sites/lb{i}"), Some(&site(30.4)));
+        assert_eq!(s, 201, "{v}");
+        let watch = json!({"watch_id": format!("lb-w{i}"), "vin": VIN, "site_id": format!("lb{i}"),
+            "expires_at": "2099-01-01T00:00:00Z"});
+        let (s, v) = d.admin("POST", "/v1/watches", Some(&watch.to_string()));
+        assert_eq!(
+            s, 201,
+            "a watch for a site just created on another instance: {v}"
+        );
+    }
+    // a site that exists nowhere is still refused
+    let watch = json!({"watch_id": "lb-none", "vin": VIN, "site_id": "nowhere",
+        "expires_at": "2099-01-01T00:00:00Z"});
+    let (s, v) = d.admin("POST", "/v1/watches", Some(&watch.to_string()));
+    assert_eq!((s, v["error"].as_str()), (422, Some("unknown_site")), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

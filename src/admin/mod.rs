@@ -100,6 +100,25 @@ impl From<WriteError> for ApiError {
 }
 
 impl AdminState {
+    /// Whether `known()` holds for something a request refers to (a site, an account). In
+    /// cluster mode it may have been created through another instance a moment ago and not
+    /// have reached this one yet (admin writes reach every instance within milliseconds,
+    /// docs/cluster.md): a client behind a load balancer that creates a site and then a watch
+    /// for it must not get "unknown site", so the answer waits for it up to 2 s.
+    async fn eventually_known(&self, known: impl Fn() -> bool) -> bool {
+        if known() || self.cluster.is_none() {
+            return known();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if known() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// The table vehicle reads answer from: the cluster-wide view in cluster mode (a vehicle's
     /// rules may run on another instance), else this process's table.
     fn vehicle_table(&self) -> &crate::state::VehicleTable {

@@ -418,7 +418,10 @@ async fn put_vehicle(
 ) -> ApiResult<(StatusCode, Json<VehicleView>)> {
     let t = tesla(&state)?;
     check_vin(&vin)?;
-    if t.onboarding.account(&body.account_id).is_none() {
+    let account_known = state
+        .eventually_known(|| t.onboarding.account(&body.account_id).is_some())
+        .await;
+    if !account_known {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_account",

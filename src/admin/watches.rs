@@ -102,7 +102,10 @@ async fn create_watch(
             ),
         ));
     }
-    if state.fleet.sites.load().get(&spec.site_id).is_none() {
+    let site_known = state
+        .eventually_known(|| state.fleet.sites.load().get(&spec.site_id).is_some())
+        .await;
+    if !site_known {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_site",
