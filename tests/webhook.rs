@@ -269,3 +269,88 @@ fn a_message_never_accepted_is_retried_then_dead_lettered_never_dropped() {
     }
     assert!(server.metric("fleetgate_webhook_retried_total{endpoint=\"orders\"}") > 0.0);
 }
+
+/// A receiver that answers `410 Gone` to every request (Standard Webhooks: the endpoint is
+/// gone for good) and counts them.
+fn gone_receiver() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn a_receiver_that_answers_410_gone_is_disabled_and_its_messages_dead_lettered() {
+    let pki = Pki::new();
+    let (url, requests) = gone_receiver();
+    let dead = pki.dir.path().join("dead.jsonl");
+    let mut config = base_config(&pki);
+    merge(
+        &mut config,
+        &json!({
+            "records": {"V": ["webhook"]},
+            "reliable_ack_sources": {"V": "webhook"},
+            "fleetgate": {
+                "events": {"sinks": ["webhook"]},
+                "webhook": {"endpoints": [{"name": "orders", "url": url, "secret": SECRET}],
+                            "retry_initial_ms": 200, "retry_max_ms": 2000, "timeout_ms": 2000,
+                            "dead_letter_file": dead.display().to_string()},
+            },
+        }),
+    );
+    let server = Server::start(&config);
+    let (_, acked) = sim_result(sim(&server, &pki, 1, 3));
+    assert!(acked >= 2);
+    // every acked frame ends in the dead-letter file, with the reason, none retried
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let is_record = |l: &Value| l["body"]["type"] == "fleetgate.record.V";
+    let lines = loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&dead)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.iter().filter(|l| is_record(l)).count() as u64 >= acked
+            || Instant::now() > deadline
+        {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(lines.iter().filter(|l| is_record(l)).count() as u64, acked);
+    assert!(lines
+        .iter()
+        .all(|l| l["reason"].as_str().unwrap().contains("410 Gone")));
+    assert_eq!(
+        requests.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one vehicle, one 410: nothing is sent (or retried) after it"
+    );
+    assert!(
+        server.metric("fleetgate_webhook_dead_lettered_total{endpoint=\"orders\"}") >= acked as f64
+    );
+    assert!(server.metric("fleetgate_webhook_retried_total{endpoint=\"orders\"}") == 0.0);
+}

@@ -34,6 +34,9 @@ enum Outcome {
     Delivered,
     /// Failed; retry no sooner than the hint (Retry-After), if any.
     Failed(String, Option<Duration>),
+    /// 410 Gone: the receiver says it will never take messages again (Standard Webhooks:
+    /// disable the endpoint).
+    Gone,
 }
 
 #[derive(Default)]
@@ -52,6 +55,9 @@ struct Receiver {
     failing: bool,
     /// Lanes that are waiting out a backoff.
     backing_off: HashSet<String>,
+    /// Disabled by a 410 Gone until fleetgate restarts: its messages go to the dead-letter
+    /// file at once.
+    gone: bool,
     heap: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
@@ -75,6 +81,7 @@ pub async fn run(
             failing: false,
             backing_off: HashSet::new(),
             heap: BinaryHeap::new(),
+            gone: false,
         })
         .collect();
     let mut lanes: Vec<HashMap<String, Lane>> =
@@ -144,8 +151,12 @@ pub async fn run(
             _ = stop.cancelled() => break,
             Some(s) = incoming.recv() => {
                 if let Some(r) = receivers.iter().position(|r| r.endpoint.name == s.message.endpoint) {
-                    enqueue(&mut receivers[r], &mut lanes[r], s, Instant::now());
-                    set_depth(&receivers[r]);
+                    if receivers[r].gone {
+                        dead_letter_gone(&outbox, s);
+                    } else {
+                        enqueue(&mut receivers[r], &mut lanes[r], s, Instant::now());
+                        set_depth(&receivers[r]);
+                    }
                 }
             }
             Some(done) = requests.join_next(), if !requests.is_empty() => {
@@ -163,6 +174,15 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Why a message of a receiver that answered 410 Gone is dead-lettered.
+const GONE: &str = "the receiver answered 410 Gone: disabled until fleetgate restarts (fix its url or remove it from fleetgate.webhook.endpoints)";
+
+fn dead_letter_gone(outbox: &Outbox, s: Stored) {
+    metrics::counter!(WEBHOOK_DEAD_LETTERED_TOTAL, "endpoint" => s.message.endpoint.clone())
+        .increment(1);
+    outbox.send(Op::DeadLetter(Box::new(s), GONE.to_owned()));
 }
 
 fn set_depth(r: &Receiver) {
@@ -214,6 +234,26 @@ fn finish(
     lane.busy = false;
     let mut recovered = false;
     match outcome {
+        Outcome::Gone => {
+            // every message it holds goes to the dead-letter file, and so does every later one
+            tracing::error!(endpoint = %name, url = %r.endpoint.url, "webhook: {GONE}");
+            r.gone = true;
+            for (_, mut lane) in lanes.drain() {
+                for s in lane.queue.drain(..) {
+                    dead_letter_gone(outbox, s);
+                }
+            }
+            r.depth = 0;
+            r.heap.clear();
+            r.backing_off.clear();
+            health
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .failing
+                .insert(name, GONE.to_owned());
+            set_depth(r);
+            return;
+        }
         Outcome::Delivered => {
             let head = lane.queue.pop_front().expect("a busy lane has a head");
             outbox.send(Op::Delivered(head.seq));
@@ -315,6 +355,7 @@ fn build(
 async fn send(request: reqwest::RequestBuilder) -> Outcome {
     match request.send().await {
         Ok(resp) if resp.status().is_success() => Outcome::Delivered,
+        Ok(resp) if resp.status() == reqwest::StatusCode::GONE => Outcome::Gone,
         Ok(resp) => {
             let status = resp.status();
             let hint = resp
