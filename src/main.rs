@@ -44,6 +44,10 @@ enum Command {
         /// Warnings (unknown keys, features fleetgate does not have) fail the check too.
         #[arg(long)]
         strict: bool,
+        /// Print one JSON object on stdout (`file`, `ok`, `problems` with `key` and
+        /// `problem`, `warnings`, `error`) instead of text; the exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// Decode captured frames (one websocket message per file; `-` reads stdin) to JSON lines.
     Decode {
@@ -437,28 +441,58 @@ enum CertsCommand {
     },
 }
 
-fn check_config(file: &std::path::Path, no_file_checks: bool, strict: bool) -> ExitCode {
-    match fleetgate::config::Config::load_with(file, !no_file_checks) {
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                eprintln!("warning: {warning}");
-            }
-            if strict && !loaded.warnings.is_empty() {
-                eprintln!(
-                    "fleetgate check-config: {}: {} warning(s), and --strict makes them fail",
-                    file.display(),
-                    loaded.warnings.len()
-                );
-                return ExitCode::from(1);
-            }
-            println!("fleetgate check-config: {}: ok", file.display());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fleetgate check-config: {e}");
-            ExitCode::from(2)
-        }
+/// `check-config`: exit 0 ok, 1 warnings under `--strict`, 2 problems (every problem and every
+/// warning is reported together, as text on stderr or one JSON object on stdout).
+fn check_config(
+    file: &std::path::Path,
+    no_file_checks: bool,
+    strict: bool,
+    json: bool,
+) -> ExitCode {
+    use fleetgate::config::ConfigError;
+    let result = fleetgate::config::Config::load_with(file, !no_file_checks);
+    let (problems, warnings, error): (
+        Vec<fleetgate::config::ConfigIssue>,
+        Vec<String>,
+        Option<String>,
+    ) = match &result {
+        Ok(loaded) => (Vec::new(), loaded.warnings.clone(), None),
+        Err(ConfigError::Invalid {
+            issues, warnings, ..
+        }) => (issues.clone(), warnings.clone(), None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e.to_string())),
+    };
+    let code = if error.is_some() || !problems.is_empty() {
+        2
+    } else if strict && !warnings.is_empty() {
+        1
+    } else {
+        0
+    };
+    if json {
+        let report = serde_json::json!({
+            "file": file.display().to_string(),
+            "ok": code == 0,
+            "problems": problems.iter().map(|i| serde_json::json!({"key": i.key, "problem": i.problem})).collect::<Vec<_>>(),
+            "warnings": warnings,
+            "error": error,
+        });
+        println!("{report}");
+        return ExitCode::from(code);
     }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    match (&result, code) {
+        (Err(e), _) => eprintln!("fleetgate check-config: {e}"),
+        (Ok(_), 1) => eprintln!(
+            "fleetgate check-config: {}: {} warning(s), and --strict makes them fail",
+            file.display(),
+            warnings.len()
+        ),
+        (Ok(_), _) => println!("fleetgate check-config: {}: ok", file.display()),
+    }
+    ExitCode::from(code)
 }
 
 fn serve(config: PathBuf, insecure_admin: bool, addrs_file: Option<PathBuf>) -> ExitCode {
@@ -597,7 +631,8 @@ fn main() -> ExitCode {
             file,
             no_file_checks,
             strict,
-        } => check_config(&file, no_file_checks, strict),
+            json,
+        } => check_config(&file, no_file_checks, strict, json),
         Command::Certs {
             command:
                 CertsCommand::Dev {

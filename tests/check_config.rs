@@ -152,3 +152,59 @@ fn webhook_problems_are_named_with_their_keys() {
     let (ok, stdout, stderr) = check(&config, &[]);
     assert!(ok, "{stdout}\n{stderr}");
 }
+
+#[test]
+fn problems_and_warnings_are_reported_together_and_as_json_for_ci() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["tls"]["ca_flie"] = json!("x"); // a warning (unknown key)
+    config["fleetgate"]["limits"] = json!({"idle_timeout_s": 0}); // a problem
+                                                                  // text: the warning is not hidden by the problem
+    let (ok, _, stderr) = check(&config, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("did you mean `tls.ca_file`?")
+            && stderr.contains("fleetgate.limits.idle_timeout_s"),
+        "{stderr}"
+    );
+    // JSON: one object on stdout, the same exit code
+    let (ok, stdout, _) = check(&config, &["--json"]);
+    assert!(!ok);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["ok"], false);
+    assert!(report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["key"] == "fleetgate.limits.idle_timeout_s"
+            && p["problem"].as_str().is_some_and(|t| !t.is_empty())));
+    assert!(report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w.as_str().unwrap().contains("tls.ca_flie")));
+    assert!(report["error"].is_null());
+    // a clean config, and one that is not JSON
+    let (ok, stdout, _) = check(&base_config(&pki), &["--json"]);
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (report["ok"].clone(), report["problems"].clone()),
+        (json!(true), json!([]))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"port\": ").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["check-config", "--json"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("JSON even for an unreadable config");
+    assert!(
+        report["error"].as_str().unwrap().contains("not valid"),
+        "{report}"
+    );
+}

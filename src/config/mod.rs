@@ -588,6 +588,9 @@ pub enum ConfigError {
         path: PathBuf,
         /// Every problem found.
         issues: Vec<ConfigIssue>,
+        /// The warnings found beside them (shown too: fixing the problems should not reveal
+        /// new findings).
+        warnings: Vec<String>,
     },
 }
 
@@ -787,6 +790,7 @@ impl Config {
         let invalid = |issues| ConfigError::Invalid {
             path: path.to_owned(),
             issues,
+            warnings: warnings.clone(),
         };
         if !issues.is_empty() {
             return Err(invalid(issues));
