@@ -13,10 +13,10 @@ use common::webhook::{Receiver, SECRET};
 use common::*;
 use serde_json::{json, Value};
 
-fn webhook_config(pki: &Pki, receiver: &Receiver, endpoint: Value, extra: Value) -> Value {
+/// A config whose records and events go to one webhook endpoint `orders` at `url`.
+fn webhook_config(pki: &Pki, url: &str, endpoint: Value, extra: Value) -> Value {
     let mut c = base_config(pki);
-    let mut endpoint_all =
-        json!({"name": "orders", "url": receiver.url("/orders"), "secret": SECRET});
+    let mut endpoint_all = json!({"name": "orders", "url": url, "secret": SECRET});
     merge(&mut endpoint_all, &endpoint);
     merge(
         &mut c,
@@ -69,6 +69,29 @@ fn sim_result(child: Child) -> (u64, u64) {
     (value("frames sent"), value("frames acked"))
 }
 
+/// A dead-letter line that holds a `V` record.
+fn is_dead_record(line: &Value) -> bool {
+    line["body"]["type"] == "fleetgate.record.V"
+}
+
+/// The dead-letter file's lines, read until it holds `records` records or `timeout` passed.
+fn dead_letters(path: &std::path::Path, records: u64, timeout: Duration) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let lines: Vec<Value> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.iter().filter(|l| is_dead_record(l)).count() as u64 >= records
+            || Instant::now() > deadline
+        {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn records(received: &[Value]) -> Vec<&Value> {
     received
         .iter()
@@ -102,7 +125,12 @@ fn assert_in_order_per_vehicle(received: &[&Value]) {
 fn receiver_down_for_60_s_under_load_loses_nothing_and_keeps_each_vehicles_order() {
     let pki = Pki::new();
     let mut receiver = Receiver::start();
-    let server = Server::start(&webhook_config(&pki, &receiver, json!({}), json!({})));
+    let server = Server::start(&webhook_config(
+        &pki,
+        &receiver.url("/orders"),
+        json!({}),
+        json!({}),
+    ));
     const VEHICLES: u32 = 60;
     let load = sim(&server, &pki, VEHICLES, 100);
     let started = Instant::now();
@@ -175,7 +203,7 @@ fn an_outage_across_a_fleetgate_restart_loses_nothing() {
     receiver.down();
     let config = webhook_config(
         &pki,
-        &receiver,
+        &receiver.url("/orders"),
         json!({"content_mode": "binary"}),
         json!({}),
     );
@@ -214,7 +242,7 @@ fn a_message_never_accepted_is_retried_then_dead_lettered_never_dropped() {
     // a secret the receiver does not know: it answers 401 to every request
     let config = webhook_config(
         &pki,
-        &receiver,
+        &receiver.url("/orders"),
         json!({"secret": "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
         json!({"fleetgate": {"webhook": {"dead_letter_after_s": 3,
             "dead_letter_file": dead.display().to_string()}}}),
@@ -222,22 +250,8 @@ fn a_message_never_accepted_is_retried_then_dead_lettered_never_dropped() {
     let server = Server::start(&config);
     let (_, acked) = sim_result(sim(&server, &pki, 2, 3));
     assert!(acked >= 4);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let is_record = |l: &Value| l["body"]["type"] == "fleetgate.record.V";
-    let lines = loop {
-        let lines: Vec<Value> = std::fs::read_to_string(&dead)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.iter().filter(|l| is_record(l)).count() as u64 >= acked
-            || Instant::now() > deadline
-        {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let dead_records: Vec<&Value> = lines.iter().filter(|l| is_record(l)).collect();
+    let lines = dead_letters(&dead, acked, Duration::from_secs(30));
+    let dead_records: Vec<&Value> = lines.iter().filter(|l| is_dead_record(l)).collect();
     assert_eq!(
         dead_records.len() as u64,
         acked,
@@ -307,40 +321,21 @@ fn a_receiver_that_answers_410_gone_is_disabled_and_its_messages_dead_lettered()
     let pki = Pki::new();
     let (url, requests) = gone_receiver();
     let dead = pki.dir.path().join("dead.jsonl");
-    let mut config = base_config(&pki);
-    merge(
-        &mut config,
-        &json!({
-            "records": {"V": ["webhook"]},
-            "reliable_ack_sources": {"V": "webhook"},
-            "fleetgate": {
-                "events": {"sinks": ["webhook"]},
-                "webhook": {"endpoints": [{"name": "orders", "url": url, "secret": SECRET}],
-                            "retry_initial_ms": 200, "retry_max_ms": 2000, "timeout_ms": 2000,
-                            "dead_letter_file": dead.display().to_string()},
-            },
-        }),
+    let config = webhook_config(
+        &pki,
+        &url,
+        json!({}),
+        json!({"fleetgate": {"webhook": {"dead_letter_file": dead.display().to_string()}}}),
     );
     let server = Server::start(&config);
     let (_, acked) = sim_result(sim(&server, &pki, 1, 3));
     assert!(acked >= 2);
     // every acked frame ends in the dead-letter file, with the reason, none retried
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let is_record = |l: &Value| l["body"]["type"] == "fleetgate.record.V";
-    let lines = loop {
-        let lines: Vec<Value> = std::fs::read_to_string(&dead)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if lines.iter().filter(|l| is_record(l)).count() as u64 >= acked
-            || Instant::now() > deadline
-        {
-            break lines;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(lines.iter().filter(|l| is_record(l)).count() as u64, acked);
+    let lines = dead_letters(&dead, acked, Duration::from_secs(15));
+    assert_eq!(
+        lines.iter().filter(|l| is_dead_record(l)).count() as u64,
+        acked
+    );
     assert!(lines
         .iter()
         .all(|l| l["reason"].as_str().unwrap().contains("410 Gone")));
