@@ -85,7 +85,7 @@ for line in lines[start[0] + 1:]:
     body.append(line[key_indent + 2:])
 open(sys.argv[2], "w").write("\n".join(body))
 PY
-  env_args=()
+  env_args=(FLEETGATE_ADMIN_TOKEN=from-the-pods-secret)  # the chart always sets it from a Secret
   if grep -q 'name: FLEETGATE_KAFKA_SASL_PASSWORD' "$rendered"; then
     env_args+=(FLEETGATE_KAFKA_SASL_PASSWORD=from-the-pods-secret)
   fi

@@ -872,12 +872,12 @@ pub async fn start(
     let mut admin_addr = None;
     if let (Some(admin), Some(addr)) = (&config.fleetgate.admin, parsed.admin) {
         let token = admin.effective_token();
+        if let Some(problem) = admin.token_problem(options.insecure_admin) {
+            return Err(ServeError::Config(format!(
+                "fleetgate.admin.token: {problem}"
+            )));
+        }
         if token.is_empty() {
-            if !(options.insecure_admin && addr.ip().is_loopback()) {
-                return Err(ServeError::Config(
-                    "fleetgate.admin.token is empty: set it (or FLEETGATE_ADMIN_TOKEN); only a loopback listen address with --insecure-admin may run without one".into(),
-                ));
-            }
             tracing::warn!("admin API without a token (--insecure-admin, loopback only)");
         }
         let smartcar = match &config.fleetgate.sources.smartcar {

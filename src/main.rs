@@ -48,6 +48,10 @@ enum Command {
         /// `problem`, `warnings`, `error`) instead of text; the exit code is the same.
         #[arg(long)]
         json: bool,
+        /// Check as `serve --insecure-admin` runs: an admin API without a token is allowed on
+        /// a loopback address.
+        #[arg(long)]
+        insecure_admin: bool,
     },
     /// Decode captured frames (one websocket message per file; `-` reads stdin) to JSON lines.
     Decode {
@@ -448,9 +452,16 @@ fn check_config(
     no_file_checks: bool,
     strict: bool,
     json: bool,
+    insecure_admin: bool,
 ) -> ExitCode {
     use fleetgate::config::ConfigError;
-    let result = fleetgate::config::Config::load_with(file, !no_file_checks);
+    let result = fleetgate::config::Config::load_with(
+        file,
+        fleetgate::config::Checks {
+            files: !no_file_checks,
+            insecure_admin,
+        },
+    );
     let (problems, warnings, error): (
         Vec<fleetgate::config::ConfigIssue>,
         Vec<String>,
@@ -496,7 +507,11 @@ fn check_config(
 }
 
 fn serve(config: PathBuf, insecure_admin: bool, addrs_file: Option<PathBuf>) -> ExitCode {
-    let loaded = match fleetgate::config::Config::load(&config) {
+    let checks = fleetgate::config::Checks {
+        files: true,
+        insecure_admin,
+    };
+    let loaded = match fleetgate::config::Config::load_with(&config, checks) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("fleetgate serve: {e}");
@@ -632,7 +647,8 @@ fn main() -> ExitCode {
             no_file_checks,
             strict,
             json,
-        } => check_config(&file, no_file_checks, strict, json),
+            insecure_admin,
+        } => check_config(&file, no_file_checks, strict, json, insecure_admin),
         Command::Certs {
             command:
                 CertsCommand::Dev {

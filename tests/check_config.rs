@@ -208,3 +208,259 @@ fn problems_and_warnings_are_reported_together_and_as_json_for_ci() {
         "{report}"
     );
 }
+
+/// Runs `fleetgate serve` on `config` and returns its stderr once it exits; panics if it
+/// starts listening instead (it wrote `--addrs-file`) or runs past 30 s.
+fn serve_refusal(config: &serde_json::Value, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let addrs = dir.path().join("addrs.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .arg("--addrs-file")
+        .arg(&addrs)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            assert!(!status.success(), "serve exited 0:\n{stderr}");
+            return stderr;
+        }
+        if addrs.exists() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("serve started (or hung) on a config it should refuse: {config}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Every way `serve` refuses to start because of its config (`ServeError::Tls` and
+/// `ServeError::Config` in `app::start`, and the config load before it) is reported by
+/// `check-config` with the same key, so a CI check or the chart's check catches it before a
+/// pod crash-loops. Left out, because they are facts of the moment and not of the config: a
+/// port another process holds (`ServeError::Bind`) and a broker that does not answer
+/// (`ServeError::Cluster`).
+#[test]
+fn every_start_up_refusal_of_serve_is_reported_by_check_config_first() {
+    let pki = Pki::new();
+    let dir = pki.dir.path();
+    let garbage = write_file(dir, "garbage.pem", "this is not PEM\n");
+    let empty = write_file(dir, "empty.json", "");
+    let not_a_dir = write_file(dir, "plain-file", "x");
+    let bad_sites = write_file(
+        dir,
+        "sites.geojson",
+        r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"id":"a"},"geometry":{"type":"Point","coordinates":[200,95]}}]}"#,
+    );
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "no tls section",
+            "tls",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("tls");
+            }),
+        ),
+        (
+            "CA bundle that is not PEM",
+            "tls.ca_file",
+            Box::new({
+                let g = path(&garbage);
+                move |c| c["tls"]["ca_file"] = json!(g)
+            }),
+        ),
+        (
+            "server_cert names a private key",
+            "tls.server_cert",
+            Box::new({
+                let k = pki.path("server.key");
+                move |c| c["tls"]["server_cert"] = json!(k)
+            }),
+        ),
+        (
+            "server_key names a certificate",
+            "tls.server_key",
+            Box::new({
+                let p = pki.path("server.pem");
+                move |c| c["tls"]["server_key"] = json!(p)
+            }),
+        ),
+        (
+            "key of another certificate",
+            "tls.server_key",
+            Box::new({
+                let k = pki.path("ca.key");
+                move |c| c["tls"]["server_key"] = json!(k)
+            }),
+        ),
+        (
+            "admin API without a token",
+            "fleetgate.admin.token",
+            Box::new(|c| {
+                c["fleetgate"]["admin"]["token"] = json!("");
+            }),
+        ),
+        (
+            "kafka routed, no section",
+            "records.V",
+            Box::new(|c| {
+                c["records"]["V"] = json!(["kafka"]);
+            }),
+        ),
+        (
+            "mqtt routed, no section",
+            "records.V",
+            Box::new(|c| {
+                c["records"]["V"] = json!(["mqtt"]);
+            }),
+        ),
+        (
+            "webhook routed, no section",
+            "fleetgate.webhook",
+            Box::new(|c| {
+                c["records"]["V"] = json!(["webhook"]);
+            }),
+        ),
+        (
+            "logger file in a missing directory",
+            "fleetgate.logger_file",
+            Box::new({
+                let f = dir.join("no-such-dir/events.log").display().to_string();
+                move |c| c["fleetgate"]["logger_file"] = json!(f)
+            }),
+        ),
+        (
+            "data_dir is a file",
+            "fleetgate.data_dir",
+            Box::new({
+                let f = path(&not_a_dir);
+                move |c| c["fleetgate"]["data_dir"] = json!(f)
+            }),
+        ),
+        (
+            "data_dir under a file",
+            "fleetgate.data_dir",
+            Box::new({
+                let f = not_a_dir.join("data").display().to_string();
+                move |c| c["fleetgate"]["data_dir"] = json!(f)
+            }),
+        ),
+        (
+            "sites file with a bad feature",
+            "fleetgate.sites_file",
+            Box::new({
+                let f = path(&bad_sites);
+                move |c| c["fleetgate"]["sites_file"] = json!(f)
+            }),
+        ),
+        (
+            "VIN allow-list that is not JSON",
+            "data_connectors.file.path",
+            Box::new({
+                let f = path(&empty);
+                move |c| {
+                    c["data_connectors"] =
+                        json!({"file": {"capabilities": ["vin_allowed"], "path": f}})
+                }
+            }),
+        ),
+        (
+            "proxy listener without trusted proxies",
+            "fleetgate.proxy_mtls",
+            Box::new(|c| {
+                c["fleetgate"]["proxy_mtls"] = json!({"listen": "127.0.0.1:0", "header": "x-forwarded-client-cert", "trusted_proxies": []});
+            }),
+        ),
+        (
+            "cluster mode without kafka",
+            "fleetgate.cluster",
+            Box::new(|c| {
+                c["fleetgate"]["cluster"] = json!({"instance_id": "a"});
+            }),
+        ),
+        (
+            "Smartcar without the admin API",
+            "fleetgate.sources.smartcar",
+            Box::new(|c| {
+                c["fleetgate"].as_object_mut().unwrap().remove("admin");
+                c["fleetgate"]["sources"] =
+                    json!({"smartcar": {"management_token": "0123456789abcdef0123"}});
+            }),
+        ),
+        (
+            "Tesla partner key that is a certificate",
+            "fleetgate.tesla.private_key_file",
+            Box::new({
+                let p = pki.path("server.pem");
+                move |c| {
+                    c["fleetgate"]["tesla"] = json!({"private_key_file": p, "hostname": "telemetry.example.com", "port": 443})
+                }
+            }),
+        ),
+    ];
+    for (what, key, edit) in &cases {
+        let mut config = base_config(&pki);
+        edit(&mut config);
+        let (ok, stdout, stderr) = check(&config, &[]);
+        assert!(!ok, "{what}: check-config said ok:\n{stdout}{stderr}");
+        assert!(
+            stderr.contains(key),
+            "{what}: check-config does not name `{key}`:\n{stderr}"
+        );
+        let refused = serve_refusal(&config, &[]);
+        assert!(
+            refused.contains(key),
+            "{what}: serve's refusal does not name `{key}`:\n{refused}"
+        );
+    }
+    // the one start-up option that changes the verdict is checked the same way
+    let mut config = base_config(&pki);
+    config["fleetgate"]["admin"]["token"] = json!("");
+    let (ok, _, stderr) = check(&config, &["--insecure-admin"]);
+    assert!(ok, "{stderr}");
+    let mut public = config.clone();
+    public["fleetgate"]["admin"]["listen"] = json!("0.0.0.0:0");
+    let (ok, _, stderr) = check(&public, &["--insecure-admin"]);
+    assert!(!ok && stderr.contains("fleetgate.admin.token"), "{stderr}");
+    assert!(serve_refusal(&public, &["--insecure-admin"]).contains("fleetgate.admin.token"));
+}
+
+#[test]
+fn a_server_certificate_near_expiry_is_a_warning_and_the_dev_set_passes() {
+    let pki = Pki::new();
+    let (ok, stdout, stderr) = check(&base_config(&pki), &["--strict"]);
+    assert!(ok, "the dev PKI passes --strict:\n{stdout}{stderr}");
+    for (days, says) in [(10, "expires on"), (-1, "expired on")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(30);
+        params.not_after = now + time::Duration::days(days);
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = write_file(pki.dir.path(), &format!("short-{days}.pem"), &cert.pem());
+        let key_path = write_file(
+            pki.dir.path(),
+            &format!("short-{days}.key"),
+            &key.serialize_pem(),
+        );
+        let mut config = base_config(&pki);
+        config["tls"]["server_cert"] = json!(cert_path);
+        config["tls"]["server_key"] = json!(key_path);
+        let (ok, _, stderr) = check(&config, &[]);
+        assert!(ok, "a warning, not a problem: {stderr}");
+        assert!(
+            stderr.contains("tls.server_cert") && stderr.contains(says),
+            "{days} days: {stderr}"
+        );
+    }
+}

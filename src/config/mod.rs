@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod preflight;
 mod validate;
 
 /// Sink names fleetgate implements.
@@ -311,6 +312,22 @@ pub struct AdminConfig {
 impl AdminConfig {
     fn default_listen() -> String {
         "127.0.0.1:8081".into()
+    }
+
+    /// Why `serve` refuses this section's token, if it does: an empty token is only allowed
+    /// with `--insecure-admin` on a loopback address.
+    pub fn token_problem(&self, insecure_admin: bool) -> Option<String> {
+        if !self.effective_token().is_empty() {
+            return None;
+        }
+        let loopback = self
+            .listen
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        if insecure_admin && loopback {
+            return None;
+        }
+        Some("empty: set it (or FLEETGATE_ADMIN_TOKEN); only a loopback listen address with --insecure-admin may run without one".into())
     }
 
     /// The effective token (environment first).
@@ -723,6 +740,25 @@ impl Config {
     }
 }
 
+/// What a config is checked against beyond its values.
+#[derive(Debug, Clone, Copy)]
+pub struct Checks {
+    /// Open the files the config names (false for a config rendered for another machine:
+    /// `check-config --no-file-checks`).
+    pub files: bool,
+    /// `serve --insecure-admin`: an admin API without a token is allowed on loopback.
+    pub insecure_admin: bool,
+}
+
+impl Default for Checks {
+    fn default() -> Checks {
+        Checks {
+            files: true,
+            insecure_admin: false,
+        }
+    }
+}
+
 /// A validated configuration plus the warnings to log at start-up.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
@@ -774,18 +810,18 @@ impl Config {
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-        Config::load_with(path, true)
+        Config::load_with(path, Checks::default())
     }
 
-    /// [`Config::load`], optionally without opening the files the config names.
-    pub fn load_with(path: &Path, check_files: bool) -> Result<LoadedConfig, ConfigError> {
+    /// [`Config::load`] with `serve`'s and `check-config`'s options.
+    pub fn load_with(path: &Path, checks: Checks) -> Result<LoadedConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let config = Config::from_json(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let (issues, warnings) = config.validate_with(base, check_files);
+        let (issues, warnings) = config.validate_with(base, checks);
         // `validate_with` reported the settings' problems too: here they parse
         let invalid = |issues| ConfigError::Invalid {
             path: path.to_owned(),

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::{Config, ConfigIssue, REFERENCE_ONLY_SINKS, SINK_NAMES};
+use super::{Checks, Config, ConfigIssue, REFERENCE_ONLY_SINKS, SINK_NAMES};
 use crate::wire::Topic;
 
 /// Problems and warnings as they are found.
@@ -45,14 +45,23 @@ impl Findings {
 impl Config {
     /// Checks every value, the files it names too; returns (fatal issues, warnings).
     pub fn validate(&self, base: &Path) -> (Vec<ConfigIssue>, Vec<String>) {
-        self.validate_with(base, true)
+        self.validate_with(base, Checks::default())
     }
 
-    /// Checks every value; with `check_files` false, files the config names (certificates,
+    /// Checks every value; with `checks.files` false, files the config names (certificates,
     /// sites, VIN lists, secrets) are not opened — for a config rendered for another machine
     /// (`fleetgate check-config --no-file-checks`, the Helm chart's check).
-    pub fn validate_with(&self, base: &Path, check_files: bool) -> (Vec<ConfigIssue>, Vec<String>) {
+    pub fn validate_with(&self, base: &Path, checks: Checks) -> (Vec<ConfigIssue>, Vec<String>) {
+        let check_files = checks.files;
         let mut f = Findings::default();
+        if let Some(problem) = self
+            .fleetgate
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_problem(checks.insecure_admin))
+        {
+            f.issue("fleetgate.admin.token", problem);
+        }
         self.reference_keys(&mut f);
         self.data_connectors(&mut f, base, check_files);
         if let Some(cluster) = &self.fleetgate.cluster {
@@ -109,6 +118,9 @@ impl Config {
             "fleetgate.watches",
         ));
         f.extend(self.fleetgate.limits.problems());
+        if check_files {
+            f.extend_both(super::preflight::problems(self, base));
+        }
         (f.issues, f.warnings)
     }
 
@@ -404,10 +416,15 @@ impl Config {
                     format!("sink `{sink}` is not among records.{topic}: add it there or remove this entry"),
                 );
             }
+            // Tesla's server refuses both; fleetgate accepts them (a logger-confirmed ack is
+            // how its own tests and some users pace vehicles) and says what they mean
             if sink == "logger" {
                 f.warn(format!(
-                    "reliable_ack_sources.{topic}: the logger sink confirms at once; reliable acks only matter for kafka"
+                    "reliable_ack_sources.{topic}: the logger sink confirms at once, so this acks as without the entry (Tesla's server refuses logger here); reliable acks matter for kafka and mqtt"
                 ));
+            }
+            if topic == "connectivity" {
+                f.warn("reliable_ack_sources.connectivity: connectivity records are made by the server, not sent by the vehicle, so nothing is acked after them (Tesla's server refuses this entry): remove it");
             }
         }
         for sink in self.fleetgate.events.sinks.iter().flatten() {

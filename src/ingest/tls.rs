@@ -26,7 +26,7 @@ pub enum TlsSetupError {
         detail: String,
     },
     /// rustls refused the combination.
-    #[error("tls: {0}")]
+    #[error("{0}")]
     Rustls(String),
 }
 
@@ -48,14 +48,40 @@ pub fn load_certs(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(key, path, e))?;
     if certs.is_empty() {
-        return Err(file_err(key, path, "no PEM certificate in the file"));
+        let detail = match pem_labels(path).iter().find(|l| l.contains("PRIVATE KEY")) {
+            Some(label) => format!("the file holds a {label}, not a certificate: are the certificate and key paths swapped?"),
+            None => "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
+        };
+        return Err(file_err(key, path, detail));
     }
     Ok(certs)
 }
 
 /// Reads the private key of a PEM file.
 pub fn load_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| file_err(key, path, e))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        let labels = pem_labels(path);
+        if labels.iter().any(|l| l == "CERTIFICATE") && !labels.iter().any(|l| l.contains("KEY")) {
+            file_err(
+                key,
+                path,
+                "the file holds certificates, not a private key: are the certificate and key paths swapped?",
+            )
+        } else {
+            file_err(key, path, e)
+        }
+    })
+}
+
+/// The labels of a PEM file's sections (`CERTIFICATE`, `EC PRIVATE KEY`, …), for errors
+/// that say what a file holds instead of what was expected.
+fn pem_labels(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|l| l.strip_suffix("-----"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The verifier of client certificate chains against `roots` (the handshake's, and the
@@ -71,7 +97,9 @@ pub fn client_verifier(roots: &ClientRoots) -> Result<Arc<dyn ClientCertVerifier
             };
             let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| TlsSetupError::Rustls(format!("embedded Tesla CA bundle: {e}")))?;
+                .map_err(|e| {
+                    TlsSetupError::Rustls(format!("tls: embedded Tesla CA bundle: {e}"))
+                })?;
             (certs, Path::new("<embedded>"))
         }
     };
@@ -99,9 +127,18 @@ pub fn server_config(
         Some(verifier) => ServerConfig::builder().with_client_cert_verifier(verifier),
         None => ServerConfig::builder().with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
-        TlsSetupError::Rustls(format!("server_cert / server_key do not match: {e}"))
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                TlsSetupError::Rustls(format!(
+                    "{} is not the key of the certificate in {} (their public keys differ): use the key the certificate was issued for",
+                    server_key.display(),
+                    server_cert.display()
+                ))
+            }
+            e => TlsSetupError::Rustls(format!("tls.server_cert / tls.server_key: {e}")),
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resumption tickets are cheap to serve and halve reconnect storms' CPU.
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(20_000);
