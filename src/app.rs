@@ -345,6 +345,7 @@ async fn start_cluster(
     cluster: &crate::cluster::config::ClusterConfig,
     live: Live,
     sinks: &SinkRouter,
+    starting: Option<crate::admin::starting::StartingAdmin>,
 ) -> Result<crate::cluster::Cluster, ServeError> {
     use crate::cluster::presence::{default_instance_id, Presence};
     use crate::cluster::rules::{RulesProcessor, RulesSettings};
@@ -376,6 +377,26 @@ async fn start_cluster(
             config.namespace, cluster.name, instance_id
         )
     };
+    let limit = Duration::from_secs(cluster.startup_wait_s);
+    let wait_properties = properties.clone();
+    let reporter = starting.clone();
+    let waited = tokio::task::spawn_blocking(move || {
+        crate::kafka::startup::wait_for_brokers(&wait_properties, limit, |progress| {
+            tracing::warn!("{progress}");
+            if let Some(s) = &reporter {
+                s.phase(progress);
+            }
+        })
+    })
+    .await
+    .map_err(|e| ServeError::Cluster(format!("waiting for Kafka: {e}")))?
+    .map_err(ServeError::Cluster)?;
+    if waited > Duration::from_secs(1) {
+        tracing::info!(waited_s = waited.as_secs(), "Kafka answers");
+    }
+    if let Some(s) = &starting {
+        s.phase("cluster mode: restoring the shared state from Kafka");
+    }
     tracing::info!(
         cluster = %cluster.name,
         instance = %instance_id,
@@ -720,6 +741,28 @@ pub async fn start(
             shutdown.clone(),
         ));
     }
+    // The admin listener first: while the rest starts (cluster mode waits for Kafka) it
+    // answers /healthz with what start-up waits for, and 503 elsewhere.
+    let starting_admin = match (&config.fleetgate.admin, parsed.admin) {
+        (Some(admin), Some(addr)) => {
+            if let Some(problem) = admin.token_problem(options.insecure_admin) {
+                return Err(ServeError::Config(format!(
+                    "fleetgate.admin.token: {problem}"
+                )));
+            }
+            let l = bind("admin", addr).await?;
+            let bound = l.local_addr().map_err(|source| ServeError::Bind {
+                what: "admin",
+                addr: addr.to_string(),
+                source,
+            })?;
+            Some((
+                crate::admin::starting::StartingAdmin::serve(l, shutdown.clone(), &background),
+                bound,
+            ))
+        }
+        _ => None,
+    };
     let fleet = Fleet::new(config.fleetgate.rules.clone(), Vec::new());
     let live = Live {
         fleet: fleet.clone(),
@@ -750,7 +793,9 @@ pub async fn start(
             }
         }
         Some(settings) => {
-            let cluster = start_cluster(config, &base, settings, live.clone(), &sinks).await?;
+            let starting = starting_admin.as_ref().map(|(s, _)| s.clone());
+            let cluster =
+                start_cluster(config, &base, settings, live.clone(), &sinks, starting).await?;
             // stop the rules (after their transaction), the relay, the readers and the view
             // with the other background tasks
             let (stopping, stop) = (cluster.clone(), shutdown.clone());
@@ -870,13 +915,8 @@ pub async fn start(
         background.spawn(server::serve_status(l, public_key, shutdown.clone()));
     }
     let mut admin_addr = None;
-    if let (Some(admin), Some(addr)) = (&config.fleetgate.admin, parsed.admin) {
+    if let (Some(admin), Some((starting, bound))) = (&config.fleetgate.admin, &starting_admin) {
         let token = admin.effective_token();
-        if let Some(problem) = admin.token_problem(options.insecure_admin) {
-            return Err(ServeError::Config(format!(
-                "fleetgate.admin.token: {problem}"
-            )));
-        }
         if token.is_empty() {
             tracing::warn!("admin API without a token (--insecure-admin, loopback only)");
         }
@@ -887,8 +927,7 @@ pub async fn start(
             })),
             None => None,
         };
-        let l = bind("admin", addr).await?;
-        admin_addr = l.local_addr().ok();
+        admin_addr = Some(*bound);
         let state = crate::admin::AdminState {
             fleet: fleet.clone(),
             log: log.clone(),
@@ -905,13 +944,7 @@ pub async fn start(
             },
             tesla: tesla.clone(),
         };
-        let app = crate::admin::router(state);
-        let stop = shutdown.clone();
-        background.spawn(async move {
-            let _ = axum::serve(l, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-        });
+        starting.ready(crate::admin::router(state));
     }
     listener_up.store(true, std::sync::atomic::Ordering::Relaxed);
     let addrs = BoundAddrs {

@@ -563,3 +563,126 @@ async fn a_rebalance_under_load_of_1000_vehicles_loses_no_event_and_doubles_none
         owned[0], owned[1]
     );
 }
+
+/// A TCP forwarder from `listen` to `target`, started once something else is seen: the broker
+/// "comes up" at that address (bootstrap only: the broker advertises its own address).
+fn forward(listen: std::net::TcpListener, target: String) {
+    std::thread::spawn(move || {
+        for client in listen.incoming().flatten() {
+            let Ok(upstream) = std::net::TcpStream::connect(&target) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+}
+
+/// `GET /healthz` on `admin` until it answers `starting` while waiting for Kafka; returns its
+/// detail.
+fn seen_starting(admin: &str, limit: Duration) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        if std::net::TcpStream::connect(admin).is_ok() {
+            let (status, body) = http(admin, "GET", "/healthz", None, None);
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let detail = body["detail"].as_str().unwrap_or_default();
+            if status == 200 && body["status"] == "starting" && detail.contains("waiting for Kafka")
+            {
+                let (ready, text) = http(admin, "GET", "/readyz", None, None);
+                assert_eq!(ready, 503, "not ready while starting: {text}");
+                assert!(text.contains("\"starting\""), "{text}");
+                return body["detail"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+        assert!(
+            started.elapsed() < limit,
+            "/healthz on {admin} never said `starting`"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The chart's default (cluster mode) with Kafka down at start-up: the admin listener answers
+/// at once (`/healthz` 200 `starting` with what it waits for, `/readyz` 503), the wait is
+/// logged and bounded by `fleetgate.cluster.startup_wait_s`, then the process exits naming
+/// the brokers and the key; a broker that comes up during the wait is used.
+#[test]
+fn kafka_down_at_start_up_is_waited_for_visibly_and_a_broker_that_comes_up_is_used() {
+    let broker = require_broker();
+    let pki = Pki::new();
+    let namespace = unique_namespace("fgstartup");
+    // nothing listens at the bootstrap address
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = down.local_addr().unwrap().to_string();
+    drop(down);
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = cluster_config(&pki, &down_addr, &namespace, "a");
+    config["fleetgate"]["admin"]["listen"] = json!(admin);
+    config["fleetgate"]["cluster"]["startup_wait_s"] = json!(6);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "config.json", &config.to_string());
+    let started = std::time::Instant::now();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let detail = seen_starting(&admin, Duration::from_secs(10));
+    assert!(
+        detail.contains("waiting for Kafka at") && detail.contains(&down_addr),
+        "{detail}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("waiting for Kafka at")
+            && stderr.contains(&format!("Kafka at {down_addr} did not answer within 6 s"))
+            && stderr.contains("fleetgate.cluster.startup_wait_s"),
+        "{stderr}"
+    );
+
+    // the broker comes up during the wait: start-up goes on and the server becomes ready
+    let late = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let late_addr = late.local_addr().unwrap().to_string();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut config = cluster_config(&pki, &late_addr, &namespace, "b");
+    config["fleetgate"]["admin"]["listen"] = json!(admin);
+    config["fleetgate"]["cluster"]["startup_wait_s"] = json!(60);
+    // hold the port without accepting (connections are refused once the backlog is full,
+    // so close it and rebind after /healthz said `starting`)
+    drop(late);
+    let watcher = {
+        let (admin, late_addr, broker) = (admin.clone(), late_addr.clone(), broker.clone());
+        std::thread::spawn(move || {
+            let detail = seen_starting(&admin, Duration::from_secs(15));
+            std::thread::sleep(Duration::from_secs(2));
+            forward(std::net::TcpListener::bind(&late_addr).unwrap(), broker);
+            detail
+        })
+    };
+    let b = Server::start(&config);
+    let detail = watcher.join().unwrap();
+    assert!(detail.contains(&late_addr), "{detail}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while b.admin("GET", "/readyz", None).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.admin("PUT", "/v1/sites/late", Some(&site(30.3))).0, 201);
+}

@@ -26,8 +26,12 @@ pub(super) fn routes() -> OpenApiRouter<AdminState> {
 /// `GET /healthz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` while the process runs.
+    /// `ok` once the server runs; `starting` (with `detail`) while `serve` is still starting,
+    /// e.g. waiting for Kafka — `/readyz` and the API answer 503 `starting` meanwhile.
     pub status: &'static str,
+    /// What start-up is waiting for (only while `starting`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET /readyz` and `GET /healthz/sinks`.
@@ -78,7 +82,10 @@ fn sink_health(state: &AdminState) -> (bool, Vec<SinkHealth>) {
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Up", body = Health)))]
 async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        detail: None,
+    })
 }
 
 /// Ready = able to accept vehicles (the listener is bound and not draining). Sinks do not

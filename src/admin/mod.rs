@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod health;
 pub mod openapi;
 pub mod sites;
+pub mod starting;
 pub mod tesla;
 pub mod vehicles;
 pub mod vins;

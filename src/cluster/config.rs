@@ -37,6 +37,10 @@ pub struct ClusterConfig {
     /// docs/benchmarks.md).
     #[serde(default = "ClusterConfig::default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// How long `serve` waits for the brokers to answer at start-up before it exits with an
+    /// error (s); the admin listener answers `/healthz` (`starting`) meanwhile.
+    #[serde(default = "ClusterConfig::default_startup_wait_s")]
+    pub startup_wait_s: u64,
 }
 
 impl ClusterConfig {
@@ -54,6 +58,9 @@ impl ClusterConfig {
     }
     fn default_commit_interval_ms() -> u64 {
         100
+    }
+    fn default_startup_wait_s() -> u64 {
+        120
     }
 }
 
@@ -124,6 +131,12 @@ impl ClusterConfig {
                     format!("`{id}`: use letters, digits, `.`, `_` or `-` (it becomes part of Kafka ids)"),
                 );
             }
+        }
+        if !(1..=3600).contains(&self.startup_wait_s) {
+            issue(
+                "fleetgate.cluster.startup_wait_s",
+                "must be within [1, 3600] (keep it below the startup probe's window: the chart's is 180 s)".into(),
+            );
         }
         if self.write_timeout_s == 0 {
             issue(

@@ -2,7 +2,8 @@
 //! configured from the user's `kafka` section (safe producer defaults, connection-only
 //! properties for consumers and admin clients, secrets from the environment or a file, a
 //! dry-run check of every property), topic names, topic creation and checks ([`topics`]),
-//! transactional producers and group metadata ([`txn`]), consumer groups' start offsets and
+//! transactional producers and group metadata ([`txn`]), the start-up wait for the brokers
+//! ([`startup`]), consumer groups' start offsets and
 //! assignments ([`group`]), plain readers of whole topics ([`reader`]) and the CloudEvents
 //! Kafka binding of events ([`cloudevents`]).
 //!
@@ -11,6 +12,7 @@
 pub mod cloudevents;
 pub mod group;
 pub mod reader;
+pub mod startup;
 pub mod topics;
 pub mod txn;
 

@@ -57,7 +57,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if not (hasKey $tesla "ca_file") }}{{- $_ := set $tesla "ca_file" "/etc/fleetgate/tesla/ca-chain.pem" -}}{{- end -}}
 {{- $_ := set $fg "tesla" $tesla -}}
 {{- end -}}
-{{- if .Values.cluster.enabled }}{{- $_ := set $fg "cluster" (dict "name" (default .Release.Name .Values.cluster.name) "session_timeout_s" .Values.cluster.sessionTimeoutSeconds "transaction_timeout_s" .Values.cluster.transactionTimeoutSeconds) -}}{{- end -}}
+{{- if .Values.cluster.enabled }}{{- $_ := set $fg "cluster" (dict "name" (default .Release.Name .Values.cluster.name) "session_timeout_s" .Values.cluster.sessionTimeoutSeconds "transaction_timeout_s" .Values.cluster.transactionTimeoutSeconds "startup_wait_s" .Values.cluster.startupWaitSeconds) -}}{{- end -}}
 {{- $_ := set $cfg "fleetgate" $fg -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
