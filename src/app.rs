@@ -76,26 +76,6 @@ pub struct StartOptions {
     pub event_tap: Option<Arc<dyn Sink>>,
 }
 
-/// Sets up tracing on stderr (stdout belongs to the logger sink).
-pub fn init_logging(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let level = config
-        .log_level
-        .clone()
-        .unwrap_or_else(|| "info".into())
-        .to_ascii_lowercase()
-        .replace("warning", "warn");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    let _ = if config.json_log_enable {
-        builder.json().try_init()
-    } else {
-        builder.with_ansi(false).try_init()
-    };
-}
-
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await

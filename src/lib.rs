@@ -32,7 +32,8 @@
 //!   partitioned by VIN (inputs topic, changelog, transactions), the relay of events to the
 //!   other sinks, the cluster-wide view, presence and identity checks.
 //! - [`config`]: Tesla's keys and the `fleetgate` section, validated; [`metrics`]: every metric
-//!   family; [`paths`]: config-relative paths; [`app`]: `serve` wiring and the ordered
+//!   family; [`logging`]: the log line shapes (Tesla's logrus JSON too); [`paths`]:
+//!   config-relative paths; [`app`]: `serve` wiring and the ordered
 //!   shutdown.
 //! - [`tools`]: apart from the product — dev PKI, vehicle client, simulator, load bench,
 //!   `decode` / `demo` / `sim`.
@@ -49,6 +50,7 @@ pub mod event;
 pub mod geometry;
 pub mod ingest;
 pub mod kafka;
+pub mod logging;
 pub mod metrics;
 pub mod paths;
 pub mod pipeline;

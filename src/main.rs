@@ -31,6 +31,11 @@ enum Command {
         /// start the server on port 0).
         #[arg(long)]
         addrs_file: Option<PathBuf>,
+        /// Log line shape on stderr: text, json (tracing's) or tesla (Tesla's server's logrus
+        /// JSON: level, msg, time). Default: the config's fleetgate.log_format, else json when
+        /// json_log_enable, else text.
+        #[arg(long, value_enum)]
+        log_format: Option<fleetgate::logging::LogFormat>,
     },
     /// Check a config file as `serve` would, without opening any listener: print every problem
     /// (and every warning) and exit non-zero when there is a problem.
@@ -506,7 +511,12 @@ fn check_config(
     ExitCode::from(code)
 }
 
-fn serve(config: PathBuf, insecure_admin: bool, addrs_file: Option<PathBuf>) -> ExitCode {
+fn serve(
+    config: PathBuf,
+    insecure_admin: bool,
+    addrs_file: Option<PathBuf>,
+    log_format: Option<fleetgate::logging::LogFormat>,
+) -> ExitCode {
     let checks = fleetgate::config::Checks {
         files: true,
         insecure_admin,
@@ -518,7 +528,10 @@ fn serve(config: PathBuf, insecure_admin: bool, addrs_file: Option<PathBuf>) -> 
             return ExitCode::from(2);
         }
     };
-    fleetgate::app::init_logging(&loaded.config);
+    fleetgate::logging::init(
+        &loaded.config,
+        log_format.unwrap_or_else(|| fleetgate::logging::LogFormat::of(&loaded.config)),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -641,7 +654,8 @@ fn main() -> ExitCode {
             config,
             insecure_admin,
             addrs_file,
-        } => serve(config, insecure_admin, addrs_file),
+            log_format,
+        } => serve(config, insecure_admin, addrs_file, log_format),
         Command::CheckConfig {
             file,
             no_file_checks,

@@ -276,3 +276,61 @@ fn teslas_command_line_starts_the_server() {
         let _ = child.wait();
     }
 }
+
+/// Tesla's server logs logrus JSON (`json_log_enable`): `level`, `msg`, `time` and the fields
+/// at the top level. `fleetgate.log_format: "tesla"` (or `serve --log-format tesla`) writes
+/// the same shape, so pipelines keyed on `msg` and `level` keep working.
+#[test]
+fn the_tesla_log_format_writes_logrus_shaped_json() {
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["fleetgate"]["log_format"] = json!("tesla");
+    config["reliable_ack_sources"] = json!({"V": "logger"}); // a warning at start-up
+    let server = Server::start(&config);
+    let lines: Vec<serde_json::Value> = server
+        .stderr_text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let listening = lines
+        .iter()
+        .find(|l| l["msg"] == "listening")
+        .expect("the listening line");
+    assert_eq!(listening["level"], "info");
+    assert_eq!(listening["vehicles"], json!(server.vehicles));
+    let time = listening["time"].as_str().unwrap();
+    time::OffsetDateTime::parse(time, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("time `{time}` is not RFC 3339: {e}"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "warning" && l["msg"].as_str().unwrap().contains("logger")),
+        "logrus names warnings `warning`"
+    );
+    drop(server);
+
+    // the command-line flag, here on an error: the last line says why it stopped
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = base_config(&pki);
+    config["port"] = json!(taken.local_addr().unwrap().port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "config.json", &config.to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args(["serve", "--log-format", "tesla", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let last: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("JSON");
+    assert_eq!(last["level"], "error");
+    assert!(
+        last["msg"].as_str().unwrap().contains("cannot listen"),
+        "{last}"
+    );
+}

@@ -259,6 +259,10 @@ pub struct FleetgateConfig {
     /// VIN allow / block lists (the admin API adds to them, durably).
     #[serde(default)]
     pub vins: crate::ingest::vins::VinLists,
+    /// Log line shape: `text`, `json` (tracing's) or `tesla` (Tesla's server's logrus JSON);
+    /// unset = `json` when `json_log_enable`, else text. `serve --log-format` wins.
+    #[serde(default)]
+    pub log_format: Option<crate::logging::LogFormat>,
     /// Write the `logger` sink's lines to this file (appending) instead of stdout.
     #[serde(default)]
     pub logger_file: Option<String>,

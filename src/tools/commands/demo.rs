@@ -272,7 +272,10 @@ pub async fn run(json_output: bool, pace: Duration) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let loaded: LoadedConfig = Config::load(&config_path).map_err(|e| e.to_string())?;
-    crate::app::init_logging(&loaded.config);
+    crate::logging::init(
+        &loaded.config,
+        crate::logging::LogFormat::of(&loaded.config),
+    );
 
     let printer = Arc::new(EventPrinter {
         json: json_output,
