@@ -12,7 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LoadedConfig};
+use crate::config::{Config, ListenAddr, LoadedConfig};
 use crate::control::{content_digest, AdminLog, Change, ImportItem, Live};
 use crate::ingest::connection::ConnectionSettings;
 use crate::ingest::server::{self, ServerSettings};
@@ -859,7 +859,11 @@ pub async fn start(
         timers: tokio_util::task::TaskTracker::new(),
     };
 
-    let vehicle_addr = parsed.vehicles;
+    let vehicles_listen = parsed.vehicles.clone();
+    let vehicle_addr = tokio::task::spawn_blocking(move || vehicles_listen.resolve())
+        .await
+        .map_err(|e| ServeError::Config(format!("host: {e}")))?
+        .map_err(|e| ServeError::Config(format!("host: {e}")))?;
     let listener = bind("vehicles", vehicle_addr).await?;
     let vehicles = listener.local_addr().map_err(|source| ServeError::Bind {
         what: "vehicles",
@@ -881,8 +885,9 @@ pub async fn start(
         background.spawn(metrics::serve(l, shutdown.clone()));
     }
     let mut status_addr = None;
-    if let Some(addr) = parsed.status {
-        let l = bind("status", addr).await?;
+    if let Some(port) = parsed.status.as_ref().map(ListenAddr::port) {
+        // on the vehicle listener's address, resolved once
+        let l = bind("status", SocketAddr::new(vehicle_addr.ip(), port)).await?;
         status_addr = l.local_addr().ok();
         let public_key = match config.fleetgate.tesla.as_ref() {
             Some(t) if t.private_key_file.is_some() => Some(

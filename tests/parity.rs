@@ -334,3 +334,57 @@ fn the_tesla_log_format_writes_logrus_shaped_json() {
         "{last}"
     );
 }
+
+/// Tesla's server listens on `host` whatever it is, a name too (a chart sets `app`, a pod's
+/// own name). fleetgate resolves a name when it binds; `check-config` resolves it the same way
+/// and refuses one that does not resolve.
+#[test]
+fn a_host_name_in_host_is_resolved_and_bound() {
+    // a loopback name this machine knows without DNS (from /etc/hosts), else localhost
+    let name = std::fs::read_to_string("/etc/hosts")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("127."))
+        .flat_map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .find(|n| n != "localhost" && !n.contains('_'))
+        .unwrap_or_else(|| "localhost".into());
+    let pki = Pki::new();
+    let mut config = base_config(&pki);
+    config["host"] = json!(name);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_file(dir.path(), "config.json", &config.to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start(&config);
+    let bound: std::net::SocketAddr = server.vehicles.parse().unwrap();
+    assert!(bound.ip().is_loopback(), "`{name}` bound {bound}");
+
+    // a name under .invalid never resolves (RFC 6761)
+    config["host"] = json!("fleetgate-test.invalid");
+    let path = write_file(dir.path(), "bad.json", &config.to_string());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("host:")
+            && stderr.contains("fleetgate-test.invalid"),
+        "{stderr}"
+    );
+}

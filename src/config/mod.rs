@@ -615,14 +615,106 @@ pub enum ConfigError {
     },
 }
 
+/// A listen address of the config: an IP address, or a host name `serve` resolves when it
+/// binds (a name that only exists where the config is deployed is not resolved by a
+/// `check-config --no-file-checks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// An IP address and port.
+    Ip(SocketAddr),
+    /// A host name and port.
+    Name {
+        /// The name.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// How long resolving a listen host name may take.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl ListenAddr {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        match self {
+            ListenAddr::Ip(a) => a.port(),
+            ListenAddr::Name { port, .. } => *port,
+        }
+    }
+
+    /// The same host on another port.
+    pub fn with_port(&self, port: u16) -> ListenAddr {
+        match self {
+            ListenAddr::Ip(a) => ListenAddr::Ip(SocketAddr::new(a.ip(), port)),
+            ListenAddr::Name { host, .. } => ListenAddr::Name {
+                host: host.clone(),
+                port,
+            },
+        }
+    }
+
+    /// The address to bind: an IP as it is, a name resolved (its first address, within 5 s).
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        let (host, port) = match self {
+            ListenAddr::Ip(a) => return Ok(*a),
+            ListenAddr::Name { host, port } => (host.clone(), *port),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = host.clone();
+        std::thread::spawn(move || {
+            use std::net::ToSocketAddrs;
+            let _ = tx.send(
+                (name.as_str(), port)
+                    .to_socket_addrs()
+                    .map(|mut a| a.next()),
+            );
+        });
+        match rx.recv_timeout(RESOLVE_TIMEOUT) {
+            Ok(Ok(Some(addr))) => Ok(addr),
+            Ok(Ok(None)) => Err(format!("host name `{host}` resolves to no address")),
+            Ok(Err(e)) => Err(format!("host name `{host}` does not resolve: {e}")),
+            Err(_) => Err(format!(
+                "host name `{host}` did not resolve within {} s",
+                RESOLVE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Ip(a) => write!(f, "{a}"),
+            ListenAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// A DNS host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens.
+fn is_host_name(text: &str) -> bool {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        // all-digit dotted text is a mistyped IP address, not a name
+        && !text.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
 /// What `serve` uses of the config, parsed once into real types (addresses, durations,
 /// networks): nothing downstream parses a string of the config again.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The vehicle listener (`host`, `port`; `localhost` is 127.0.0.1).
-    pub vehicles: SocketAddr,
+    pub vehicles: ListenAddr,
     /// The plain `/status` listener (`status_port`, on the vehicle host).
-    pub status: Option<SocketAddr>,
+    pub status: Option<ListenAddr>,
     /// The Prometheus listener (`monitoring.prometheus_metrics_host` / `_port`).
     pub metrics: Option<SocketAddr>,
     /// The admin API (`fleetgate.admin.listen`).
@@ -722,8 +814,8 @@ impl Config {
         let l = &self.fleetgate.limits;
         let rl = self.rate_limit.clone().unwrap_or_default();
         Ok(Settings {
+            status: self.status_port.map(|p| vehicles.with_port(p)),
             vehicles,
-            status: self.status_port.map(|p| SocketAddr::new(vehicles.ip(), p)),
             metrics,
             admin,
             proxy,
@@ -860,8 +952,9 @@ impl Config {
         }
     }
 
-    /// Address the vehicle listener binds.
-    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+    /// Address the vehicle listener binds: `host` (an IP address or a host name, as Tesla's
+    /// server accepts) and `port`.
+    pub fn listen_addr(&self) -> Result<ListenAddr, String> {
         let host = if self.host.is_empty() {
             "0.0.0.0"
         } else {
@@ -873,10 +966,17 @@ impl Config {
             host
         };
         let port = self.port.unwrap_or(443);
-        format!("{host}:{port}")
-            .parse()
-            .or_else(|_| format!("[{host}]:{port}").parse())
-            .map_err(|_| format!("host `{host}` is not an IP address"))
+        let ip = host
+            .parse::<std::net::IpAddr>()
+            .or_else(|_| host.trim_matches(['[', ']']).parse());
+        match ip {
+            Ok(ip) => Ok(ListenAddr::Ip(SocketAddr::new(ip, port))),
+            Err(_) if is_host_name(host) => Ok(ListenAddr::Name {
+                host: host.to_owned(),
+                port,
+            }),
+            Err(_) => Err(format!("`{host}` is neither an IP address nor a host name")),
+        }
     }
 
     /// The sinks events go to: `fleetgate.events.sinks`, else the sinks of `V`.
@@ -1105,8 +1205,14 @@ mod tests {
                               "proxy_mtls": {"listen": "0.0.0.0:8444", "header": "rfc9440", "trusted_proxies": ["10.0.0.0/16", "192.0.2.7"]}}}"#,
         );
         let s = c.settings().unwrap();
-        assert_eq!(s.vehicles, "127.0.0.1:4443".parse().unwrap());
-        assert_eq!(s.status, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(
+            s.vehicles,
+            ListenAddr::Ip("127.0.0.1:4443".parse().unwrap())
+        );
+        assert_eq!(
+            s.status,
+            Some(ListenAddr::Ip("127.0.0.1:8080".parse().unwrap()))
+        );
         assert_eq!(s.metrics, Some("0.0.0.0:9273".parse().unwrap()));
         assert_eq!(s.admin, Some("127.0.0.1:8081".parse().unwrap()));
         assert_eq!(s.idle_timeout, std::time::Duration::from_secs(120));
@@ -1117,7 +1223,7 @@ mod tests {
         assert!(trusted.contains("192.0.2.7".parse().unwrap()));
 
         let bad = parse(
-            r#"{"host": "not-an-ip",
+            r#"{"host": "not_a_name",
                 "monitoring": {"prometheus_metrics_port": 9273, "prometheus_metrics_host": "nope"},
                 "fleetgate": {"admin": {"listen": "8081"},
                               "proxy_mtls": {"listen": "x", "header": "rfc9440", "trusted_proxies": []}}}"#,
@@ -1138,6 +1244,43 @@ mod tests {
                 "fleetgate.proxy_mtls.trusted_proxies"
             ]
         );
+    }
+
+    #[test]
+    fn host_is_an_ip_address_or_a_host_name_as_in_teslas_server() {
+        let host = |h: &str| parse(&format!(r#"{{"host": "{h}", "port": 4443}}"#)).listen_addr();
+        assert_eq!(
+            host("::").unwrap(),
+            ListenAddr::Ip("[::]:4443".parse().unwrap())
+        );
+        assert_eq!(
+            host("localhost").unwrap(),
+            ListenAddr::Ip("127.0.0.1:4443".parse().unwrap())
+        );
+        for name in [
+            "app",
+            "telemetry.example.com",
+            "fleet-telemetry-0.svc.cluster.local.",
+        ] {
+            assert_eq!(
+                host(name).unwrap(),
+                ListenAddr::Name {
+                    host: name.into(),
+                    port: 4443
+                },
+                "{name}"
+            );
+        }
+        for bad in ["not_a_name", "-app", "10.0.0.256", "a..b", "app:443", ""] {
+            if bad.is_empty() {
+                continue; // empty = 0.0.0.0
+            }
+            assert!(host(bad).is_err(), "{bad}");
+        }
+        // an IP needs no resolver; its port is kept on the status listener's address too
+        let ip = ListenAddr::Ip("10.1.2.3:443".parse().unwrap());
+        assert_eq!(ip.resolve().unwrap(), "10.1.2.3:443".parse().unwrap());
+        assert_eq!(ip.with_port(8080).port(), 8080);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! What `serve` opens before it listens, opened here the same way and without writing
 //! anything, so `check-config` refuses what `serve` would refuse: the TLS files parse, are of
-//! the right kind and belong together; the sites file's features are sites; the store's
-//! directory and the logger file can be where they are said to be.
+//! the right kind and belong together; a host name in `host` resolves; the sites file's
+//! features are sites; the store's directory and the logger file can be where they are said
+//! to be.
 //!
 //! Only what the config names is checked; whether a port is free or a broker answers is a fact
 //! of the moment `serve` starts, not of the config.
@@ -19,6 +20,15 @@ pub(super) fn problems(config: &Config, base: &Path) -> (Vec<(String, String)>, 
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     tls_files(config, base, &mut problems, &mut warnings);
+    // a host name is resolved as `serve` resolves it when it binds
+    if let Ok(addr @ super::ListenAddr::Name { .. }) = config.listen_addr() {
+        if let Err(e) = addr.resolve() {
+            problems.push((
+                "host".into(),
+                format!("{e}: serve binds this name here; fix it, or use an IP address (0.0.0.0 listens on every interface)"),
+            ));
+        }
+    }
     if let Some(file) = &config.fleetgate.sites_file {
         let path = Config::resolve(base, file);
         if let Ok(text) = std::fs::read_to_string(&path) {
