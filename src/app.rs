@@ -76,6 +76,24 @@ pub struct StartOptions {
     pub event_tap: Option<Arc<dyn Sink>>,
 }
 
+/// The `topic` labels of Kafka deliveries: the record topics routed to Kafka, and `events`
+/// (for their series at zero).
+fn kafka_labels(config: &Config) -> Vec<&'static str> {
+    let mut labels: Vec<&'static str> = config
+        .records
+        .iter()
+        .filter(|(_, sinks)| sinks.iter().any(|s| s == "kafka"))
+        .filter_map(|(topic, _)| crate::wire::Topic::from_wire(topic.as_bytes()))
+        .map(|t| t.as_str())
+        .collect();
+    if config.event_sinks().iter().any(|s| s == "kafka") {
+        labels.push("events");
+    }
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
@@ -695,6 +713,19 @@ pub async fn start(
             .map(|r| r.label())
             .collect(),
         kafka_client_error_reasons: crate::sinks::kafka::CLIENT_ERROR_REASONS.to_vec(),
+        kafka_topics: kafka_labels(config),
+        webhook_endpoints: config
+            .fleetgate
+            .webhook
+            .iter()
+            .flat_map(|w| w.endpoints.iter().map(|e| e.name.clone()))
+            .collect(),
+        cluster: config.fleetgate.cluster.is_some(),
+        tesla: config
+            .fleetgate
+            .tesla
+            .as_ref()
+            .is_some_and(|t| t.reconciler_enabled()),
     });
     let registry = Arc::new(crate::ingest::registry::Registry::default());
     // every task that outlives start-up: stopped and awaited at shutdown

@@ -291,12 +291,39 @@ pub struct Registered<'a> {
     pub close_reasons: Vec<&'static str>,
     /// Every `reason` of Kafka client errors (the Kafka sink's labels).
     pub kafka_client_error_reasons: Vec<&'static str>,
+    /// The `topic` labels of Kafka deliveries: record topics routed to Kafka, and `events`.
+    pub kafka_topics: Vec<&'static str>,
+    /// The webhook receivers' names.
+    pub webhook_endpoints: Vec<String>,
+    /// Cluster mode is on.
+    pub cluster: bool,
+    /// Tesla onboarding (the reconciler) is on.
+    pub tesla: bool,
 }
+
+/// MQTT `record_type` labels: the record topics and `event`.
+const MQTT_RECORD_TYPES: &[&str] = &["V", "alerts", "errors", "connectivity", "event"];
+/// MQTT error `reason` labels.
+const MQTT_ERROR_REASONS: &[&str] = &["refused", "timeout", "queue_full"];
+/// Cluster transaction abort `reason` labels.
+const ABORT_REASONS: &[&str] = &["produce", "commit", "read_back_timeout"];
+/// Fleet API request `outcome` labels.
+const TESLA_API_OUTCOMES: &[&str] = &[
+    "ok",
+    "client_error",
+    "server_error",
+    "rate_limited",
+    "network",
+    "malformed",
+];
+/// Token refresh `outcome` labels.
+const TOKEN_REFRESH_OUTCOMES: &[&str] = &["ok", "refused", "failed"];
 
 /// Registers at zero every counter whose label set is known up front, so dashboards show 0
 /// rather than "No data" before the first occurrence.
 pub fn register_zeros(what: &Registered<'_>) {
     let zero = |c: Counter| c.increment(0);
+    metrics::gauge!(HANDSHAKES_IN_FLIGHT).set(0.0);
     for result in ["accepted", "over_capacity", "ip_rate_limited"] {
         zero(metrics::counter!(CONNECTIONS_TOTAL, "result" => result));
     }
@@ -392,6 +419,78 @@ pub fn register_zeros(what: &Registered<'_>) {
         for reason in &what.kafka_client_error_reasons {
             zero(metrics::counter!(KAFKA_CLIENT_ERRORS_TOTAL, "reason" => *reason));
         }
+        for topic in &what.kafka_topics {
+            zero(metrics::counter!(KAFKA_DELIVERED_TOTAL, "topic" => *topic));
+            zero(metrics::counter!(KAFKA_DELIVERY_ERRORS_TOTAL, "topic" => *topic));
+        }
+    }
+    if what.sinks.contains(&"mqtt") {
+        metrics::gauge!(MQTT_IN_FLIGHT).set(0.0);
+        for record_type in MQTT_RECORD_TYPES {
+            zero(metrics::counter!(MQTT_PUBLISHED_TOTAL, "record_type" => *record_type));
+            zero(metrics::counter!(MQTT_PUBLISHED_BYTES_TOTAL, "record_type" => *record_type));
+        }
+        for reason in MQTT_ERROR_REASONS {
+            zero(metrics::counter!(MQTT_ERRORS_TOTAL, "reason" => *reason));
+        }
+    }
+    if what.sinks.contains(&"webhook") {
+        zero(metrics::counter!(WEBHOOK_OUTBOX_ERRORS_TOTAL));
+        for name in &what.webhook_endpoints {
+            for c in [
+                WEBHOOK_DELIVERED_TOTAL,
+                WEBHOOK_RETRIED_TOTAL,
+                WEBHOOK_DEAD_LETTERED_TOTAL,
+            ] {
+                zero(metrics::counter!(c, "endpoint" => name.clone()));
+            }
+        }
+    }
+    if what.cluster {
+        metrics::gauge!(CLUSTER_RESTORED).set(0.0);
+        metrics::gauge!(CLUSTER_RULES_PARTITIONS).set(0.0);
+        for kind in crate::cluster::shared_log::Kind::ALL {
+            zero(metrics::counter!(CLUSTER_SHARED_APPLIED_TOTAL, "kind" => kind.as_str()));
+            zero(metrics::counter!(CLUSTER_SHARED_BAD_RECORDS_TOTAL, "kind" => kind.as_str()));
+        }
+        for reason in ABORT_REASONS {
+            zero(metrics::counter!(CLUSTER_TRANSACTION_ABORTS_TOTAL, "reason" => *reason));
+        }
+        for c in [
+            CLUSTER_RULES_FRAMES_TOTAL,
+            CLUSTER_RULES_TRANSACTIONS_TOTAL,
+            CLUSTER_RULES_RESTARTS_TOTAL,
+            CLUSTER_RULES_INPUTS_TOTAL,
+            CLUSTER_RULES_BAD_RECORDS_TOTAL,
+        ] {
+            zero(metrics::counter!(c));
+        }
+        if what.sinks.iter().any(|s| *s != "kafka") {
+            metrics::gauge!(CLUSTER_RELAY_PENDING).set(0.0);
+            for c in [
+                CLUSTER_RELAY_EVENTS_TOTAL,
+                CLUSTER_RELAY_RETRIES_TOTAL,
+                CLUSTER_RELAY_BAD_RECORDS_TOTAL,
+            ] {
+                zero(metrics::counter!(c));
+            }
+        }
+    }
+    if what.tesla {
+        zero(metrics::counter!(TESLA_CONFIGS_PUSHED_TOTAL));
+        for state in crate::tesla::state::OnboardingState::ALL {
+            zero(metrics::counter!(TESLA_STATE_CHANGES_TOTAL, "state" => state.as_str()));
+        }
+        for outcome in TOKEN_REFRESH_OUTCOMES {
+            zero(metrics::counter!(TESLA_TOKEN_REFRESHES_TOTAL, "outcome" => *outcome));
+        }
+        for endpoint in crate::tesla::fleet_api::Endpoint::ALL {
+            for outcome in TESLA_API_OUTCOMES {
+                zero(
+                    metrics::counter!(TESLA_API_REQUESTS_TOTAL, "endpoint" => endpoint.as_str(), "outcome" => *outcome),
+                );
+            }
+        }
     }
     if what.proxy {
         for result in [
@@ -468,7 +567,29 @@ fn process_collector() -> &'static metrics_process::Collector {
 pub fn render() -> String {
     let handle = install();
     process_collector().collect();
-    handle.render()
+    with_precise_cpu_seconds(handle.render())
+}
+
+/// `process_cpu_seconds_total` with its fraction: the `metrics` crate's counters are whole
+/// numbers, so metrics-process renders whole seconds, which makes `rate()` over a few minutes
+/// of a mostly idle process a staircase. The sample line is rewritten with the kernel's
+/// value (clock-tick resolution); its HELP and TYPE (counter) stay.
+fn with_precise_cpu_seconds(mut text: String) -> String {
+    const SAMPLE: &str = "\nprocess_cpu_seconds_total ";
+    let Some(seconds) = cpu_seconds() else {
+        return text;
+    };
+    if let Some(start) = text.find(SAMPLE).map(|i| i + SAMPLE.len()) {
+        let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+        text.replace_range(start..end, &format!("{seconds:.2}"));
+    }
+    text
+}
+
+/// User and system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` fires.

@@ -872,4 +872,47 @@ fn every_metric_family_has_help_and_known_counters_start_at_zero() {
         !text.contains("fleetgate_kafka_produce_errors_total{"),
         "{text}"
     );
+    // CPU time with its fraction (the metrics crate's counters are whole numbers)
+    let cpu = text
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .expect("process_cpu_seconds_total");
+    assert!(cpu.contains('.'), "whole seconds only: {cpu}");
+    drop(server);
+
+    // every sink's series, once the sink is configured (brokers and receiver need not answer)
+    let mut config = base_config(&pki);
+    merge(
+        &mut config,
+        &serde_json::json!({
+            "records": {"V": ["logger", "kafka", "mqtt", "webhook"]},
+            "kafka": {"bootstrap.servers": "127.0.0.1:1"},
+            "mqtt": {"broker": "127.0.0.1:1", "topic_base": "t", "qos": 1},
+            "fleetgate": {
+                "events": {"sinks": ["kafka", "mqtt", "webhook"]},
+                "webhook": {"endpoints": [{"name": "orders", "url": "http://127.0.0.1:9/hook",
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]},
+            },
+        }),
+    );
+    let server = Server::start(&config);
+    let text = server.metrics_text();
+    for series in [
+        "fleetgate_handshakes_in_flight",
+        "fleetgate_kafka_delivered_total{topic=\"V\"}",
+        "fleetgate_kafka_delivery_errors_total{topic=\"events\"}",
+        "fleetgate_mqtt_published_total{record_type=\"event\"}",
+        "fleetgate_mqtt_published_bytes_total{record_type=\"V\"}",
+        "fleetgate_mqtt_errors_total{reason=\"timeout\"}",
+        "fleetgate_mqtt_in_flight",
+        "fleetgate_webhook_delivered_total{endpoint=\"orders\"}",
+        "fleetgate_webhook_retried_total{endpoint=\"orders\"}",
+        "fleetgate_webhook_dead_lettered_total{endpoint=\"orders\"}",
+        "fleetgate_webhook_outbox_errors_total",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{series} "))),
+            "{series} is not registered:\n{text}"
+        );
+    }
 }

@@ -94,6 +94,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every shared topic (metrics are registered at zero for each).
+    pub const ALL: [Kind; 5] = [
+        Kind::Sites,
+        Kind::Watches,
+        Kind::Vins,
+        Kind::Imports,
+        Kind::Tesla,
+    ];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -35,6 +35,16 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint (metrics are registered at zero for each).
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::Token,
+        Endpoint::FleetStatus,
+        Endpoint::PushConfig,
+        Endpoint::ReadConfig,
+        Endpoint::DeleteConfig,
+        Endpoint::Errors,
+    ];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
