@@ -79,6 +79,31 @@ fn every_dashboard_metric_is_exported() {
         }
     }
     assert!(exprs.len() >= 10);
+    // one instance or several: every query follows the dashboard's instance variable
+    assert!(
+        dash["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "instance"),
+        "no instance variable"
+    );
+    for expr in &exprs {
+        assert!(
+            expr.contains("instance=~\"$instance\""),
+            "not scoped to $instance: {expr}"
+        );
+    }
+    // what docs/operating.md tells operators to watch is on the dashboard
+    let operating = read("docs/operating.md");
+    let named = regex::Regex::new(r"fleetgate_[a-z_]+").unwrap();
+    for m in named.find_iter(&operating) {
+        assert!(
+            exprs.iter().any(|e| e.contains(m.as_str())),
+            "docs/operating.md names {}, which no dashboard panel shows",
+            m.as_str()
+        );
+    }
     let re = regex::Regex::new(r"fleetgate_[a-z_]+").unwrap();
     for expr in &exprs {
         for m in re.find_iter(expr) {
