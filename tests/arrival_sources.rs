@@ -93,7 +93,15 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
     // 2. Smartcar: VERIFY first (as the dashboard does), then a signed state at the cafe
     let verify =
         json!({"eventId": "v", "eventType": "VERIFY", "data": {"challenge": "ch-42"}}).to_string();
+    // unsigned, it is refused: the answer would be the signature of a text the caller chose
     let (code, body) = post(&admin, "/v1/sources/smartcar", &[], &verify);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = post(
+        &admin,
+        "/v1/sources/smartcar",
+        &[("SC-Signature", &smartcar::sign(AMT, verify.as_bytes()))],
+        &verify,
+    );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["challenge"], smartcar::sign(AMT, b"ch-42"));
 
@@ -134,6 +142,48 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
     );
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["events"], json!([]), "{body}");
+
+    // the charge, as Smartcar's v4 payload says it: the vehicle id at the top level, and
+    // `charge-detailedchargingstatus` (the only signal that says complete) beside
+    // `charge-ischarging`, which reads false once the charge is complete
+    let charge = |is_charging: bool, detailed: &str| {
+        json!({
+            "eventId": uuid::Uuid::new_v4().to_string(),
+            "eventType": "VEHICLE_STATE",
+            "vehicleId": "sc-2",
+            "data": {"signals": [
+                {"code": "charge-ischarging", "name": "IsCharging", "group": "Charge",
+                 "body": {"value": is_charging}, "status": {"value": "SUCCESS"}},
+                {"code": "charge-detailedchargingstatus", "name": "DetailedChargingStatus", "group": "Charge",
+                 "body": {"value": detailed}, "status": {"value": "SUCCESS"}},
+            ]},
+            "meta": {"version": "4.0", "deliveryId": "d-2", "deliveredAt": 1_764_000_200_000i64, "mode": "LIVE"},
+        })
+        .to_string()
+    };
+    for (is_charging, detailed, expected) in [
+        (true, "CHARGING", "fleetgate.charging.started"),
+        (false, "FULLY_CHARGED", "fleetgate.charging.stopped"),
+    ] {
+        let delivery = charge(is_charging, detailed);
+        let (code, body) = post(
+            &admin,
+            "/v1/sources/smartcar",
+            &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
+            &delivery,
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["vin"], VIN_SMARTCAR);
+        assert!(
+            body["events"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(expected)),
+            "{detailed}: {body}"
+        );
+    }
+    let (_, v) = server.admin("GET", &format!("/v1/vehicles/{VIN_SMARTCAR}"), None);
+    assert_eq!(v["state"]["charge_state"], "complete", "{v}");
 
     // 3. manual: the driver taps "I'm here"; a second tap and a later Smartcar fix are recorded only
     let (code, body) = server.admin(

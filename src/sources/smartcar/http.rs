@@ -71,9 +71,10 @@ pub struct SmartcarResult {
 /// Smartcar webhooks (`fleetgate.sources.smartcar`): a `VEHICLE_STATE` delivery's location,
 /// SoC and charging signals are an input of the vehicle's rules, applied where they run
 /// (events say `source: "smartcar"`); a `VERIFY` delivery is answered with
-/// `{"challenge": HMAC}`. Every delivery but
-/// VERIFY must carry a valid `SC-Signature` (HMAC-SHA256 of the body, keyed with the
-/// application management token); no bearer token.
+/// `{"challenge": HMAC}`. Every delivery, VERIFY too, must carry a valid `SC-Signature`
+/// (HMAC-SHA256 of the body, keyed with the application management token); no bearer token.
+/// (An unsigned VERIFY would make this endpoint an HMAC oracle: whoever could post one
+/// could get the signature of any body of their choosing.)
 #[utoipa::path(post, path = "/v1/sources/smartcar", tag = "sources",
     request_body(content = Object, description = "A Smartcar webhook delivery"), responses(
     (status = 200, description = "Applied and confirmed (or the VERIFY answer, or ignored)", body = SmartcarResult),
@@ -122,19 +123,20 @@ async fn smartcar_webhook(
             e.to_string(),
         )
     })?;
-    // VERIFY proves itself (only the token holder can answer); everything else must be signed
+    // every delivery must be signed, VERIFY too: answering an unsigned challenge would sign
+    // whatever text a caller chose
+    if !signed {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "bad_signature",
+            "missing SC-Signature: Smartcar signs every delivery, VERIFY included",
+        ));
+    }
     if let super::Delivery::Verify(challenge) = &delivery {
         return Ok(Json(
             serde_json::json!({"challenge": super::sign(&source.token, challenge.as_bytes())}),
         )
         .into_response());
-    }
-    if !signed {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "bad_signature",
-            "missing SC-Signature: Smartcar signs every delivery",
-        ));
     }
     match delivery {
         super::Delivery::Verify(_) => unreachable!("answered above"),

@@ -6,9 +6,12 @@
 //! raw body keyed with the application management token; a `VERIFY` delivery asks for
 //! `{"challenge": hex(HMAC-SHA256(token, challenge))}`. Signals used: `location-preciselocation`
 //! (`latitude`, `longitude`), `tractionbattery-stateofcharge` (`percentage`, or `value` with a
-//! unit; 0-1 fractions are read as such), `charge-ischarging` (`value`: bool) and
-//! `charge-chargingstate`/`charge-state` (`value` or `state`: `CHARGING`, `FULLY_CHARGED`,
-//! `NOT_CHARGING`). Other signals are ignored.
+//! unit; 0-1 fractions are read as such), `charge-detailedchargingstatus` (`value`: an open
+//! string — `CHARGING`, `FULLY_CHARGED`, `NOT_CHARGING`, …; the only one that says a charge
+//! is complete, so it wins over `charge-ischarging` in the same delivery),
+//! `charge-ischarging` (`value`: bool) and `charge-chargingstate`/`charge-state` (`value` or
+//! `state`). Other signals are ignored. The vehicle is `data.vehicle.id` (v3) or the
+//! top-level `vehicleId` (v4), mapped to a VIN by the config, else `data.vehicle.vin`.
 
 pub mod http;
 
@@ -168,16 +171,23 @@ pub fn read_delivery(
     if kind != "VEHICLE_STATE" {
         return Ok(Delivery::Ignored(kind.to_owned()));
     }
-    let vehicle = body
-        .pointer("/data/vehicle")
-        .ok_or_else(|| DeliveryError::Malformed("VEHICLE_STATE without data.vehicle".into()))?;
-    let id = vehicle.get("id").and_then(Value::as_str).unwrap_or("");
+    let vehicle = body.pointer("/data/vehicle");
+    let id = vehicle
+        .and_then(|v| v.get("id"))
+        .or_else(|| body.get("vehicleId"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            DeliveryError::Malformed(
+                "VEHICLE_STATE without a vehicle id (vehicleId or data.vehicle.id)".into(),
+            )
+        })?;
     let vin = vehicles
         .get(id)
         .cloned()
         .or_else(|| {
             vehicle
-                .get("vin")
+                .and_then(|v| v.get("vin"))
                 .and_then(Value::as_str)
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
@@ -192,6 +202,8 @@ pub fn read_delivery(
         ..Default::default()
     };
     let mut at_ms: Option<i64> = None;
+    // the detailed status, when the delivery has it, decides the charge state
+    let mut detailed: Option<ChargeState> = None;
     for signal in signals {
         let code = signal.get("code").and_then(Value::as_str).unwrap_or("");
         let Some(b) = signal.get("body") else {
@@ -233,6 +245,14 @@ pub fn read_delivery(
                 });
                 update.charge_state.is_some()
             }
+            "charge-detailedchargingstatus" => {
+                detailed = b
+                    .get("value")
+                    .or_else(|| b.get("detailedChargingStatus"))
+                    .and_then(Value::as_str)
+                    .and_then(detailed_charge_state);
+                detailed.is_some()
+            }
             "charge-chargingstate" | "charge-state" => {
                 let state = b
                     .get("value")
@@ -257,6 +277,9 @@ pub fn read_delivery(
             }
         }
     }
+    if detailed.is_some() {
+        update.charge_state = detailed;
+    }
     update.at_ms = at_ms
         .or_else(|| body.pointer("/meta/deliveredAt").and_then(Value::as_i64))
         .filter(|t| *t > 0)
@@ -265,6 +288,27 @@ pub fn read_delivery(
         vin,
         update: Box::new(update),
     })
+}
+
+/// The charge state of a `charge-detailedchargingstatus` value (an open string): complete
+/// when it says fully charged or complete, charging when it says charging, idle when it
+/// says not charging, disconnected, stopped or idle; None for what it does not know.
+fn detailed_charge_state(value: &str) -> Option<ChargeState> {
+    let v = value.trim().to_ascii_uppercase().replace([' ', '-'], "_");
+    if v.contains("FULLY_CHARGED") || v.contains("COMPLETE") {
+        Some(ChargeState::Complete)
+    } else if v.starts_with("NOT_")
+        || v.contains("DISCONNECTED")
+        || v.contains("STOPPED")
+        || v == "IDLE"
+        || v == "NO_POWER"
+    {
+        Some(ChargeState::Idle)
+    } else if v.contains("CHARGING") {
+        Some(ChargeState::Charging)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +341,55 @@ mod tests {
             read_delivery(&v2, &none, 0).unwrap(),
             Delivery::Verify("c-2".into())
         );
+    }
+
+    #[test]
+    fn the_detailed_charging_status_decides_and_the_v4_vehicle_id_is_read() {
+        let delivery = |signals: Value| {
+            json!({"eventId": "e", "eventType": "VEHICLE_STATE", "vehicleId": "sc-9",
+                   "data": {"signals": signals}})
+        };
+        let map = BTreeMap::from([("sc-9".to_owned(), "VIN9".to_owned())]);
+        let state = |signals: Value| match read_delivery(&delivery(signals), &map, 1).unwrap() {
+            Delivery::State { vin, update } => {
+                assert_eq!(vin, "VIN9");
+                update.charge_state
+            }
+            other => panic!("{other:?}"),
+        };
+        // complete only comes from the detailed status, whatever order the signals are in
+        for signals in [
+            json!([{"code": "charge-detailedchargingstatus", "body": {"value": "FULLY_CHARGED"}},
+                   {"code": "charge-ischarging", "body": {"value": false}}]),
+            json!([{"code": "charge-ischarging", "body": {"value": false}},
+                   {"code": "charge-detailedchargingstatus", "body": {"value": "FULLY_CHARGED"}}]),
+        ] {
+            assert_eq!(state(signals), Some(ChargeState::Complete));
+        }
+        for (value, expected) in [
+            ("CHARGING", Some(ChargeState::Charging)),
+            ("NOT_CHARGING", Some(ChargeState::Idle)),
+            ("CHARGING_COMPLETE", Some(ChargeState::Complete)),
+            ("something new", None),
+        ] {
+            let got =
+                state(json!([{"code": "charge-detailedchargingstatus", "body": {"value": value}}]));
+            assert_eq!(got, expected, "{value}");
+        }
+        // an unknown detailed value leaves what charge-ischarging says
+        assert_eq!(
+            state(
+                json!([{"code": "charge-ischarging", "body": {"value": true}},
+                         {"code": "charge-detailedchargingstatus", "body": {"value": "WAITING"}}])
+            ),
+            Some(ChargeState::Charging)
+        );
+        // no id anywhere
+        let none = json!({"eventType": "VEHICLE_STATE", "data": {"signals": []}});
+        assert!(matches!(
+            read_delivery(&none, &map, 1),
+            Err(DeliveryError::Malformed(_))
+        ));
     }
 
     #[test]
