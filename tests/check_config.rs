@@ -149,8 +149,22 @@ fn webhook_problems_are_named_with_their_keys() {
     config["fleetgate"]["webhook"] = json!({"endpoints": [
         {"name": "orders", "url": "https://orders.example.com/x",
          "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "events": ["fleetgate.arrival.*"]}]});
-    let (ok, stdout, stderr) = check(&config, &[]);
-    assert!(ok, "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = check(&config, &["--strict"]);
+    assert!(
+        ok,
+        "the defaults follow Standard Webhooks: {stdout}\n{stderr}"
+    );
+    // outside Standard Webhooks' recommendations: warnings
+    config["fleetgate"]["webhook"]["timeout_ms"] = json!(5000);
+    config["fleetgate"]["webhook"]["dead_letter_after_s"] = json!(3600);
+    let (ok, _, stderr) = check(&config, &["--strict"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("fleetgate.webhook.timeout_ms")
+            && stderr.contains("fleetgate.webhook.dead_letter_after_s")
+            && stderr.contains("Standard Webhooks"),
+        "{stderr}"
+    );
 }
 
 #[test]

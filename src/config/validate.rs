@@ -342,6 +342,13 @@ impl Config {
         if !routed {
             f.warn("fleetgate.webhook is set but nothing routes to it: add \"webhook\" to fleetgate.events.sinks (or to a topic of `records`)");
         }
+        // Standard Webhooks' recommendations, which receivers built for the standard expect
+        if !(15_000..=30_000).contains(&webhook.timeout_ms) {
+            f.warn(format!("fleetgate.webhook.timeout_ms: {} ms is outside the 15–30 s Standard Webhooks recommends; a receiver that takes longer is retried although it may have processed the message", webhook.timeout_ms));
+        }
+        if webhook.dead_letter_after_s < 86_400 {
+            f.warn(format!("fleetgate.webhook.dead_letter_after_s: {} s gives a receiver less than a day to come back before its messages are dead-lettered (Standard Webhooks recommends retries spanning multiple days)", webhook.dead_letter_after_s));
+        }
         let data_dir = self
             .fleetgate
             .data_dir

@@ -50,17 +50,19 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    // Standard Webhooks' operational recommendations: retries spanning multiple days with
+    // exponential backoff and jitter, and a request timeout of 15 to 30 s
     fn default_dead_letter_after_s() -> u64 {
-        86_400
+        3 * 86_400
     }
     fn default_timeout_ms() -> u64 {
-        10_000
+        15_000
     }
     fn default_retry_initial_ms() -> u64 {
         1_000
     }
     fn default_retry_max_ms() -> u64 {
-        60_000
+        300_000
     }
     fn default_max_in_flight() -> usize {
         32
