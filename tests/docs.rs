@@ -236,3 +236,51 @@ fn tables_are_not_cut_by_a_blank_line() {
         }
     }
 }
+
+/// The README's `decode` example, run as written (with this build instead of `cargo run`):
+/// it decodes every frame it names and exits 0; the bad frames it mentions exit 1.
+#[test]
+fn the_readme_decode_example_runs_clean() {
+    let readme = read("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- decode "))
+        .expect("README has a decode example");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for arg in line.split_whitespace().skip(5) {
+        match arg.strip_suffix("*.bin") {
+            Some(prefix) => {
+                let (dir, stem) = prefix.rsplit_once('/').unwrap();
+                for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                    let name = entry.unwrap().file_name().into_string().unwrap();
+                    if name.starts_with(stem) && name.ends_with(".bin") {
+                        files.push(root.join(dir).join(name));
+                    }
+                }
+            }
+            None => files.push(root.join(arg)),
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .arg("decode")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        files.len()
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .arg("decode")
+        .arg(root.join("testdata/frames/bad_empty.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}
