@@ -820,8 +820,7 @@ impl Transaction<'_> {
                 }
             };
             self.frames += 1;
-            let update = VehicleUpdate::from_payload(&payload, envelope_created_at_s(msg));
-            let outcome = self.fleet.apply_signals(vin, &update);
+            let outcome = apply_frame(self.fleet, vin, &payload, envelope_created_at_s(msg));
             return self.emit(&outcome.events, &outcome.ended);
         }
         let record: InputRecord = match serde_json::from_slice(msg.payload().unwrap_or_default()) {
@@ -922,6 +921,19 @@ impl Transaction<'_> {
 
 /// The vehicle's creation time of a `V` record: its `timestamp` header (ms), else the
 /// record's timestamp.
+/// One `V` record's signals run through the rules of its vehicle: what the rules of cluster
+/// mode do per frame between reading the record and producing its events (the
+/// instruction-count gate, `benches/instructions.rs`, measures it with the decode).
+pub fn apply_frame(
+    fleet: &Fleet,
+    vin: &str,
+    payload: &Payload,
+    created_at_s: u32,
+) -> crate::rules::input::Outcome {
+    let update = VehicleUpdate::from_payload(payload, created_at_s);
+    fleet.apply_signals(vin, &update)
+}
+
 fn envelope_created_at_s(msg: &impl Message) -> u32 {
     let from_header = msg.headers().and_then(|h| {
         h.iter()

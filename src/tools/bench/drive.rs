@@ -69,31 +69,14 @@ pub fn dense_sites(n: usize, area: Area) -> Vec<Site> {
 /// frame for `steps` frames, then again: location, speed and SoC, one second apart (a frame
 /// older than the vehicle's state would skip the rules), with the vin the vehicle claims.
 pub fn frame(i: u64, start: (f64, f64), steps: u64) -> Vec<u8> {
-    let datum = |field: Field, value: V| Datum {
-        key: field as i32,
-        value: Some(Value { value: Some(value) }),
-    };
     let step = (i % steps) as f64 * 0.00005;
-    let payload = Payload {
-        data: vec![
-            datum(
-                Field::Location,
-                V::LocationValue(LocationValue {
-                    latitude: start.0 + step,
-                    longitude: start.1 + step,
-                }),
-            ),
-            datum(Field::VehicleSpeed, V::DoubleValue(40.0)),
-            datum(Field::Soc, V::DoubleValue(60.0 + (i % 30) as f64)),
-        ],
-        created_at: Some(Timestamp {
-            seconds: 1_764_000_000 + i as i64,
-            nanos: 0,
-        }),
-        vin: VIN.into(),
-        is_resend: false,
-    }
-    .encode_to_vec();
+    frame_at(i, start.0 + step, start.1 + step)
+}
+
+/// The `i`-th frame of the vehicle, at (`lat`, `lon`): location, speed and SoC, one second
+/// after frame `i - 1`.
+pub fn frame_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
+    let payload = payload_at(i, lat, lon);
     EnvelopeWriter::new()
         .stream(
             format!("tx-{i}").as_bytes(),
@@ -109,6 +92,35 @@ pub fn frame(i: u64, start: (f64, f64), steps: u64) -> Vec<u8> {
             },
         )
         .to_vec()
+}
+
+/// The protobuf `Payload` of [`frame_at`] (a `V` record's value in Kafka, as cluster mode's
+/// rules read it).
+pub fn payload_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
+    let datum = |field: Field, value: V| Datum {
+        key: field as i32,
+        value: Some(Value { value: Some(value) }),
+    };
+    Payload {
+        data: vec![
+            datum(
+                Field::Location,
+                V::LocationValue(LocationValue {
+                    latitude: lat,
+                    longitude: lon,
+                }),
+            ),
+            datum(Field::VehicleSpeed, V::DoubleValue(40.0)),
+            datum(Field::Soc, V::DoubleValue(60.0 + (i % 30) as f64)),
+        ],
+        created_at: Some(Timestamp {
+            seconds: 1_764_000_000 + i as i64,
+            nanos: 0,
+        }),
+        vin: VIN.into(),
+        is_resend: false,
+    }
+    .encode_to_vec()
 }
 
 /// Takes every record and event and keeps none; counts the events.

@@ -1,0 +1,181 @@
+//! The work of one frame in instructions, for the regression gate (`scripts/instructions.sh`
+//! runs this under valgrind's callgrind, which counts the instructions executed inside the
+//! `measured_*` functions only — a number that repeats run to run, unlike time on a shared
+//! machine). Four scenarios, `FRAMES` frames each after a warm-up:
+//! - `pipeline-quiet`: a `V` frame (location, speed, SoC) through `Pipeline::on_frame` —
+//!   verify, decode, transform, the vehicle table, the rules over 10,001 sites, the record to
+//!   a sink that drops it, the ack decision — where no site is near (no event);
+//! - `pipeline-eventful`: the same, each frame entering or leaving a site (one event each);
+//! - `cluster-quiet` / `cluster-eventful`: cluster mode's rules on a `V` record — the
+//!   protobuf decode, `cluster::rules::apply_frame`, and each event encoded as it is produced
+//!   (CloudEvent JSON, Kafka binary mode).
+//!
+//! Run natively it prints the events each scenario raised (a check that eventful frames raise
+//! one event each): `cargo bench --bench instructions -- pipeline-eventful`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use fleetgate::kafka::cloudevents::{event_message, EventContentMode};
+use fleetgate::pipeline::{Answer, FrameState, Pipeline};
+use fleetgate::rules::sites::{Shape, Site};
+use fleetgate::rules::{Fleet, RulesConfig};
+use fleetgate::tools::bench::drive::{self, dense_sites, Area, Discard, VIN};
+use fleetgate::wire::proto::vehicle_data::Payload;
+use prost::Message;
+
+/// Frames measured per scenario.
+const FRAMES: u64 = 200;
+/// Frames before them (the vehicle's state, the caches and the allocator settle).
+const WARM_UP: u64 = 300;
+
+/// The site eventful frames enter and leave.
+const SITE: (f64, f64) = (30.25, -97.75);
+/// 2.2 km north of it: outside.
+const AWAY: (f64, f64) = (30.27, -97.75);
+/// Where quiet frames drive: no site within kilometres.
+const QUIET: (f64, f64) = (30.0, -97.0);
+
+fn sites() -> Vec<Site> {
+    let mut sites = dense_sites(
+        10_000,
+        Area {
+            lat: 31.0,
+            lon: -99.0,
+            span: 1.0,
+        },
+    );
+    sites.push(Site {
+        id: "store".into(),
+        name: "Store".into(),
+        kind: "merchant".into(),
+        tags: Default::default(),
+        shape: Shape::Circle {
+            lat: SITE.0,
+            lon: SITE.1,
+            radius_m: 250.0,
+        },
+    });
+    sites
+}
+
+/// Where frame `i` of a scenario is: driving slowly where nothing is, or in and out of the
+/// site every frame.
+fn position(eventful: bool, i: u64) -> (f64, f64) {
+    if !eventful {
+        let step = (i % 1000) as f64 * 0.00005;
+        return (QUIET.0 + step, QUIET.1 + step);
+    }
+    if i % 2 == 0 {
+        SITE
+    } else {
+        AWAY
+    }
+}
+
+/// The time of frame `i` (s after the first): a second apart when quiet; two minutes apart
+/// in and out of the site (2.2 km in 2 minutes is a drive, not a jump the rules hold as GPS
+/// jitter).
+fn seconds(eventful: bool, i: u64) -> u64 {
+    if eventful {
+        i * 120
+    } else {
+        i
+    }
+}
+
+/// The measured frames (callgrind counts inside `measured_*` only: not the warm-up).
+#[inline(never)]
+fn measured_pipeline(pipeline: &Pipeline, state: &mut FrameState, frames: &[Vec<u8>]) {
+    pipeline_frames(pipeline, state, frames)
+}
+
+#[inline(never)]
+fn pipeline_frames(pipeline: &Pipeline, state: &mut FrameState, frames: &[Vec<u8>]) {
+    for bytes in frames {
+        let answer = drive::apply(pipeline, state, bytes);
+        assert!(matches!(answer, Answer::Ack { .. }), "{answer:?}");
+        black_box(answer);
+    }
+}
+
+/// The measured records (see [`measured_pipeline`]).
+#[inline(never)]
+fn measured_cluster(fleet: &Fleet, records: &[(Vec<u8>, u32)]) -> usize {
+    cluster_records(fleet, records)
+}
+
+#[inline(never)]
+fn cluster_records(fleet: &Fleet, records: &[(Vec<u8>, u32)]) -> usize {
+    let mut events = 0;
+    for (value, created_at_s) in records {
+        let payload = Payload::decode(value.as_slice()).expect("a Payload");
+        let outcome = fleetgate::cluster::rules::apply_frame(fleet, VIN, &payload, *created_at_s);
+        for event in &outcome.events {
+            let json = serde_json::to_vec(&event.to_cloudevent()).expect("JSON");
+            black_box(event_message(event, &json, EventContentMode::Binary).expect("encoded"));
+            events += 1;
+        }
+    }
+    events
+}
+
+fn run_pipeline(eventful: bool) -> u64 {
+    let sink = Arc::new(Discard::default());
+    let pipeline = drive::pipeline(sites(), sink.clone());
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut state = FrameState::new(&pipeline, tx);
+    let frame = |i: u64| {
+        let (lat, lon) = position(eventful, i);
+        drive::frame_at(seconds(eventful, i), lat, lon)
+    };
+    let warm: Vec<Vec<u8>> = (0..WARM_UP).map(frame).collect();
+    let measured: Vec<Vec<u8>> = (WARM_UP..WARM_UP + FRAMES).map(frame).collect();
+    pipeline_frames(&pipeline, &mut state, &warm);
+    let before = sink.events();
+    measured_pipeline(&pipeline, &mut state, &measured);
+    sink.events() - before
+}
+
+fn run_cluster(eventful: bool) -> u64 {
+    let fleet = Fleet::new(RulesConfig::default(), sites());
+    let record = |i: u64| {
+        let (lat, lon) = position(eventful, i);
+        let t = seconds(eventful, i);
+        (drive::payload_at(t, lat, lon), 1_764_000_000 + t as u32)
+    };
+    let warm: Vec<_> = (0..WARM_UP).map(record).collect();
+    let measured: Vec<_> = (WARM_UP..WARM_UP + FRAMES).map(record).collect();
+    cluster_records(&fleet, &warm);
+    measured_cluster(&fleet, &measured) as u64
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`: the scenario is the first other argument
+    let scenario = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_else(|| "all".into());
+    let scenarios: Vec<&str> = match scenario.as_str() {
+        "all" => vec![
+            "pipeline-quiet",
+            "pipeline-eventful",
+            "cluster-quiet",
+            "cluster-eventful",
+        ],
+        s => vec![s],
+    };
+    for s in scenarios {
+        let events = match s {
+            "pipeline-quiet" => run_pipeline(false),
+            "pipeline-eventful" => run_pipeline(true),
+            "cluster-quiet" => run_cluster(false),
+            "cluster-eventful" => run_cluster(true),
+            other => {
+                eprintln!("unknown scenario `{other}`: pipeline-quiet, pipeline-eventful, cluster-quiet, cluster-eventful or all");
+                std::process::exit(2);
+            }
+        };
+        println!("{s}: {FRAMES} frames measured, {events} events");
+    }
+}
