@@ -66,7 +66,7 @@ fn position(eventful: bool, i: u64) -> (f64, f64) {
         let step = (i % 1000) as f64 * 0.00005;
         return (QUIET.0 + step, QUIET.1 + step);
     }
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         SITE
     } else {
         AWAY
