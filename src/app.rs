@@ -19,7 +19,6 @@ use crate::ingest::server::{self, ServerSettings};
 use crate::ingest::tls;
 use crate::metrics::{self, FrameMetrics};
 use crate::pipeline::{ChangesOnly, Pipeline};
-use crate::rules::geojson::sites_from_geojson;
 use crate::rules::Fleet;
 use crate::runner::local::{LocalRules, StateBackend};
 use crate::runner::Placement;
@@ -219,27 +218,8 @@ fn config_imports(
     base: &std::path::Path,
 ) -> Result<Vec<(&'static str, Vec<ImportItem>)>, ServeError> {
     let mut out = Vec::new();
-    if let Some(file) = &config.fleetgate.sites_file {
-        let path = Config::resolve(base, file);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            ServeError::Config(format!(
-                "fleetgate.sites_file: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
-        let sites = sites_from_geojson(&text, config.fleetgate.rules.default_radius_m).map_err(
-            |errors| {
-                let list: Vec<String> = errors
-                    .iter()
-                    .map(|(i, e)| format!("feature {i}: {e}"))
-                    .collect();
-                ServeError::Config(format!(
-                    "fleetgate.sites_file {}: {}",
-                    path.display(),
-                    list.join("; ")
-                ))
-            },
-        )?;
+    if let Some(sites) = config.sites_file_sites(base) {
+        let sites = sites.map_err(|e| ServeError::Config(format!("fleetgate.sites_file: {e}")))?;
         let items = sites
             .into_iter()
             .map(|site| ImportItem {

@@ -93,15 +93,19 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
     // 2. Smartcar: VERIFY first (as the dashboard does), then a signed state at the cafe
     let verify =
         json!({"eventId": "v", "eventType": "VERIFY", "data": {"challenge": "ch-42"}}).to_string();
+    // a delivery as Smartcar sends it: signed with the management token
+    let post_signed = |body: &str| {
+        post(
+            &admin,
+            "/v1/sources/smartcar",
+            &[("SC-Signature", &smartcar::sign(AMT, body.as_bytes()))],
+            body,
+        )
+    };
     // unsigned, it is refused: the answer would be the signature of a text the caller chose
     let (code, body) = post(&admin, "/v1/sources/smartcar", &[], &verify);
     assert_eq!(code, 401, "{body}");
-    let (code, body) = post(
-        &admin,
-        "/v1/sources/smartcar",
-        &[("SC-Signature", &smartcar::sign(AMT, verify.as_bytes()))],
-        &verify,
-    );
+    let (code, body) = post_signed(&verify);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["challenge"], smartcar::sign(AMT, b"ch-42"));
 
@@ -118,12 +122,7 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
         &delivery,
     );
     assert_eq!(code, 401, "{body}");
-    let (code, body) = post(
-        &admin,
-        "/v1/sources/smartcar",
-        &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
-        &delivery,
-    );
+    let (code, body) = post_signed(&delivery);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["vin"], VIN_SMARTCAR);
     assert!(
@@ -134,12 +133,7 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
         "{body}"
     );
     // Smartcar redelivers on a timeout: the same delivery again emits nothing new
-    let (code, body) = post(
-        &admin,
-        "/v1/sources/smartcar",
-        &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
-        &delivery,
-    );
+    let (code, body) = post_signed(&delivery);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["events"], json!([]), "{body}");
 
@@ -166,12 +160,7 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
         (false, "FULLY_CHARGED", "fleetgate.charging.stopped"),
     ] {
         let delivery = charge(is_charging, detailed);
-        let (code, body) = post(
-            &admin,
-            "/v1/sources/smartcar",
-            &[("SC-Signature", &smartcar::sign(AMT, delivery.as_bytes()))],
-            &delivery,
-        );
+        let (code, body) = post_signed(&delivery);
         assert_eq!(code, 200, "{body}");
         assert_eq!(body["vin"], VIN_SMARTCAR);
         assert!(
@@ -198,12 +187,7 @@ async fn one_arrival_per_watch_whichever_source_sees_it_first_through_kafka_mqtt
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["emitted"], false);
     let later = smartcar_state("sc-3", 30.2672, -97.7431, 70.0);
-    let (code, body) = post(
-        &admin,
-        "/v1/sources/smartcar",
-        &[("SC-Signature", &smartcar::sign(AMT, later.as_bytes()))],
-        &later,
-    );
+    let (code, body) = post_signed(&later);
     assert_eq!(code, 200, "{body}");
     assert!(
         !body["events"]

@@ -357,12 +357,15 @@ fn a_host_name_in_host_is_resolved_and_bound() {
     let mut config = base_config(&pki);
     config["host"] = json!(name);
     let dir = tempfile::tempdir().unwrap();
-    let path = write_file(dir.path(), "config.json", &config.to_string());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let check_config = |name: &str, config: &serde_json::Value| {
+        let path = write_file(dir.path(), name, &config.to_string());
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let out = check_config("config.json", &config);
     assert!(
         out.status.success(),
         "{name}: {}",
@@ -374,12 +377,7 @@ fn a_host_name_in_host_is_resolved_and_bound() {
 
     // a name under .invalid never resolves (RFC 6761)
     config["host"] = json!("fleetgate-test.invalid");
-    let path = write_file(dir.path(), "bad.json", &config.to_string());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config("bad.json", &config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -936,6 +936,29 @@ impl Config {
         })
     }
 
+    /// The sites of `fleetgate.sites_file` (None when unset), read and parsed as `serve`
+    /// imports them; the error says which file and which features (without the key).
+    pub fn sites_file_sites(
+        &self,
+        base: &Path,
+    ) -> Option<Result<Vec<crate::rules::sites::Site>, String>> {
+        let path = Config::resolve(base, self.fleetgate.sites_file.as_ref()?);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => return Some(Err(format!("cannot read {}: {e}", path.display()))),
+        };
+        Some(
+            crate::rules::geojson::sites_from_geojson(&text, self.fleetgate.rules.default_radius_m)
+                .map_err(|errors| {
+                    let list: Vec<String> = errors
+                        .iter()
+                        .map(|(i, e)| format!("feature {i}: {e}"))
+                        .collect();
+                    format!("{}: {}", path.display(), list.join("; "))
+                }),
+        )
+    }
+
     /// Resolves a path from the config relative to the config file's folder.
     pub fn resolve(base: &Path, value: &str) -> PathBuf {
         crate::paths::resolve(base, value)

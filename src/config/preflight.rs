@@ -29,22 +29,15 @@ pub(super) fn problems(config: &Config, base: &Path) -> (Vec<(String, String)>, 
             ));
         }
     }
-    if let Some(file) = &config.fleetgate.sites_file {
-        let path = Config::resolve(base, file);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Err(errors) = crate::rules::geojson::sites_from_geojson(
-                &text,
-                config.fleetgate.rules.default_radius_m,
-            ) {
-                let list: Vec<String> = errors
-                    .iter()
-                    .map(|(i, e)| format!("feature {i}: {e}"))
-                    .collect();
-                problems.push((
-                    "fleetgate.sites_file".into(),
-                    format!("{}: {}", path.display(), list.join("; ")),
-                ));
-            }
+    // parsed as `serve` imports it (a missing file is reported by the config checks)
+    let sites_file_exists = config
+        .fleetgate
+        .sites_file
+        .as_ref()
+        .is_some_and(|f| Config::resolve(base, f).is_file());
+    if sites_file_exists {
+        if let Some(Err(e)) = config.sites_file_sites(base) {
+            problems.push(("fleetgate.sites_file".into(), e));
         }
     }
     if let Some(dir) = &config.fleetgate.data_dir {
@@ -100,13 +93,11 @@ fn tls_files(
     let roots = config.client_roots(base);
     let missing_ca =
         matches!(&roots, crate::ingest::tesla_ca::ClientRoots::File(p) if !p.is_file());
-    let verifier = match tls::client_verifier(&roots) {
-        _ if missing_ca => None,
-        Ok(v) => Some(v),
-        Err(e) => {
-            report(e);
-            None
-        }
+    // a missing CA file is reported by the config checks already
+    let verifier = if missing_ca {
+        None
+    } else {
+        tls::client_verifier(&roots).map_err(&mut report).ok()
     };
     // files that do not exist are reported by the config checks already
     if tls_config.server_cert.is_empty()
