@@ -8,21 +8,38 @@
 //! - `pipeline-eventful`: the same, each frame entering or leaving a site (one event each);
 //! - `cluster-quiet` / `cluster-eventful`: cluster mode's rules on a `V` record — the
 //!   protobuf decode, `cluster::rules::apply_frame`, and each event encoded as it is produced
-//!   (CloudEvent JSON, Kafka binary mode).
+//!   (CloudEvent JSON, Kafka binary mode);
+//! - `socket-quiet`: the quiet frame through the connection loop (`ingest::connection::run`)
+//!   as a vehicle sends it: the websocket read, the pipeline, the ack written and flushed —
+//!   over an in-memory pipe, so TLS and the kernel (the same for any server) are not in it;
+//!   only the server's task is counted, not the vehicle's.
 //!
 //! Run natively it prints the events each scenario raised (a check that eventful frames raise
 //! one event each): `cargo bench --bench instructions -- pipeline-eventful`.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use fleetgate::ingest::connection::{self, ConnectionInfo, ConnectionSettings};
+use fleetgate::ingest::identity::Identity;
+use fleetgate::ingest::stop::StopSignal;
 use fleetgate::kafka::cloudevents::{event_message, EventContentMode};
 use fleetgate::pipeline::{Answer, FrameState, Pipeline};
 use fleetgate::rules::sites::{Shape, Site};
 use fleetgate::rules::{Fleet, RulesConfig};
 use fleetgate::tools::bench::drive::{self, dense_sites, Area, Discard, VIN};
 use fleetgate::wire::proto::vehicle_data::Payload;
-use prost::Message;
+use prost::Message as _;
 
 /// Frames measured per scenario.
 const FRAMES: u64 = 200;
@@ -150,6 +167,103 @@ fn run_cluster(eventful: bool) -> u64 {
     measured_cluster(&fleet, &measured) as u64
 }
 
+/// The server's task of `socket-quiet`: polled through [`measured_socket_poll`] (counted) once
+/// `measuring` is set, directly (not counted) before.
+struct CountedTask<F> {
+    task: Pin<Box<F>>,
+    measuring: Arc<AtomicBool>,
+}
+
+impl<F: Future> Future for CountedTask<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        if self.measuring.load(Ordering::Relaxed) {
+            measured_socket_poll(self.task.as_mut(), cx)
+        } else {
+            self.task.as_mut().poll(cx)
+        }
+    }
+}
+
+/// One poll of the server's connection task (see [`measured_pipeline`]).
+#[inline(never)]
+fn measured_socket_poll<F: Future>(task: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    task.poll(cx)
+}
+
+/// The quiet drive through `ingest::connection::run`: the vehicle sends a frame and waits
+/// for its ack, as a vehicle streaming at 1 Hz does; the server's task is counted for the
+/// measured frames. Returns the events (none).
+fn run_socket() -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let sink = Arc::new(Discard::default());
+        let settings = ConnectionSettings {
+            pipeline: drive::pipeline(sites(), sink.clone()),
+            idle_timeout: Duration::from_secs(300),
+            ping_interval: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            max_pending_acks: 64,
+        };
+        let info = Arc::new(ConnectionInfo {
+            identity: Arc::new(Identity {
+                device_id: VIN.into(),
+                client_type: "vehicle_device",
+                sender_id: drive::SOURCE.sender_id.into(),
+            }),
+            connection_id: "bench".into(),
+            client_txid: String::new(),
+            client_version: drive::SOURCE.client_version.into(),
+            network_interface: "wifi".into(),
+        });
+        let (server_io, vehicle_io) = tokio::io::duplex(64 * 1024);
+        // the server's websocket as `serve` configures it by default
+        let limits = fleetgate::config::LimitsConfig::default();
+        let config =
+            connection::websocket_config(limits.ws_read_buffer_bytes, limits.max_message_bytes);
+        let server_ws =
+            WebSocketStream::from_raw_socket(server_io, Role::Server, Some(config)).await;
+        let mut vehicle = WebSocketStream::from_raw_socket(vehicle_io, Role::Client, None).await;
+        let measuring = Arc::new(AtomicBool::new(false));
+        let server = tokio::spawn(CountedTask {
+            task: Box::pin(connection::run(
+                server_ws,
+                info,
+                settings,
+                StopSignal::new(),
+                Duration::ZERO,
+            )),
+            measuring: measuring.clone(),
+        });
+        for i in 0..WARM_UP + FRAMES {
+            if i == WARM_UP {
+                measuring.store(true, Ordering::Relaxed);
+            }
+            let (lat, lon) = position(false, i);
+            let frame = drive::frame_at(seconds(false, i), lat, lon);
+            vehicle
+                .send(Message::Binary(frame.into()))
+                .await
+                .expect("sent");
+            loop {
+                match vehicle.next().await {
+                    Some(Ok(Message::Binary(_))) => break,
+                    Some(Ok(_)) => continue,
+                    other => panic!("no ack for frame {i}: {other:?}"),
+                }
+            }
+        }
+        measuring.store(false, Ordering::Relaxed);
+        drop(vehicle);
+        server.await.expect("the connection task ends");
+        sink.events()
+    })
+}
+
 fn main() {
     // `cargo bench` passes `--bench`: the scenario is the first other argument
     let scenario = std::env::args()
@@ -162,6 +276,7 @@ fn main() {
             "pipeline-eventful",
             "cluster-quiet",
             "cluster-eventful",
+            "socket-quiet",
         ],
         s => vec![s],
     };
@@ -171,8 +286,9 @@ fn main() {
             "pipeline-eventful" => run_pipeline(true),
             "cluster-quiet" => run_cluster(false),
             "cluster-eventful" => run_cluster(true),
+            "socket-quiet" => run_socket(),
             other => {
-                eprintln!("unknown scenario `{other}`: pipeline-quiet, pipeline-eventful, cluster-quiet, cluster-eventful or all");
+                eprintln!("unknown scenario `{other}`: pipeline-quiet, pipeline-eventful, cluster-quiet, cluster-eventful, socket-quiet or all");
                 std::process::exit(2);
             }
         };

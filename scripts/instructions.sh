@@ -29,7 +29,7 @@ for line in sys.stdin:
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 results="$out/results.tsv"
-for scenario in pipeline-quiet pipeline-eventful cluster-quiet cluster-eventful; do
+for scenario in pipeline-quiet pipeline-eventful cluster-quiet cluster-eventful socket-quiet; do
   echo "instructions.sh: $scenario under callgrind"
   valgrind --tool=callgrind --callgrind-out-file="$out/$scenario.out" --collect-atstart=no \
     --toggle-collect='*measured_*' "$bin" "$scenario" >"$out/$scenario.log" 2>&1 \
@@ -62,6 +62,7 @@ for line in open(sys.argv[2]):
     name, per_frame, events = line.rstrip("\n").split("\t")
     now = int(per_frame)
     if name not in base:
+        print(f"{name:<20} {'-':>10} {now:>10,} {'new':>8}   {events}")
         failed.append(f"{name}: not in the baseline (run --update)")
         continue
     change = 100.0 * (now - base[name]) / base[name]

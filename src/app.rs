@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ListenAddr, LoadedConfig};
@@ -830,11 +829,10 @@ pub async fn start(
         max_connections: limits.max_connections,
         handshake_timeout: parsed.handshake_timeout,
         upgrade_timeout: parsed.upgrade_timeout,
-        websocket: WebSocketConfig::default()
-            .read_buffer_size(limits.ws_read_buffer_bytes)
-            .write_buffer_size(0)
-            .max_message_size(Some(limits.max_message_bytes))
-            .max_frame_size(Some(limits.max_message_bytes)),
+        websocket: crate::ingest::connection::websocket_config(
+            limits.ws_read_buffer_bytes,
+            limits.max_message_bytes,
+        ),
         connection: ConnectionSettings {
             pipeline: Pipeline {
                 sinks: ingest_sinks.clone(),

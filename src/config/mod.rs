@@ -539,7 +539,7 @@ impl LimitsConfig {
         2 * 1024 * 1024
     }
     fn default_ws_read_buffer_bytes() -> usize {
-        4096
+        1024
     }
 }
 

@@ -5,25 +5,43 @@
 //! business; this module owns the websocket, the timeouts and the pending acks.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 
 use super::identity::Identity;
+use super::stop::{StopReason, StopSignal};
 use crate::metrics as m;
 use crate::pipeline::{Answer, FrameState, Pipeline, Slot, Source};
 use crate::sinks::Completion;
 use crate::wire::EnvelopeWriter;
+
+/// How many bytes of queued writes (acks) the websocket keeps before writing them to the
+/// TLS stream unasked. The loop flushes once it has handled every readable message, so the
+/// acks of one read leave as one TLS record in one write; this only bounds a long batch.
+pub const WRITE_BATCH_BYTES: usize = 16 * 1024;
+
+/// The websocket settings of a vehicle connection: `read_buffer_bytes` per read (tungstenite
+/// zero-fills that much before each read, so it is kept small), acks batched up to
+/// [`WRITE_BATCH_BYTES`], messages and frames up to `max_message_bytes`.
+pub fn websocket_config(read_buffer_bytes: usize, max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(read_buffer_bytes)
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
 
 /// Settings shared by every connection.
 #[derive(Clone)]
@@ -126,6 +144,29 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+impl From<StopReason> for CloseReason {
+    fn from(reason: StopReason) -> CloseReason {
+        match reason {
+            StopReason::Shutdown => CloseReason::Shutdown,
+            StopReason::Superseded => CloseReason::Superseded,
+            StopReason::VinRefused => CloseReason::VinRefused,
+        }
+    }
+}
+
+/// What one turn of the socket found (see [`Conn::poll_socket`]).
+enum SocketTurn {
+    /// A websocket message arrived (or the stream ended / failed).
+    Message(Option<Result<Message, WsError>>),
+    /// The queued writes cannot all go out now: the vehicle is not reading (arm the write
+    /// deadline).
+    WriteBlocked,
+    /// The queued writes went out after having been blocked (disarm the write deadline).
+    WriteUnblocked,
+    /// Writing failed.
+    WriteFailed,
+}
+
 /// Per-connection state of the frame loop.
 struct Conn<S> {
     ws: WebSocketStream<S>,
@@ -134,21 +175,70 @@ struct Conn<S> {
     writer: EnvelopeWriter,
     state: FrameState,
     pending: HashMap<u64, PendingAck>,
-    shutdown: CancellationToken,
+    stop: Arc<StopSignal>,
+    /// Acks (or a ping) queued in the websocket's write buffer and not flushed yet.
+    unflushed: bool,
+    /// A flush found the vehicle not reading; the write deadline is armed.
+    write_blocked: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn send(&mut self, bytes: Vec<u8>) -> Result<(), CloseReason> {
-        match tokio::time::timeout(
-            self.settings.write_timeout,
-            self.ws.send(Message::Binary(Bytes::from(bytes))),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
+    /// Queues a message in the websocket's write buffer: it goes out with the next flush,
+    /// which the loop does once no further message is readable — so the acks of the frames
+    /// of one read leave as one TLS record in one write. Waits (bounded by the write
+    /// timeout) only when the buffer is full because the vehicle does not read.
+    async fn queue(&mut self, message: Message) -> Result<(), CloseReason> {
+        let mut feed = self.ws.feed(message);
+        let result = match (&mut feed).now_or_never() {
+            Some(result) => result,
+            None => tokio::time::timeout(self.settings.write_timeout, feed)
+                .await
+                .map_err(|_| CloseReason::WriteTimeout)?,
+        };
+        self.unflushed = true;
+        result.map_err(|_| CloseReason::ProtocolError)
+    }
+
+    /// Writes out what is queued now (bounded by the write timeout).
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.settings.write_timeout, self.ws.flush()).await {
+            Ok(Ok(())) => {
+                self.unflushed = false;
+                Ok(())
+            }
             Ok(Err(_)) => Err(CloseReason::ProtocolError),
             Err(_) => Err(CloseReason::WriteTimeout),
         }
+    }
+
+    /// One turn of the socket: the next message when one is readable; otherwise the queued
+    /// writes are flushed and the task waits for the next read (both wakers registered).
+    fn poll_socket(&mut self, cx: &mut Context<'_>, can_read: bool) -> Poll<SocketTurn> {
+        if can_read {
+            if let Poll::Ready(message) = self.ws.poll_next_unpin(cx) {
+                return Poll::Ready(SocketTurn::Message(message));
+            }
+        }
+        if self.unflushed {
+            match self.ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    if self.write_blocked {
+                        return Poll::Ready(SocketTurn::WriteUnblocked);
+                    }
+                    // the common case: written at once, and the read above is registered
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(SocketTurn::WriteFailed),
+                Poll::Pending if !self.write_blocked => {
+                    return Poll::Ready(SocketTurn::WriteBlocked)
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 
     async fn ack(
@@ -157,15 +247,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         topic: &[u8],
         message_id: &[u8],
     ) -> Result<(), CloseReason> {
-        let bytes = self.writer.ack(txid, topic, message_id).to_vec();
+        let bytes = Bytes::copy_from_slice(self.writer.ack(txid, topic, message_id));
         self.settings.pipeline.metrics.acks.increment(1);
-        self.send(bytes).await
+        self.queue(Message::Binary(bytes)).await
     }
 
     async fn error_reply(&mut self, txid: &[u8]) -> Result<(), CloseReason> {
-        let bytes = self.writer.error_reply(txid).to_vec();
+        let bytes = Bytes::copy_from_slice(self.writer.error_reply(txid));
         self.settings.pipeline.metrics.error_replies.increment(1);
-        self.send(bytes).await
+        self.queue(Message::Binary(bytes)).await
+    }
+
+    /// Handles one websocket message.
+    async fn on_message(
+        &mut self,
+        message: Option<Result<Message, WsError>>,
+    ) -> Result<(), CloseReason> {
+        match message {
+            Some(Ok(Message::Binary(data))) => self.on_frame(data).await,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Text(_))) => Err(CloseReason::TextMessage),
+            Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
+            Some(Err(WsError::Capacity(_))) => Err(CloseReason::MessageTooLarge),
+            // the vehicle vanished without a close frame (network loss): not a violation
+            Some(Err(
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+                | WsError::Io(_)
+                | WsError::ConnectionClosed,
+            )) => Err(CloseReason::ClientClosed),
+            Some(Err(_)) => Err(CloseReason::ProtocolError),
+        }
     }
 
     /// Handles one binary websocket message: the pipeline decides, this sends.
@@ -188,10 +299,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         );
         if answer == Answer::NeedSlot {
             // Backpressure: without a free in-flight slot this vehicle is not read any further.
-            let slots = pipeline.inflight_slots.clone();
+            // What is queued goes out first: those frames' acks must not wait on the slot.
+            self.flush().await?;
+            let slots = self.settings.pipeline.inflight_slots.clone();
             let permit = tokio::select! {
                 permit = slots.acquire_owned() => permit.ok(),
-                _ = self.shutdown.cancelled() => return Err(CloseReason::Shutdown),
+                reason = self.stop.stopped() => return Err(reason.into()),
+            };
+            let source = Source {
+                device_id: &self.info.identity.device_id,
+                sender_id: &self.info.identity.sender_id,
+                client_version: &self.info.client_version,
             };
             answer = self.settings.pipeline.on_frame(
                 &mut self.state,
@@ -265,16 +383,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-/// Runs the frame loop until the vehicle leaves, fails, idles out, or `shutdown` fires.
-/// On shutdown the loop stops reading, waits (bounded by `drain`) for pending reliable acks,
-/// then closes the websocket with 1001 (going away).
+/// Runs the frame loop until the vehicle leaves, fails, idles out, or `stop` is signalled
+/// (shutdown, take-over, VIN refusal). On shutdown or take-over the loop stops reading, waits
+/// (bounded by `drain`) for pending reliable acks, then closes the websocket (1001 going away
+/// on shutdown).
+///
+/// One turn of the loop: a stop check (one atomic load), the socket (every readable message
+/// handled and its answer queued, then one flush), the completions of reliable acks while
+/// any are pending, and the ping interval (not re-armed per frame). The write deadline is a
+/// timer armed only while the vehicle does not take our writes.
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     ws: WebSocketStream<S>,
     info: Arc<ConnectionInfo>,
     settings: ConnectionSettings,
-    shutdown: CancellationToken,
-    superseded: CancellationToken,
-    refused: CancellationToken,
+    stop: Arc<StopSignal>,
     drain: Duration,
 ) -> CloseReason {
     let (completions_tx, mut completions_rx) = mpsc::unbounded_channel();
@@ -285,51 +407,49 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         writer: EnvelopeWriter::new(),
         pending: HashMap::new(),
         settings,
-        shutdown: shutdown.clone(),
+        stop: stop.clone(),
+        unflushed: false,
+        write_blocked: false,
     };
     let mut last_rx = tokio::time::Instant::now();
     let mut ping = tokio::time::interval(conn.settings.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
-    // Registered once, not per frame: a fresh `cancelled()` future each loop costs a lock on
-    // the token's waiter list to register and another to deregister.
-    let shutdown_signal = shutdown.cancelled();
-    let superseded_signal = superseded.cancelled();
-    let refused_signal = refused.cancelled();
-    tokio::pin!(shutdown_signal, superseded_signal, refused_signal);
+    let write_deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(write_deadline);
 
     let reason = loop {
         let can_read = conn.pending.len() < conn.settings.max_pending_acks;
+        let write_blocked = conn.write_blocked;
         let result = tokio::select! {
             biased;
+            reason = stop.stopped() => break reason.into(),
             // completions only matter for pending reliable acks; not polled otherwise
             Some(c) = completions_rx.recv(), if !conn.pending.is_empty() => conn.on_completion(c).await,
-            _ = &mut shutdown_signal => break CloseReason::Shutdown,
-            _ = &mut superseded_signal => break CloseReason::Superseded,
-            _ = &mut refused_signal => break CloseReason::VinRefused,
-            msg = conn.ws.next(), if can_read => {
-                last_rx = tokio::time::Instant::now();
-                match msg {
-                    Some(Ok(Message::Binary(data))) => conn.on_frame(data).await,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
-                    Some(Ok(Message::Text(_))) => Err(CloseReason::TextMessage),
-                    Some(Ok(Message::Close(_))) | None => Err(CloseReason::ClientClosed),
-                    Some(Err(WsError::Capacity(_))) => Err(CloseReason::MessageTooLarge),
-                    // the vehicle vanished without a close frame (network loss): not a violation
-                    Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) | WsError::Io(_) | WsError::ConnectionClosed)) => {
-                        Err(CloseReason::ClientClosed)
-                    }
-                    Some(Err(_)) => Err(CloseReason::ProtocolError),
+            turn = poll_fn(|cx| conn.poll_socket(cx, can_read)) => match turn {
+                SocketTurn::Message(message) => {
+                    last_rx = tokio::time::Instant::now();
+                    conn.on_message(message).await
                 }
-            }
+                SocketTurn::WriteBlocked => {
+                    conn.write_blocked = true;
+                    write_deadline
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + conn.settings.write_timeout);
+                    Ok(())
+                }
+                SocketTurn::WriteUnblocked => {
+                    conn.write_blocked = false;
+                    Ok(())
+                }
+                SocketTurn::WriteFailed => Err(CloseReason::ProtocolError),
+            },
+            _ = &mut write_deadline, if write_blocked => Err(CloseReason::WriteTimeout),
             _ = ping.tick() => {
                 if last_rx.elapsed() >= conn.settings.idle_timeout {
                     Err(CloseReason::Idle)
                 } else {
-                    tokio::time::timeout(conn.settings.write_timeout, conn.ws.send(Message::Ping(Bytes::new())))
-                        .await
-                        .map_err(|_| CloseReason::WriteTimeout)
-                        .and_then(|r| r.map_err(|_| CloseReason::ProtocolError))
+                    conn.queue(Message::Ping(Bytes::new())).await
                 }
             }
         };
@@ -363,6 +483,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         _ => CloseCode::Protocol,
     };
     if !matches!(reason, CloseReason::WriteTimeout) {
+        // the close frame goes out after whatever is queued (acks included)
         let close = conn.ws.close(Some(CloseFrame {
             code,
             reason: reason.label().into(),
@@ -442,9 +563,15 @@ mod tests {
     async fn a_silent_vehicle_is_closed_at_the_idle_timeout() {
         let (server, _vehicle) = pair().await;
         let started = tokio::time::Instant::now();
-        let t = CancellationToken::new;
         // the vehicle never reads: it answers no ping, so nothing is received from it
-        let reason = run(server, info(), settings(300), t(), t(), t(), Duration::ZERO).await;
+        let reason = run(
+            server,
+            info(),
+            settings(300),
+            StopSignal::new(),
+            Duration::ZERO,
+        )
+        .await;
         assert_eq!(reason, CloseReason::Idle);
         let waited = started.elapsed();
         assert!(
@@ -458,24 +585,14 @@ mod tests {
         let (server, mut vehicle) = pair().await;
         // reading makes the vehicle side answer the server's pings (pongs count as traffic)
         tokio::spawn(async move { while vehicle.next().await.is_some() {} });
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
+        let stop = StopSignal::new();
+        let shutdown = stop.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            stop.cancel();
+            shutdown.stop(StopReason::Shutdown);
         });
         let started = tokio::time::Instant::now();
-        let t = CancellationToken::new;
-        let reason = run(
-            server,
-            info(),
-            settings(300),
-            shutdown,
-            t(),
-            t(),
-            Duration::ZERO,
-        )
-        .await;
+        let reason = run(server, info(), settings(300), stop, Duration::ZERO).await;
         assert_eq!(
             reason,
             CloseReason::Shutdown,

@@ -9,6 +9,7 @@ pub mod proxy;
 pub mod rate;
 pub mod registry;
 pub mod server;
+pub mod stop;
 pub mod tesla_ca;
 pub mod tls;
 pub mod vins;

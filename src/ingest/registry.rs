@@ -1,7 +1,12 @@
-//! Open vehicle connections, for the admin API (`/v1/connections`, vehicle lookups).
+//! Open vehicle connections, for the admin API (`/v1/connections`, vehicle lookups), with
+//! each connection's stop signal (take-over, VIN-list refusal, shutdown).
+
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+
+use super::stop::{StopReason, StopSignal};
 
 /// One open connection.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -27,8 +32,8 @@ pub struct ConnectionEntry {
 /// A vehicle's presence across its sockets (wifi and cellular can overlap).
 #[derive(Debug, Default)]
 struct Presence {
-    /// Open sockets: connection id and its take-over token, oldest first.
-    sockets: Vec<(String, tokio_util::sync::CancellationToken)>,
+    /// Open sockets: connection id and its stop signal, oldest first.
+    sockets: Vec<(String, Arc<StopSignal>)>,
     /// Bumped on every open, so a pending "gone?" check of an older close is void.
     generation: u64,
     /// The vehicle counts as connected (set on the first socket, cleared after the grace).
@@ -37,10 +42,10 @@ struct Presence {
     since_ms: i64,
 }
 
-/// An open connection and the token that closes it when the VIN lists refuse it.
+/// An open connection and its stop signal.
 struct Open {
     entry: ConnectionEntry,
-    refused: tokio_util::sync::CancellationToken,
+    stop: Arc<StopSignal>,
 }
 
 /// Every open connection, by connection id, and each vehicle's presence. Opening and closing
@@ -57,8 +62,8 @@ pub struct Registry {
 pub struct Opened {
     /// The vehicle just became connected.
     pub first_socket: bool,
-    /// Take-over tokens of the vehicle's older open sockets.
-    pub older: Vec<tokio_util::sync::CancellationToken>,
+    /// Stop signals of the vehicle's older open sockets (to stop as superseded).
+    pub older: Vec<Arc<StopSignal>>,
 }
 
 /// What a close means for the vehicle.
@@ -74,23 +79,24 @@ pub enum Closed {
 }
 
 impl Registry {
-    /// Records an opened connection with its control tokens (`superseded`: a newer socket of
-    /// the vehicle took over; `refused`: the VIN lists no longer allow it). Returns whether the
-    /// vehicle just became connected (first socket, not a reconnect within the grace) and the
-    /// take-over tokens of the vehicle's older sockets (newest wins).
-    pub fn opened(
-        &self,
-        entry: ConnectionEntry,
-        superseded: tokio_util::sync::CancellationToken,
-        refused: tokio_util::sync::CancellationToken,
-    ) -> Opened {
+    /// Records an opened connection with its stop signal. Returns whether the vehicle just
+    /// became connected (first socket, not a reconnect within the grace) and the stop signals
+    /// of the vehicle's older sockets (newest wins: the caller stops them after the hand-over
+    /// grace).
+    pub fn opened(&self, entry: ConnectionEntry, stop: Arc<StopSignal>) -> Opened {
         let id = entry.connection_id.clone();
         let vin = entry.vin.clone();
         let since = entry.since_ms;
-        self.open.insert(id.clone(), Open { entry, refused });
+        self.open.insert(
+            id.clone(),
+            Open {
+                entry,
+                stop: stop.clone(),
+            },
+        );
         let mut p = self.vins.entry(vin).or_default();
-        let older = p.sockets.iter().map(|(_, t)| t.clone()).collect();
-        p.sockets.push((id, superseded));
+        let older = p.sockets.iter().map(|(_, s)| s.clone()).collect();
+        p.sockets.push((id, stop));
         p.generation += 1;
         let first_socket = if p.connected {
             false
@@ -107,16 +113,26 @@ impl Registry {
 
     /// Closes every open connection whose VIN `refuse` says no to; returns how many.
     pub fn kick(&self, refuse: impl Fn(&str) -> bool) -> usize {
-        let tokens: Vec<_> = self
+        let signals: Vec<_> = self
             .open
             .iter()
             .filter(|o| refuse(&o.entry.vin))
-            .map(|o| o.refused.clone())
+            .map(|o| o.stop.clone())
             .collect();
-        for t in &tokens {
-            t.cancel();
+        for s in &signals {
+            s.stop(StopReason::VinRefused);
         }
-        tokens.len()
+        signals.len()
+    }
+
+    /// Stops every open connection (server shutdown); returns how many. A connection
+    /// registered after this call must check the shutdown itself (`serve_connection` does).
+    pub fn stop_all(&self, reason: StopReason) -> usize {
+        let signals: Vec<_> = self.open.iter().map(|o| o.stop.clone()).collect();
+        for s in &signals {
+            s.stop(reason);
+        }
+        signals.len()
     }
 
     /// Forgets a closed connection.
@@ -192,8 +208,8 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn t() -> tokio_util::sync::CancellationToken {
-        tokio_util::sync::CancellationToken::new()
+    fn t() -> Arc<StopSignal> {
+        StopSignal::new()
     }
 
     fn entry(vin: &str, id: &str) -> ConnectionEntry {
@@ -212,11 +228,11 @@ mod tests {
     fn hand_over_between_sockets_is_one_connection() {
         let r = Registry::default();
         assert!(
-            r.opened(entry("V", "a"), t(), t()).first_socket,
+            r.opened(entry("V", "a"), t()).first_socket,
             "first socket: connected"
         );
         assert!(
-            !r.opened(entry("V", "b"), t(), t()).first_socket,
+            !r.opened(entry("V", "b"), t()).first_socket,
             "cellular while wifi is open: no new transition"
         );
         assert_eq!(r.closed("a"), Closed::StillConnected);
@@ -224,7 +240,7 @@ mod tests {
             panic!()
         };
         // a reconnect within the grace voids the pending disconnect
-        assert!(!r.opened(entry("V", "c"), t(), t()).first_socket);
+        assert!(!r.opened(entry("V", "c"), t()).first_socket);
         assert_eq!(r.gone("V", generation, 5000), None);
         let Closed::LastSocket { generation } = r.closed("c") else {
             panic!()
@@ -232,27 +248,38 @@ mod tests {
         assert_eq!(r.gone("V", generation, 5000), Some(4000));
         assert!(!r.is_connected("V"));
         assert!(
-            r.opened(entry("V", "d"), t(), t()).first_socket,
+            r.opened(entry("V", "d"), t()).first_socket,
             "connected again after a real disconnect"
         );
     }
 
     #[test]
-    fn a_newer_socket_gets_the_older_ones_tokens_and_kick_closes_by_vin() {
+    fn a_newer_socket_gets_the_older_ones_signals_and_kick_closes_by_vin() {
         let r = Registry::default();
-        let (a_super, a_refused) = (t(), t());
-        assert!(r
-            .opened(entry("V", "a"), a_super.clone(), a_refused.clone())
-            .older
-            .is_empty());
-        let older = r.opened(entry("V", "b"), t(), t()).older;
+        let a = t();
+        assert!(r.opened(entry("V", "a"), a.clone()).older.is_empty());
+        let b = t();
+        let older = r.opened(entry("V", "b"), b.clone()).older;
         assert_eq!(older.len(), 1);
-        older[0].cancel();
-        assert!(a_super.is_cancelled(), "the older socket's take-over token");
-        r.opened(entry("W", "c"), t(), t());
+        older[0].stop(StopReason::Superseded);
+        assert_eq!(
+            a.reason(),
+            Some(StopReason::Superseded),
+            "the older socket's signal"
+        );
+        let c = t();
+        r.opened(entry("W", "c"), c.clone());
         assert_eq!(r.of_vin("V").len(), 2);
         assert_eq!(r.kick(|vin| vin == "V"), 2);
-        assert!(a_refused.is_cancelled());
+        assert_eq!(b.reason(), Some(StopReason::VinRefused));
+        assert_eq!(
+            a.reason(),
+            Some(StopReason::Superseded),
+            "the first reason stays"
+        );
+        assert_eq!(c.reason(), None, "another vehicle is not kicked");
+        assert_eq!(r.stop_all(StopReason::Shutdown), 3);
+        assert_eq!(c.reason(), Some(StopReason::Shutdown));
         assert_eq!(r.len(), 3);
     }
 }

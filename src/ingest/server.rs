@@ -18,6 +18,7 @@ use super::http::{self, HeadError, MAX_HEAD_BYTES, MAX_PROXIED_HEAD_BYTES};
 use super::identity::{identity_from_der, Identity};
 use super::proxy::ProxyAuth;
 use super::registry::Closed;
+use super::stop::{StopReason, StopSignal};
 use super::tls::handshake_failure_reason;
 use crate::metrics as m;
 use crate::pipeline::SocketInfo;
@@ -360,10 +361,9 @@ async fn serve_request<S, F>(
     let pipeline = &settings.connection.pipeline;
     pipeline.connectivity(&socket_info(&info), ConnectivityEvent::Connected);
     pipeline.metrics.connections_open.increment(1.0);
-    // control tokens: a newer socket of the vehicle takes over (newest wins, after the
-    // hand-over grace); the VIN lists stop allowing it
-    let superseded = CancellationToken::new();
-    let refused = CancellationToken::new();
+    // one stop signal: a newer socket of the vehicle takes over (newest wins, after the
+    // hand-over grace), the VIN lists stop allowing it, the server shuts down
+    let stop = StopSignal::new();
     let opened = settings.registry.opened(
         super::registry::ConnectionEntry {
             vin: info.identity.device_id.clone(),
@@ -377,27 +377,31 @@ async fn serve_request<S, F>(
             instance: None,
             client_txid: (!info.client_txid.is_empty()).then(|| info.client_txid.clone()),
         },
-        superseded.clone(),
-        refused.clone(),
+        stop.clone(),
     );
+    // `run` stops every registered connection after the shutdown fires; one registered
+    // after that sees the shutdown here
+    if shutdown.is_cancelled() {
+        stop.stop(StopReason::Shutdown);
+    }
     if opened.first_socket {
         pipeline.vehicle_connected(&socket_info(&info));
     }
     if settings.vins.refusal(&info.identity.device_id).is_some() {
-        refused.cancel(); // the lists changed during the upgrade
+        stop.stop(StopReason::VinRefused); // the lists changed during the upgrade
     }
     if !opened.older.is_empty() {
         let grace = settings.handover_grace;
         let older = opened.older;
-        let stop = shutdown.clone();
+        let shutting_down = shutdown.clone();
         settings.timers.spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {
-                    for token in older {
-                        token.cancel();
+                    for signal in older {
+                        signal.stop(StopReason::Superseded);
                     }
                 }
-                _ = stop.cancelled() => {} // every socket closes anyway
+                _ = shutting_down.cancelled() => {} // every socket closes anyway
             }
         });
     }
@@ -407,9 +411,7 @@ async fn serve_request<S, F>(
         ws,
         info.clone(),
         settings.connection.clone(),
-        shutdown.clone(),
-        superseded,
-        refused,
+        stop,
         settings.shutdown_grace,
     )
     .await;
@@ -498,6 +500,8 @@ pub async fn run(
     }
     drop(proxy);
     drop(listener);
+    let open = settings.registry.stop_all(StopReason::Shutdown);
+    tracing::debug!(open, "stop signalled to every open connection");
     tracker.close();
     tracing::info!(
         open = tracker.len(),

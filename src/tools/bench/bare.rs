@@ -35,8 +35,10 @@ pub async fn run(pki: &Path, listen: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("bind {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     eprintln!("bare-ack-server listening {addr}");
+    // the read buffer of `serve`'s default (what it costs per read and per connection is the
+    // same for both); acks written one by one, as a plain server does
     let ws_config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(crate::config::LimitsConfig::default().ws_read_buffer_bytes)
         .write_buffer_size(0);
     loop {
         let (tcp, _) = match listener.accept().await {
