@@ -60,6 +60,7 @@ c = {
   "tls": {"ca_file": f"{work}/pki/ca.pem", "server_cert": f"{work}/pki/server.pem", "server_key": f"{work}/pki/server.key"},
   "records": {"V": ["kafka"]}, "reliable_ack_sources": {"V": "kafka"},
   "kafka": {"bootstrap.servers": "127.0.0.1:9092"},
+  "monitoring": {"prometheus_metrics_host": "127.0.0.1", "prometheus_metrics_port": 0},
   "fleetgate": {"limits": {"max_connections": 19900, "handshakes_per_ip_per_s": 0},
                 "sites_file": f"{work}/sites.geojson", "events": {"sinks": ["kafka"]},
                 "data_dir": f"{work}/data-{ns}"},
@@ -89,6 +90,38 @@ PY
     --json "target/bench/results/cluster-$mode-events-$stamp.json" | tee "$work/$mode-events.txt"
   wait "$load_pid" || true
   cat "$work/$mode-load.txt" | tail -25
+  if [ "$mode" = cluster ]; then
+    # where a rules transaction's time goes (fleetgate_cluster_rules_commit_seconds)
+    metrics="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["metrics"])' "$work/addrs.json")"
+    curl -s "http://$metrics/metrics" >"$work/$mode-metrics.txt" || true
+    python3 - "$work/$mode-metrics.txt" <<'PY'
+import re, sys
+buckets, sums, counts = {}, {}, {}
+for line in open(sys.argv[1]):
+    m = re.match(r'fleetgate_cluster_rules_commit_seconds_(bucket|sum|count)\{(.*)\} (\S+)', line)
+    if not m:
+        continue
+    kind, labels, value = m.groups()
+    step = re.search(r'step="([^"]+)"', labels).group(1)
+    if kind == "bucket":
+        le = re.search(r'le="([^"]+)"', labels).group(1)
+        buckets.setdefault(step, []).append((float("inf") if le == "+Inf" else float(le), float(value)))
+    elif kind == "sum":
+        sums[step] = float(value)
+    else:
+        counts[step] = float(value)
+def quantile(step, q):
+    total = counts[step]
+    for le, c in sorted(buckets[step]):
+        if c >= q * total:
+            return le
+for step in ("apply", "offsets", "commit"):
+    if counts.get(step):
+        print(f"rules transaction step {step:<8} mean {1000 * sums[step] / counts[step]:7.1f} ms"
+              f"  p50 <= {1000 * quantile(step, 0.5):g} ms  p99 <= {1000 * quantile(step, 0.99):g} ms"
+              f"  ({int(counts[step])} transactions)")
+PY
+  fi
   kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=""
 done
 echo "== reports: target/bench/results/cluster-*-$stamp.json"

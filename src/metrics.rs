@@ -114,6 +114,10 @@ pub const CLUSTER_RULES_RESTORE_SECONDS: &str = "fleetgate_cluster_rules_restore
 pub const CLUSTER_RULES_FRAMES_TOTAL: &str = "fleetgate_cluster_rules_frames_total";
 /// Cluster mode: rules transactions committed.
 pub const CLUSTER_RULES_TRANSACTIONS_TOTAL: &str = "fleetgate_cluster_rules_transactions_total";
+/// Cluster mode: seconds each step of a rules transaction took, by `step` (`apply`: the
+/// records applied and the events and state produced; `offsets`: the consumed offsets added;
+/// `commit`: the produced records acknowledged and the transaction ended).
+pub const CLUSTER_RULES_COMMIT_SECONDS: &str = "fleetgate_cluster_rules_commit_seconds";
 /// Cluster mode: times the rules processor started again after a Kafka failure (its open
 /// transaction aborted).
 pub const CLUSTER_RULES_RESTARTS_TOTAL: &str = "fleetgate_cluster_rules_restarts_total";
@@ -209,6 +213,7 @@ pub const FAMILIES: &[Family] = &[
     family(CLUSTER_RULES_RESTORE_SECONDS, Kind::Gauge, "Cluster mode: seconds the last restore of assigned partitions' rule state took"),
     family(CLUSTER_RULES_FRAMES_TOTAL, Kind::Counter, "Cluster mode: V records processed by the rules and committed"),
     family(CLUSTER_RULES_TRANSACTIONS_TOTAL, Kind::Counter, "Cluster mode: rules transactions committed (events, rule state and offsets together)"),
+    family(CLUSTER_RULES_COMMIT_SECONDS, Kind::Histogram, "Cluster mode: seconds per step of a rules transaction (apply: records applied, events and state produced; offsets: consumed offsets added; commit: records acknowledged and the transaction ended)"),
     family(CLUSTER_RULES_RESTARTS_TOTAL, Kind::Counter, "Cluster mode: rules processor restarts after a Kafka failure (the open transaction is aborted)"),
     family(CLUSTER_RULES_BAD_RECORDS_TOTAL, Kind::Counter, "Cluster mode: V or inputs records the rules could not read and skipped"),
     family(CLUSTER_RELAY_EVENTS_TOTAL, Kind::Counter, "Cluster mode: events the relay handed to the event sinks other than Kafka and every one confirmed"),
@@ -530,6 +535,11 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(KAFKA_DELIVERY_SECONDS.into()),
+                    DELIVERY_BUCKETS,
+                )
+                .expect("static bucket list is valid")
+                .set_buckets_for_metric(
+                    Matcher::Full(CLUSTER_RULES_COMMIT_SECONDS.into()),
                     DELIVERY_BUCKETS,
                 )
                 .expect("static bucket list is valid")

@@ -726,6 +726,7 @@ impl Transaction<'_> {
         tick: bool,
         consumer: &RulesConsumer,
     ) -> Result<(), Error> {
+        let started = Instant::now();
         let mut begun = false;
         for msg in batch {
             if !begun {
@@ -762,6 +763,7 @@ impl Transaction<'_> {
         }
         let states = self.write_states()?;
         let timeout = self.settings.timeout;
+        let applied = Instant::now();
         if !self.offsets.is_empty() {
             let mut tpl = TopicPartitionList::new();
             for ((frames, p), offset) in &self.offsets {
@@ -778,9 +780,19 @@ impl Transaction<'_> {
                 .send_offsets_to_transaction(&tpl, &cgm, timeout)
                 .map_err(err("adding the consumed offsets to the transaction"))?;
         }
+        let offsets_added = Instant::now();
         self.producer
             .commit_transaction(timeout)
             .map_err(err("committing the rules transaction"))?;
+        let committed = Instant::now();
+        for (step, seconds) in [
+            ("apply", applied - started),
+            ("offsets", offsets_added - applied),
+            ("commit", committed - offsets_added),
+        ] {
+            metrics::histogram!(m::CLUSTER_RULES_COMMIT_SECONDS, "step" => step)
+                .record(seconds.as_secs_f64());
+        }
         metrics::counter!(m::CLUSTER_RULES_TRANSACTIONS_TOTAL).increment(1);
         metrics::counter!(m::CLUSTER_RULES_FRAMES_TOTAL).increment(self.frames);
         metrics::counter!(m::CLUSTER_RULES_INPUTS_TOTAL).increment(self.inputs);
@@ -790,6 +802,9 @@ impl Transaction<'_> {
             inputs = self.inputs,
             events = self.events,
             states,
+            apply_ms = (applied - started).as_millis() as u64,
+            offsets_ms = (offsets_added - applied).as_millis() as u64,
+            commit_ms = (committed - offsets_added).as_millis() as u64,
             "cluster rules: transaction committed"
         );
         Ok(())
