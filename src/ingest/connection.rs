@@ -207,6 +207,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         match tokio::time::timeout(self.settings.write_timeout, self.ws.flush()).await {
             Ok(Ok(())) => {
                 self.unflushed = false;
+                // everything went out: a write deadline armed before is void (the loop
+                // disarms it on its next turn)
+                self.write_blocked = false;
                 Ok(())
             }
             Ok(Err(_)) => Err(CloseReason::ProtocolError),
