@@ -73,6 +73,17 @@ pub struct ConnectionInfo {
     pub network_interface: String,
 }
 
+impl ConnectionInfo {
+    /// The vehicle as the pipeline sees each of its frames (borrowed).
+    fn source(&self) -> Source<'_> {
+        Source {
+            device_id: &self.identity.device_id,
+            sender_id: &self.identity.sender_id,
+            client_version: &self.client_version,
+        }
+    }
+}
+
 /// An ack waiting for a delivery report.
 struct PendingAck {
     txid: Bytes,
@@ -286,11 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn on_frame(&mut self, message: Bytes) -> Result<(), CloseReason> {
         let received_at_ms = now_ms();
         // borrowed, not cloned: the fields of `self` used here are disjoint
-        let source = Source {
-            device_id: &self.info.identity.device_id,
-            sender_id: &self.info.identity.sender_id,
-            client_version: &self.info.client_version,
-        };
+        let source = self.info.source();
         let pipeline = &self.settings.pipeline;
         let mut answer = pipeline.on_frame(
             &mut self.state,
@@ -309,11 +316,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 permit = slots.acquire_owned() => permit.ok(),
                 reason = self.stop.stopped() => return Err(reason.into()),
             };
-            let source = Source {
-                device_id: &self.info.identity.device_id,
-                sender_id: &self.info.identity.sender_id,
-                client_version: &self.info.client_version,
-            };
+            let source = self.info.source();
             answer = self.settings.pipeline.on_frame(
                 &mut self.state,
                 source,

@@ -113,22 +113,24 @@ impl Registry {
 
     /// Closes every open connection whose VIN `refuse` says no to; returns how many.
     pub fn kick(&self, refuse: impl Fn(&str) -> bool) -> usize {
-        let signals: Vec<_> = self
-            .open
-            .iter()
-            .filter(|o| refuse(&o.entry.vin))
-            .map(|o| o.stop.clone())
-            .collect();
-        for s in &signals {
-            s.stop(StopReason::VinRefused);
-        }
-        signals.len()
+        self.stop_where(refuse, StopReason::VinRefused)
     }
 
     /// Stops every open connection (server shutdown); returns how many. A connection
     /// registered after this call must check the shutdown itself (`serve_connection` does).
     pub fn stop_all(&self, reason: StopReason) -> usize {
-        let signals: Vec<_> = self.open.iter().map(|o| o.stop.clone()).collect();
+        self.stop_where(|_| true, reason)
+    }
+
+    /// Signals `reason` to every open connection whose VIN `select` picks (collected first: no
+    /// map guard is held while signalling).
+    fn stop_where(&self, select: impl Fn(&str) -> bool, reason: StopReason) -> usize {
+        let signals: Vec<_> = self
+            .open
+            .iter()
+            .filter(|o| select(&o.entry.vin))
+            .map(|o| o.stop.clone())
+            .collect();
         for s in &signals {
             s.stop(reason);
         }
