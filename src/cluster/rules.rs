@@ -934,8 +934,6 @@ impl Transaction<'_> {
     }
 }
 
-/// The vehicle's creation time of a `V` record: its `timestamp` header (ms), else the
-/// record's timestamp.
 /// One `V` record's signals run through the rules of its vehicle: what the rules of cluster
 /// mode do per frame between reading the record and producing its events (the
 /// instruction-count gate, `benches/instructions.rs`, measures it with the decode).
@@ -949,6 +947,8 @@ pub fn apply_frame(
     fleet.apply_signals(vin, &update)
 }
 
+/// The vehicle's creation time of a `V` record: its `timestamp` header (ms), else the
+/// record's timestamp.
 fn envelope_created_at_s(msg: &impl Message) -> u32 {
     let from_header = msg.headers().and_then(|h| {
         h.iter()
