@@ -9,6 +9,8 @@
 #   benches/cluster.sh [VEHICLES] [SECONDS]      # defaults: 10000 vehicles, 30 s
 #   MODES=cluster benches/cluster.sh             # one mode only
 #   COMMIT_INTERVAL_MS=50 MODES=cluster benches/cluster.sh   # the rules' commit interval
+#   FLEETGATE_BIN=/tmp/fleetgate-old MODES=cluster benches/cluster.sh  # another build (A/B)
+#   KAFKA_PROPERTIES='{"debug": "eos"}' MODES=cluster benches/cluster.sh  # more librdkafka properties
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vehicles="${1:-10000}"
@@ -28,9 +30,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== building fleetgate (release)"
-cargo build --release --bin fleetgate
-bin=target/release/fleetgate
+if [ -n "${FLEETGATE_BIN:-}" ]; then
+  bin="$FLEETGATE_BIN"
+  echo "== using $bin (FLEETGATE_BIN)"
+else
+  echo "== building fleetgate (release)"
+  cargo build --release --bin fleetgate
+  bin=target/release/fleetgate
+fi
 [ -f "$work/pki/ca.pem" ] || "$bin" certs dev --out "$work/pki" >/dev/null
 if [ ! -f "$work/sites.geojson" ]; then
   echo "== writing 100,000 sites over the bench area"
@@ -52,9 +59,9 @@ stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 for mode in ${MODES:-embedded cluster}; do
   ns="benchc_${mode}_${stamp}"
   config="$work/$mode.json"
-  python3 - "$config" "$mode" "$ns" "$PWD/$work" "${COMMIT_INTERVAL_MS:-}" <<'PY'
+  python3 - "$config" "$mode" "$ns" "$PWD/$work" "${COMMIT_INTERVAL_MS:-}" "${KAFKA_PROPERTIES:-}" <<'PY'
 import json, sys
-path, mode, ns, work, commit_ms = sys.argv[1:]
+path, mode, ns, work, commit_ms, kafka_extra = sys.argv[1:]
 c = {
   "host": "127.0.0.1", "port": 0, "log_level": "info", "namespace": ns,
   "tls": {"ca_file": f"{work}/pki/ca.pem", "server_cert": f"{work}/pki/server.pem", "server_key": f"{work}/pki/server.key"},
@@ -69,6 +76,8 @@ if mode == "cluster":
     c["fleetgate"]["cluster"] = {"name": "bench", "instance_id": "bench-1"}
     if commit_ms:
         c["fleetgate"]["cluster"]["commit_interval_ms"] = int(commit_ms)
+if kafka_extra:
+    c["kafka"].update(json.loads(kafka_extra))
 json.dump(c, open(path, "w"), indent=1)
 PY
   rm -f "$work/addrs.json"

@@ -622,22 +622,33 @@ fn run(
     let mut last_tick = Instant::now();
     // borrowed: the records stay in librdkafka's buffers, no copy per record
     let mut batch: Vec<BorrowedMessage<'_>> = Vec::with_capacity(BATCH);
+    // A window closes one interval after the previous one closed, not one interval after the
+    // previous transaction committed: when applying and committing take longer than the
+    // interval, what arrived meanwhile is taken at once instead of waiting another interval.
+    let mut window_closed = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         batch.clear();
-        let window = Instant::now();
+        let deadline = window_closed + settings.commit_interval;
         loop {
-            let left = settings.commit_interval.saturating_sub(window.elapsed());
-            // wait for the first record up to a whole interval; then collect until it ends
+            let left = deadline.saturating_duration_since(Instant::now());
+            // wait for the first record up to the deadline (a moment at least); then take what
+            // comes until it passes, and once it has, what is already queued
             let wait = if batch.is_empty() {
                 left.max(Duration::from_millis(1))
             } else {
                 left
             };
-            match consumer.poll(wait) {
-                Some(Ok(msg)) => batch.push(msg),
-                Some(Err(e)) => tracing::debug!(error = %e, "cluster rules: poll error"),
-                None => {}
-            }
+            let got = match consumer.poll(wait) {
+                Some(Ok(msg)) => {
+                    batch.push(msg);
+                    true
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster rules: poll error");
+                    false
+                }
+                None => false,
+            };
             while batch.len() < BATCH {
                 match inputs.poll(Duration::ZERO) {
                     Some(Ok(msg)) => batch.push(msg),
@@ -648,10 +659,11 @@ fn run(
                     None => break,
                 }
             }
-            if batch.len() >= BATCH || window.elapsed() >= settings.commit_interval {
+            if batch.len() >= BATCH || (!got && Instant::now() >= deadline) {
                 break;
             }
         }
+        window_closed = Instant::now();
         if let Some(e) = consumer
             .context()
             .failed
