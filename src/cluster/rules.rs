@@ -793,8 +793,7 @@ impl Transaction<'_> {
                 .map_err(err("adding the consumed offsets to the transaction"))?;
         }
         let offsets_added = Instant::now();
-        self.producer
-            .commit_transaction(timeout)
+        crate::kafka::txn::commit(self.producer, timeout)
             .map_err(err("committing the rules transaction"))?;
         let committed = Instant::now();
         for (step, seconds) in [
