@@ -633,11 +633,11 @@ fn run(
             let left = deadline.saturating_duration_since(Instant::now());
             // wait for the first record up to the deadline (a moment at least); then take what
             // comes until it passes, and once it has, what is already queued
-            let wait = if batch.is_empty() {
+            let wait = crate::kafka::whole_ms(if batch.is_empty() {
                 left.max(Duration::from_millis(1))
             } else {
                 left
-            };
+            });
             let got = match consumer.poll(wait) {
                 Some(Ok(msg)) => {
                     batch.push(msg);
