@@ -544,7 +544,11 @@ fn new_producer(settings: &RulesSettings) -> Result<BaseProducer, Error> {
             "transaction.timeout.ms",
             settings.transaction_timeout.as_millis().to_string(),
         )
-        .set("linger.ms", "1");
+        .set("linger.ms", "1")
+        // nothing reads the reports of delivered records (a failed one fails the commit), and
+        // without them a delivered record leaves the in-flight count at once, which is what
+        // `kafka::txn::commit` waits for
+        .set("delivery.report.only.error", "true");
     let producer: BaseProducer = config
         .create()
         .map_err(err("creating the rules producer"))?;

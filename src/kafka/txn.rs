@@ -76,13 +76,18 @@ pub fn send_with_room<C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>
 }
 
 /// Commits the producer's open transaction within `timeout`, after waiting for its records'
-/// delivery in 1 ms polls.
+/// delivery.
 ///
 /// rust-rdkafka's `commit_transaction` flushes first, and its flush serves the producer's
 /// events in 100 ms polls that always run to their end: a transaction with records still
 /// outstanding took 100 ms or more to commit whatever the broker did (the constant ~105 ms of
 /// `fleetgate_cluster_rules_commit_seconds{step="commit"}`). Once nothing is outstanding its
 /// flush returns at once and the commit is the `EndTxn` round trip alone.
+///
+/// The wait sleeps in 1 ms steps and serves reports without blocking: a timed
+/// `BaseProducer::poll` busy-waits (see [`super::whole_ms`]), which made this wait a spin of a
+/// whole core. Meant for producers with `delivery.report.only.error`, whose delivered records
+/// leave the in-flight count without a report to serve.
 pub fn commit<C: rdkafka::producer::ProducerContext>(
     producer: &BaseProducer<C>,
     timeout: Duration,
@@ -90,7 +95,9 @@ pub fn commit<C: rdkafka::producer::ProducerContext>(
     use rdkafka::producer::Producer;
     let deadline = std::time::Instant::now() + timeout;
     while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
-        producer.poll(Duration::from_millis(1));
+        // a failed record's report, if any, is served here (it also fails the commit)
+        producer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
     }
     producer.commit_transaction(deadline.saturating_duration_since(std::time::Instant::now()))
 }
