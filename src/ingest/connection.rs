@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -199,12 +199,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// of one read leave as one TLS record in one write. Waits (bounded by the write
     /// timeout) only when the buffer is full because the vehicle does not read.
     async fn queue(&mut self, message: Message) -> Result<(), CloseReason> {
-        let mut feed = self.ws.feed(message);
-        let result = match (&mut feed).now_or_never() {
-            Some(result) => result,
-            None => tokio::time::timeout(self.settings.write_timeout, feed)
-                .await
-                .map_err(|_| CloseReason::WriteTimeout)?,
+        // the common case, room in the buffer, without a future: a poll with a no-op waker
+        // (what `now_or_never` does, without its layers)
+        let ready = self
+            .ws
+            .poll_ready_unpin(&mut Context::from_waker(std::task::Waker::noop()));
+        let result = match ready {
+            Poll::Ready(Ok(())) => self.ws.start_send_unpin(message),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => {
+                tokio::time::timeout(self.settings.write_timeout, self.ws.feed(message))
+                    .await
+                    .map_err(|_| CloseReason::WriteTimeout)?
+            }
         };
         self.unflushed = true;
         result.map_err(|_| CloseReason::ProtocolError)

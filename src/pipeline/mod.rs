@@ -315,6 +315,7 @@ impl Pipeline {
             let mut forward_record = true;
             let filtered;
             let mut out_payload: &[u8] = &record.payload;
+            let mut out_decoded = Some(&record.decoded);
             if let (Some(co), Some((p, update))) = (&self.changes_only, &vehicle) {
                 let drop = state
                     .changes
@@ -330,6 +331,7 @@ impl Pipeline {
                     {
                         filtered = bytes;
                         out_payload = &filtered;
+                        out_decoded = None;
                     }
                 }
             }
@@ -343,6 +345,7 @@ impl Pipeline {
                 received_at_ms,
                 device_client_version: source.client_version,
                 payload: out_payload,
+                decoded: out_decoded,
             };
             let sinks = if forward_record { sinks } else { &[] };
             let seq = state.next_seq;
@@ -444,6 +447,7 @@ impl Pipeline {
             received_at_ms: (seconds as u64) * 1000 + (nanos as u64) / 1_000_000,
             device_client_version: socket.client_version,
             payload: &payload,
+            decoded: None,
         };
         for sink in targets {
             if let Err(e) = sink.publish(&sink_record, DeliveryTicket::untracked()) {

@@ -104,7 +104,10 @@ pub fn render_line(record: &SinkRecord<'_>) -> Result<Vec<u8>, serde_json::Error
     )?;
     line.pop(); // the closing brace
     line.extend_from_slice(b",\"payload\":");
-    crate::wire::json::write_payload_json(record.topic, record.payload, &mut line)?;
+    match record.decoded {
+        Some(decoded) => crate::wire::json::write_decoded_json(decoded, record.payload, &mut line)?,
+        None => crate::wire::json::write_payload_json(record.topic, record.payload, &mut line)?,
+    }
     line.extend_from_slice(b"}\n");
     Ok(line)
 }
@@ -192,6 +195,7 @@ mod tests {
             received_at_ms: 0,
             device_client_version: "",
             payload: &record.payload,
+            decoded: None,
         };
         let mut expected = serde_json::to_vec(&LoggerLine::new(&sink_record)).unwrap();
         expected.push(b'\n');
@@ -199,6 +203,82 @@ mod tests {
             String::from_utf8(render_line(&sink_record).unwrap()).unwrap(),
             String::from_utf8(expected).unwrap()
         );
+    }
+
+    /// The line rendered from the pipeline's decoded payload is, byte for byte, the line
+    /// rendered from the payload's bytes — for every sample frame (every topic, transformed
+    /// locations, unknown enum numbers) and a non-finite double (the reflective path's `"NaN"`).
+    #[test]
+    fn the_line_from_the_decoded_payload_is_the_line_from_its_bytes() {
+        use crate::wire::proto::vehicle_data::{value::Value as V, Datum, Field, Payload, Value};
+        use prost::Message as _;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/frames");
+        let mut frames: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "bin")
+                    && !p.file_name().unwrap().to_string_lossy().starts_with("bad_")
+            })
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect();
+        assert!(frames.len() >= 8, "{} sample frames", frames.len());
+        let not_finite = Payload {
+            data: [f64::NAN, f64::INFINITY]
+                .into_iter()
+                .map(|v| Datum {
+                    key: Field::VehicleSpeed as i32,
+                    value: Some(Value {
+                        value: Some(V::DoubleValue(v)),
+                    }),
+                })
+                .collect(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let envelope = crate::wire::EnvelopeWriter::new()
+            .stream(
+                b"tx",
+                b"V",
+                b"",
+                &crate::wire::StreamView {
+                    created_at: 1,
+                    sender_id: b"vehicle_device.5YJ3E1EA7KF000001",
+                    payload: &not_finite,
+                    device_type: b"vehicle_device",
+                    device_id: b"5YJ3E1EA7KF000001",
+                    delivered_at_epoch_ms: 0,
+                },
+            )
+            .to_vec();
+        frames.push(("NaN and infinity".into(), envelope));
+        for (name, bytes) in &frames {
+            let record = crate::wire::read_frame(bytes)
+                .unwrap()
+                .into_record("5YJ3E1EA7KF000001", 0)
+                .unwrap();
+            let mut sink_record = SinkRecord {
+                topic: record.topic,
+                vin: "5YJ3E1EA7KF000001",
+                txid: b"tx",
+                device_type: b"vehicle_device",
+                created_at: 1,
+                received_at_ms: 0,
+                device_client_version: "",
+                payload: &record.payload,
+                decoded: None,
+            };
+            let from_bytes = String::from_utf8(render_line(&sink_record).unwrap()).unwrap();
+            sink_record.decoded = Some(&record.decoded);
+            let from_decoded = String::from_utf8(render_line(&sink_record).unwrap()).unwrap();
+            assert_eq!(from_decoded, from_bytes, "{name}");
+            if name.starts_with("NaN") {
+                assert!(
+                    from_bytes.contains("\"NaN\"") && from_bytes.contains("\"Infinity\""),
+                    "{from_bytes}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -214,6 +294,7 @@ mod tests {
             received_at_ms: 0,
             device_client_version: "",
             payload: &[],
+            decoded: None,
         };
         sink.publish(&sink_record, DeliveryTicket::untracked())
             .unwrap();

@@ -39,6 +39,10 @@ pub struct SinkRecord<'a> {
     pub device_client_version: &'a str,
     /// Transformed protobuf bytes.
     pub payload: &'a [u8],
+    /// The same payload decoded, when the pipeline has it (a vehicle's frame forwarded whole;
+    /// `None` for server-made records and filtered payloads): sinks that render the payload
+    /// (the logger's JSON) read it instead of decoding `payload` again.
+    pub decoded: Option<&'a crate::wire::payload::Decoded>,
 }
 
 /// A delivery outcome reported back to the connection that owns the frame.

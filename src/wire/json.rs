@@ -7,6 +7,7 @@ use prost_reflect::{DynamicMessage, SerializeOptions};
 use serde::ser::{Error as _, Serialize, Serializer};
 
 use super::frame::Record;
+use super::payload::Decoded;
 use super::proto::descriptor_pool;
 use super::topic::Topic;
 
@@ -26,31 +27,59 @@ pub struct PayloadJson<'a> {
 
 /// The fast path: typed prost decode and the pbjson-generated serde impls (no reflection),
 /// appended to `out`. False (with `out` unchanged) when it cannot render the payload exactly as
-/// the reflective path would — an enum number this build does not know (pbjson refuses those),
-/// or a non-finite float (proto3 JSON writes `"NaN"`, serde_json would write `null`).
+/// the reflective path would (see [`typed_message_into`]).
 fn typed_into(topic: Topic, bytes: &[u8], out: &mut Vec<u8>) -> bool {
     fn render<M: prost::Message + Default + Serialize>(bytes: &[u8], out: &mut Vec<u8>) -> bool {
         match M::decode(bytes) {
-            Ok(message) => serde_json::to_writer(&mut *out, &message).is_ok(),
+            Ok(message) => typed_message_into(&message, out),
             Err(_) => false,
         }
     }
-    let start = out.len();
-    let rendered = match topic {
+    match topic {
         Topic::Vehicle => render::<super::proto::vehicle_data::Payload>(bytes, out),
         Topic::Alerts => render::<super::proto::vehicle_alerts::VehicleAlerts>(bytes, out),
         Topic::Errors => render::<super::proto::vehicle_error::VehicleErrors>(bytes, out),
         Topic::Connectivity => {
             render::<super::proto::vehicle_connectivity::VehicleConnectivity>(bytes, out)
         }
-    };
+    }
+}
+
+/// A decoded message through its pbjson-generated serde impl, appended to `out`. False (with
+/// `out` unchanged) when that cannot be exactly what the reflective path writes: an enum number
+/// this build does not know (pbjson refuses those), or a non-finite float (proto3 JSON writes
+/// `"NaN"`, serde_json would write `null`).
+fn typed_message_into<M: Serialize>(message: &M, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let rendered = serde_json::to_writer(&mut *out, message).is_ok();
     // `null` never appears in proto3 JSON of these schemas except for a non-finite float (a
     // string containing "null" only costs the slow path)
-    if !rendered || out[start..].windows(4).any(|w| w == b"null") {
+    if !rendered || memchr::memmem::find(&out[start..], b"null").is_some() {
         out.truncate(start);
         return false;
     }
     true
+}
+
+/// Appends the proto3 JSON of a payload the pipeline has already decoded (and transformed)
+/// to `out`: the logger's line without decoding the payload a second time. `bytes` are the
+/// same payload encoded; the reflective path reads them when the typed one cannot render it
+/// exactly.
+pub fn write_decoded_json(
+    decoded: &Decoded,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
+    let (topic, rendered) = match decoded {
+        Decoded::Vehicle(p) => (Topic::Vehicle, typed_message_into(p, out)),
+        Decoded::Alerts(p) => (Topic::Alerts, typed_message_into(p, out)),
+        Decoded::Errors(p) => (Topic::Errors, typed_message_into(p, out)),
+        Decoded::Connectivity(p) => (Topic::Connectivity, typed_message_into(p, out)),
+    };
+    if rendered {
+        return Ok(());
+    }
+    write_reflective(topic, bytes, out)
 }
 
 /// Appends the proto3 JSON of a `topic` payload to `out`.
@@ -62,6 +91,15 @@ pub fn write_payload_json(
     if typed_into(topic, bytes, out) {
         return Ok(());
     }
+    write_reflective(topic, bytes, out)
+}
+
+/// The reflective path into `out` (unchanged on error).
+fn write_reflective(
+    topic: Topic,
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), serde_json::Error> {
     let start = out.len();
     let result = reflective(topic, bytes, &mut serde_json::Serializer::new(&mut *out));
     if result.is_err() {
