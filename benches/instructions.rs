@@ -1,7 +1,7 @@
 //! The work of one frame in instructions, for the regression gate (`scripts/instructions.sh`
 //! runs this under valgrind's callgrind, which counts the instructions executed inside the
 //! `measured_*` functions only — a number that repeats run to run, unlike time on a shared
-//! machine). Four scenarios, `FRAMES` frames each after a warm-up:
+//! machine). Six scenarios, `FRAMES` frames each after a warm-up:
 //! - `pipeline-quiet`: a `V` frame (location, speed, SoC) through `Pipeline::on_frame` —
 //!   verify, decode, transform, the vehicle table, the rules over 10,001 sites, the record to
 //!   a sink that drops it, the ack decision — where no site is near (no event);
@@ -9,6 +9,11 @@
 //! - `cluster-quiet` / `cluster-eventful`: cluster mode's rules on a `V` record — the
 //!   protobuf decode, `cluster::rules::apply_frame`, and each event encoded as it is produced
 //!   (CloudEvent JSON, Kafka binary mode);
+//! - `pipeline-steady`: a frame of the load bench's steady scenario through `Pipeline::on_frame`
+//!   — a vehicle driving through its 100,000 sites (radii 150–350 m, ~10 per km²) and the
+//!   logger sink rendering every record and event as `serve` does — so the dense-site
+//!   geofence and the logged line, most of what the wall-clock bench spends beyond the bare
+//!   server, are under the gate too;
 //! - `socket-quiet`: the quiet frame through the connection loop (`ingest::connection::run`)
 //!   as a vehicle sends it: the websocket read, the pipeline, the ack written and flushed —
 //!   over an in-memory pipe, so TLS and the kernel (the same for any server) are not in it;
@@ -30,16 +35,26 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use fleetgate::event::Event;
 use fleetgate::ingest::connection::{self, ConnectionInfo, ConnectionSettings};
 use fleetgate::ingest::identity::Identity;
 use fleetgate::ingest::stop::StopSignal;
 use fleetgate::kafka::cloudevents::{event_message, EventContentMode};
 use fleetgate::pipeline::{Answer, FrameState, Pipeline};
+use fleetgate::rules::geojson::sites_from_geojson;
 use fleetgate::rules::sites::{Shape, Site};
 use fleetgate::rules::{Fleet, RulesConfig};
+use fleetgate::sinks::logger::LoggerSink;
+use fleetgate::sinks::{DeliveryTicket, PublishError, Sink, SinkRecord};
 use fleetgate::tools::bench::drive::{self, dense_sites, Area, Discard, VIN};
 use fleetgate::wire::proto::vehicle_data::Payload;
 use prost::Message as _;
+
+/// The allocator `fleetgate serve` runs with (its instructions per allocation are part of the
+/// work counted; glibc's `malloc` also takes different paths depending on the heap's history,
+/// which moved a count by ~3 % for a change in code the scenario did not run).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Frames measured per scenario.
 const FRAMES: u64 = 200;
@@ -167,6 +182,55 @@ fn run_cluster(eventful: bool) -> u64 {
     measured_cluster(&fleet, &measured) as u64
 }
 
+/// Counts the events of the sink it wraps (the logger counts nothing).
+struct CountEvents<S> {
+    inner: S,
+    events: std::sync::atomic::AtomicU64,
+}
+
+impl<S: Sink> Sink for CountEvents<S> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn publish(&self, record: &SinkRecord<'_>, ticket: DeliveryTicket) -> Result<(), PublishError> {
+        self.inner.publish(record, ticket)
+    }
+    fn publish_event(
+        &self,
+        event: &Event,
+        json: &[u8],
+        ticket: DeliveryTicket,
+    ) -> Result<(), PublishError> {
+        self.events.fetch_add(1, Ordering::Relaxed);
+        self.inner.publish_event(event, json, ticket)
+    }
+    fn flush(&self, timeout: Duration) -> usize {
+        self.inner.flush(timeout)
+    }
+}
+
+/// `pipeline-steady`: the steady scenario's sites, drive and sink (the logger writing to
+/// `/dev/null` through its 64 KiB buffer, as `fleetgate bench scenario steady` runs `serve`).
+fn run_steady() -> u64 {
+    let geojson = fleetgate::tools::bench::scenario::steady_sites_geojson(100_000).to_string();
+    let sites = sites_from_geojson(&geojson, RulesConfig::default().default_radius_m)
+        .expect("the bench's sites");
+    let null = std::fs::File::create("/dev/null").expect("/dev/null");
+    let sink = Arc::new(CountEvents {
+        inner: LoggerSink::buffered_file(null),
+        events: Default::default(),
+    });
+    let pipeline = drive::pipeline_with(sites, sink.clone());
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut state = FrameState::new(&pipeline, tx);
+    let mut frames = drive::steady_drive(WARM_UP + FRAMES);
+    let measured = frames.split_off(WARM_UP as usize);
+    pipeline_frames(&pipeline, &mut state, &frames);
+    let before = sink.events.load(Ordering::Relaxed);
+    measured_pipeline(&pipeline, &mut state, &measured);
+    sink.events.load(Ordering::Relaxed) - before
+}
+
 /// The server's task of `socket-quiet`: polled through [`measured_socket_poll`] (counted) once
 /// `measuring` is set, directly (not counted) before.
 struct CountedTask<F> {
@@ -277,6 +341,7 @@ fn main() {
             "cluster-quiet",
             "cluster-eventful",
             "socket-quiet",
+            "pipeline-steady",
         ],
         s => vec![s],
     };
@@ -287,8 +352,9 @@ fn main() {
             "cluster-quiet" => run_cluster(false),
             "cluster-eventful" => run_cluster(true),
             "socket-quiet" => run_socket(),
+            "pipeline-steady" => run_steady(),
             other => {
-                eprintln!("unknown scenario `{other}`: pipeline-quiet, pipeline-eventful, cluster-quiet, cluster-eventful, socket-quiet or all");
+                eprintln!("unknown scenario `{other}`: pipeline-quiet, pipeline-eventful, cluster-quiet, cluster-eventful, socket-quiet, pipeline-steady or all");
                 std::process::exit(2);
             }
         };

@@ -29,7 +29,7 @@ for line in sys.stdin:
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 results="$out/results.tsv"
-for scenario in pipeline-quiet pipeline-eventful cluster-quiet cluster-eventful socket-quiet; do
+for scenario in pipeline-quiet pipeline-eventful cluster-quiet cluster-eventful socket-quiet pipeline-steady; do
   echo "instructions.sh: $scenario under callgrind"
   valgrind --tool=callgrind --callgrind-out-file="$out/$scenario.out" --collect-atstart=no \
     --toggle-collect='*measured_*' "$bin" "$scenario" >"$out/$scenario.log" 2>&1 \

@@ -94,6 +94,71 @@ pub fn frame_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
         .to_vec()
 }
 
+/// The first `n` frames of a vehicle of the load scenarios (`fleetgate bench scenario steady`)
+/// in their area ([`super::scenario::AREA`]), from its middle: 1 Hz, 30–60 km/h, turning a
+/// little every second, with the signals the load client sends (location, speed, heading,
+/// SoC, odometer). Deterministic: the same frames every run.
+pub fn steady_drive(n: u64) -> Vec<Vec<u8>> {
+    let (south, west, north, east) = super::scenario::AREA;
+    let (mut lat, mut lon) = ((south + north) / 2.0, (west + east) / 2.0);
+    let mut heading: f64 = 45.0;
+    let mut writer = EnvelopeWriter::new();
+    (0..n)
+        .map(|i| {
+            let turn = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as f64 - 31.5; // ±31.5°
+            heading = (heading + turn / 4.0).rem_euclid(360.0);
+            let speed_kmh = 45.0 + turn / 2.0;
+            let meters = speed_kmh / 3.6;
+            lat += meters * heading.to_radians().cos() / 111_320.0;
+            lon += meters * heading.to_radians().sin() / (111_320.0 * lat.to_radians().cos());
+            let datum = |field: Field, value: V| Datum {
+                key: field as i32,
+                value: Some(Value { value: Some(value) }),
+            };
+            let payload = Payload {
+                data: vec![
+                    datum(
+                        Field::Location,
+                        V::LocationValue(LocationValue {
+                            latitude: lat,
+                            longitude: lon,
+                        }),
+                    ),
+                    datum(
+                        Field::VehicleSpeed,
+                        V::DoubleValue((speed_kmh * 0.621_371 * 10.0).round() / 10.0),
+                    ),
+                    datum(Field::GpsHeading, V::DoubleValue(heading.round())),
+                    datum(Field::Soc, V::DoubleValue(80.0 - i as f64 * 0.01)),
+                    datum(Field::Odometer, V::DoubleValue(12_000.0 + i as f64 * 0.01)),
+                ],
+                created_at: Some(Timestamp {
+                    seconds: 1_764_000_000 + i as i64,
+                    nanos: 0,
+                }),
+                vin: VIN.into(),
+                is_resend: false,
+            }
+            .encode_to_vec();
+            writer
+                .stream(
+                    format!("tx-{i}").as_bytes(),
+                    b"V",
+                    b"",
+                    &StreamView {
+                        created_at: 1_764_000_000 + i as u32,
+                        sender_id: SOURCE.sender_id.as_bytes(),
+                        payload: &payload,
+                        device_type: b"vehicle_device",
+                        device_id: VIN.as_bytes(),
+                        delivered_at_epoch_ms: 0,
+                    },
+                )
+                .to_vec()
+        })
+        .collect()
+}
+
 /// The protobuf `Payload` of [`frame_at`] (a `V` record's value in Kafka, as cluster mode's
 /// rules read it).
 pub fn payload_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
@@ -162,12 +227,19 @@ impl Sink for Discard {
 /// A pipeline with the rules over `sites`, `V` records and events to `sink`, no reliable
 /// acks, no rate limit.
 pub fn pipeline(sites: Vec<Site>, sink: Arc<Discard>) -> Pipeline {
-    let records: BTreeMap<String, Vec<String>> =
-        [("V".to_string(), vec!["drop".to_string()])].into();
+    pipeline_with(sites, sink)
+}
+
+/// [`pipeline`] with any sink (the instruction gate's `pipeline-steady` renders the logger's
+/// lines, as the load bench's `serve` does).
+pub fn pipeline_with(sites: Vec<Site>, sink: Arc<dyn Sink>) -> Pipeline {
+    let name = sink.name().to_string();
+    let metrics = Arc::new(FrameMetrics::new(&[name.as_str()]));
+    let records: BTreeMap<String, Vec<String>> = [("V".to_string(), vec![name.clone()])].into();
     let available: Vec<Arc<dyn Sink>> = vec![sink];
     let sinks = SinkRouter::new(&records, &BTreeMap::new(), &available)
-        .and_then(|r| r.with_event_sinks(&["drop".to_string()]))
-        .expect("a router over the discard sink");
+        .and_then(|r| r.with_event_sinks(&[name]))
+        .expect("a router over the bench's sink");
     let rules = crate::runner::local::LocalRules::start(
         Fleet::new(RulesConfig::default(), sites),
         sinks.clone(),
@@ -182,7 +254,7 @@ pub fn pipeline(sites: Vec<Site>, sink: Arc<Discard>) -> Pipeline {
             interval: Duration::from_secs(1),
         },
         inflight_slots: Arc::new(tokio::sync::Semaphore::new(1000)),
-        metrics: Arc::new(FrameMetrics::new(&["drop"])),
+        metrics,
         rules: Some(rules),
         changes_only: None,
     }

@@ -188,11 +188,10 @@ fn default_vehicles(s: Scenario) -> usize {
 /// The area bench vehicles and sites share (about 110 × 88 km): south, west, north, east.
 pub const AREA: (f64, f64, f64, f64) = (37.0, -122.6, 38.0, -121.6);
 
-/// Writes `n` sites spread over [`AREA`] (every tenth a charger) unless the file exists.
-fn ensure_sites(path: &Path, n: usize) -> Result<(), String> {
-    if path.is_file() {
-        return Ok(());
-    }
+/// The sites of the load scenarios as GeoJSON: `n` points spread over [`AREA`] (every tenth a
+/// charger), radii 150–350 m, the same every run (`benches/instructions.rs` drives through them
+/// too).
+pub fn steady_sites_geojson(n: usize) -> serde_json::Value {
     let (south, west, north, east) = AREA;
     let mut features = Vec::with_capacity(n);
     for i in 0..n {
@@ -206,7 +205,15 @@ fn ensure_sites(path: &Path, n: usize) -> Result<(), String> {
             "geometry": {"type": "Point", "coordinates": [west + (east - west) * fx, south + (north - south) * fy]},
         }));
     }
-    let doc = serde_json::json!({"type": "FeatureCollection", "features": features});
+    serde_json::json!({"type": "FeatureCollection", "features": features})
+}
+
+/// Writes [`steady_sites_geojson`]`(n)` to `path` unless the file exists.
+fn ensure_sites(path: &Path, n: usize) -> Result<(), String> {
+    if path.is_file() {
+        return Ok(());
+    }
+    let doc = steady_sites_geojson(n);
     std::fs::write(path, serde_json::to_vec(&doc).map_err(|e| e.to_string())?)
         .map_err(|e| format!("{}: {e}", path.display()))
 }
