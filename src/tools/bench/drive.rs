@@ -76,7 +76,12 @@ pub fn frame(i: u64, start: (f64, f64), steps: u64) -> Vec<u8> {
 /// The `i`-th frame of the vehicle, at (`lat`, `lon`): location, speed and SoC, one second
 /// after frame `i - 1`.
 pub fn frame_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
-    let payload = payload_at(i, lat, lon);
+    v_frame(i, &payload_at(i, lat, lon))
+}
+
+/// The envelope of the vehicle's `i`-th `V` frame around `payload`: its txid, its creation
+/// time (one second after frame `i - 1`), the vehicle's sender and device ids.
+fn v_frame(i: u64, payload: &[u8]) -> Vec<u8> {
     EnvelopeWriter::new()
         .stream(
             format!("tx-{i}").as_bytes(),
@@ -85,13 +90,21 @@ pub fn frame_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
             &StreamView {
                 created_at: 1_764_000_000 + i as u32,
                 sender_id: SOURCE.sender_id.as_bytes(),
-                payload: &payload,
+                payload,
                 device_type: b"vehicle_device",
                 device_id: VIN.as_bytes(),
                 delivered_at_epoch_ms: 0,
             },
         )
         .to_vec()
+}
+
+/// One signal of a `V` payload.
+fn datum(field: Field, value: V) -> Datum {
+    Datum {
+        key: field as i32,
+        value: Some(Value { value: Some(value) }),
+    }
 }
 
 /// The first `n` frames of a vehicle of the load scenarios (`fleetgate bench scenario steady`)
@@ -102,7 +115,6 @@ pub fn steady_drive(n: u64) -> Vec<Vec<u8>> {
     let (south, west, north, east) = super::scenario::AREA;
     let (mut lat, mut lon) = ((south + north) / 2.0, (west + east) / 2.0);
     let mut heading: f64 = 45.0;
-    let mut writer = EnvelopeWriter::new();
     (0..n)
         .map(|i| {
             let turn = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as f64 - 31.5; // ±31.5°
@@ -111,10 +123,6 @@ pub fn steady_drive(n: u64) -> Vec<Vec<u8>> {
             let meters = speed_kmh / 3.6;
             lat += meters * heading.to_radians().cos() / 111_320.0;
             lon += meters * heading.to_radians().sin() / (111_320.0 * lat.to_radians().cos());
-            let datum = |field: Field, value: V| Datum {
-                key: field as i32,
-                value: Some(Value { value: Some(value) }),
-            };
             let payload = Payload {
                 data: vec![
                     datum(
@@ -140,21 +148,7 @@ pub fn steady_drive(n: u64) -> Vec<Vec<u8>> {
                 is_resend: false,
             }
             .encode_to_vec();
-            writer
-                .stream(
-                    format!("tx-{i}").as_bytes(),
-                    b"V",
-                    b"",
-                    &StreamView {
-                        created_at: 1_764_000_000 + i as u32,
-                        sender_id: SOURCE.sender_id.as_bytes(),
-                        payload: &payload,
-                        device_type: b"vehicle_device",
-                        device_id: VIN.as_bytes(),
-                        delivered_at_epoch_ms: 0,
-                    },
-                )
-                .to_vec()
+            v_frame(i, &payload)
         })
         .collect()
 }
@@ -162,10 +156,6 @@ pub fn steady_drive(n: u64) -> Vec<Vec<u8>> {
 /// The protobuf `Payload` of [`frame_at`] (a `V` record's value in Kafka, as cluster mode's
 /// rules read it).
 pub fn payload_at(i: u64, lat: f64, lon: f64) -> Vec<u8> {
-    let datum = |field: Field, value: V| Datum {
-        key: field as i32,
-        value: Some(Value { value: Some(value) }),
-    };
     Payload {
         data: vec![
             datum(
