@@ -272,6 +272,9 @@ enum BenchCommand {
         /// Only this server.
         #[arg(long, value_enum)]
         only: Option<fleetgate::tools::bench::scenario::ServerKind>,
+        /// How much of fleetgate's pipeline to run (stage by stage against the bare server).
+        #[arg(long, value_enum, default_value = "full")]
+        pipeline: fleetgate::tools::bench::scenario::PipelineWork,
         /// Work folder (PKI, sites, configs).
         #[arg(long, default_value = "target/bench")]
         work_dir: PathBuf,
@@ -370,6 +373,7 @@ fn bench(command: BenchCommand) -> ExitCode {
                 vehicles,
                 window,
                 only,
+                pipeline,
                 work_dir,
                 kafka,
                 sources,
@@ -382,6 +386,7 @@ fn bench(command: BenchCommand) -> ExitCode {
                         window_s: window,
                         work_dir,
                         only,
+                        pipeline,
                         kafka,
                         sources,
                     },

@@ -127,6 +127,8 @@ pub struct StreamStats {
     pub server_cpu_s: Option<f64>,
     /// Server CPU per acked frame, microseconds.
     pub server_cpu_us_per_frame: Option<f64>,
+    /// Of it, the server's time in the kernel (system CPU) per acked frame, microseconds.
+    pub server_system_us_per_frame: Option<f64>,
     /// Server resident memory at the end of the window.
     pub server_rss_bytes: Option<u64>,
     /// This client's CPU seconds in the window.
@@ -574,10 +576,11 @@ impl Fleet {
         }
         let window_s = end.at.duration_since(begin.at).as_secs_f64();
         let acked = end.acked - begin.acked;
-        let server_cpu = match (begin.server, end.server) {
-            (Some(b), Some(e)) => Some(e.cpu_s - b.cpu_s),
-            _ => None,
+        let (server_cpu, server_system) = match (begin.server, end.server) {
+            (Some(b), Some(e)) => (Some(e.cpu_s - b.cpu_s), Some(e.system_s - b.system_s)),
+            _ => (None, None),
         };
+        let per_frame = |s: Option<f64>| s.filter(|_| acked > 0).map(|c| c * 1e6 / acked as f64);
         let latency = shared
             .latency
             .lock()
@@ -598,9 +601,8 @@ impl Fleet {
             closed: shared.closed.load(Ordering::Relaxed),
             ack_latency: Percentiles::of(&latency),
             server_cpu_s: server_cpu,
-            server_cpu_us_per_frame: server_cpu
-                .filter(|_| acked > 0)
-                .map(|c| c * 1e6 / acked as f64),
+            server_cpu_us_per_frame: per_frame(server_cpu),
+            server_system_us_per_frame: per_frame(server_system),
             server_rss_bytes: end.server.map(|s| s.rss_bytes),
             client_cpu_s: end.client.cpu_s - begin.client.cpu_s,
         }

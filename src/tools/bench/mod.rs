@@ -147,7 +147,8 @@ pub fn load_table(r: &LoadReport) -> String {
         if let (Some(cpu), Some(per)) = (s.server_cpu_s, s.server_cpu_us_per_frame) {
             let _ = writeln!(
                 out,
-                "server CPU    {cpu:.2} s = {per:.1} µs per acked frame; RSS {:.1} MiB",
+                "server CPU    {cpu:.2} s = {per:.1} µs per acked frame (kernel {:.1} µs); RSS {:.1} MiB",
+                s.server_system_us_per_frame.unwrap_or(0.0),
                 s.server_rss_bytes.unwrap_or(0) as f64 / 1048576.0
             );
         }

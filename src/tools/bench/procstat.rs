@@ -10,6 +10,8 @@ pub struct ProcSample {
     pub rss_bytes: u64,
     /// User + system CPU time, seconds.
     pub cpu_s: f64,
+    /// Of it, the time in the kernel (system), seconds.
+    pub system_s: f64,
 }
 
 /// Samples process `pid` (`None`: this process).
@@ -29,6 +31,7 @@ pub fn sample(pid: Option<i32>) -> Result<ProcSample, String> {
     Ok(ProcSample {
         rss_bytes: status.vmrss.unwrap_or(0) * 1024,
         cpu_s: (stat.utime + stat.stime) as f64 / ticks,
+        system_s: stat.stime as f64 / ticks,
     })
 }
 

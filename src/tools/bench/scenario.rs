@@ -39,6 +39,22 @@ pub enum ServerKind {
     Fleetgate,
 }
 
+/// How much of fleetgate's pipeline the streaming scenarios ask for, so the difference to
+/// the bare server can be measured stage by stage (`bench scenario steady --pipeline …`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineWork {
+    /// The scenario's own configuration: `V` records and events to the logger, the rules on
+    /// 100,000 sites.
+    #[default]
+    Full,
+    /// The same without sites: the vehicle table and the logger's line, no geofence.
+    NoSites,
+    /// `V` routed nowhere (`records` empty): TLS, the connection loop, the envelope and the
+    /// payload read, the ack — no vehicle table, no rules, no logger.
+    Unrouted,
+}
+
 /// Options of `bench scenario`.
 #[derive(Debug, Clone)]
 pub struct ScenarioOptions {
@@ -52,6 +68,8 @@ pub struct ScenarioOptions {
     pub work_dir: PathBuf,
     /// Measure only one server.
     pub only: Option<ServerKind>,
+    /// How much of fleetgate's pipeline the streaming scenarios run.
+    pub pipeline: PipelineWork,
     /// Kafka bootstrap servers (kafka-reliable).
     pub kafka: String,
     /// Loopback source addresses to use.
@@ -107,6 +125,8 @@ pub struct ScenarioReport {
     pub machine: String,
     /// Vehicles.
     pub vehicles: usize,
+    /// How much of fleetgate's pipeline ran.
+    pub pipeline: PipelineWork,
     /// Per server.
     pub runs: Vec<ServerRun>,
     /// Goals.
@@ -254,6 +274,20 @@ fn fleetgate_config(opts: &ScenarioOptions, pki: &Path, sites: &Path) -> serde_j
         Scenario::Steady | Scenario::Saturate | Scenario::KafkaReliable
     ) {
         config["fleetgate"]["sites_file"] = sites.display().to_string().into();
+    }
+    match opts.pipeline {
+        PipelineWork::Full => {}
+        PipelineWork::NoSites => {
+            if let Some(fleetgate) = config["fleetgate"].as_object_mut() {
+                fleetgate.remove("sites_file");
+            }
+        }
+        PipelineWork::Unrouted => {
+            if let Some(fleetgate) = config["fleetgate"].as_object_mut() {
+                fleetgate.remove("sites_file");
+            }
+            config["records"] = serde_json::json!({});
+        }
     }
     if opts.scenario == Scenario::KafkaReliable {
         config["records"] = serde_json::json!({"V": ["kafka"]});
@@ -540,6 +574,7 @@ pub async fn run(opts: ScenarioOptions) -> Result<ScenarioReport, String> {
             .unwrap_or_default(),
         machine: machine_facts(),
         vehicles,
+        pipeline: opts.pipeline,
         runs,
         goals,
     })
@@ -574,12 +609,12 @@ pub fn table(report: &ScenarioReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "scenario {:?} — {} vehicles — {} — {}",
-        report.scenario, report.vehicles, report.date, report.machine
+        "scenario {:?} — {} vehicles — pipeline {:?} — {} — {}",
+        report.scenario, report.vehicles, report.pipeline, report.date, report.machine
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "{:<10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
         "server",
         "conn",
         "hs/s",
@@ -587,6 +622,7 @@ pub fn table(report: &ScenarioReport) -> String {
         "sent/s",
         "acked/s",
         "µs/frame",
+        "kernel µs",
         "p50 ms",
         "p99 ms",
         "p99.9",
@@ -598,7 +634,7 @@ pub fn table(report: &ScenarioReport) -> String {
             |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:<10} {:>9} {:>9.0} {:>10.1} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+            "{:<10} {:>9} {:>9.0} {:>10.1} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
             r.server,
             r.connect.established,
             r.connect.handshakes_per_s,
@@ -606,6 +642,7 @@ pub fn table(report: &ScenarioReport) -> String {
             f(s.map(|s| s.sent_per_s), 0),
             f(r.max_frames_per_s.or(s.map(|s| s.acked_per_s)), 0),
             f(s.and_then(|s| s.server_cpu_us_per_frame), 1),
+            f(s.and_then(|s| s.server_system_us_per_frame), 1),
             f(s.map(|s| s.ack_latency.p50_ms), 2),
             f(s.map(|s| s.ack_latency.p99_ms), 2),
             f(s.map(|s| s.ack_latency.p999_ms), 2),
