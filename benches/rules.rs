@@ -98,5 +98,62 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// The load bench's rules: 5,000 vehicles driving at 30–60 km/h (one frame a second each,
+/// taken in turn) through the steady scenario's 100,000 sites (~10 per km², radii 150–350 m).
+/// Each frame finds the vehicle's state and the sites around it cold in the cache, as they
+/// are under load: this is where the geofence costs most.
+fn bench_dense(c: &mut Criterion) {
+    let text = fleetgate::tools::bench::scenario::steady_sites_geojson(100_000).to_string();
+    let sites = fleetgate::rules::geojson::sites_from_geojson(&text, 250.0).expect("bench sites");
+    let engine = Fleet::new(RulesConfig::default(), sites);
+    let (south, west, north, east) = fleetgate::tools::bench::scenario::AREA;
+    let n = 5_000;
+    let vehicles: Vec<String> = (0..n).map(|i| format!("5YJ3E1EA7KF{i:06}")).collect();
+    let mut rng = Rng(7);
+    // position and per-second step in degrees (heading fixed, bounced at the area's edges)
+    let mut cars: Vec<[f64; 4]> = (0..n)
+        .map(|_| {
+            let lat = south + rng.next() * (north - south);
+            let lon = west + rng.next() * (east - west);
+            let heading = rng.next() * std::f64::consts::TAU;
+            let m_per_s = (30.0 + rng.next() * 30.0) / 3.6;
+            let dlat = m_per_s * heading.cos() / 111_195.0;
+            let dlon = m_per_s * heading.sin() / (111_195.0 * lat.to_radians().cos());
+            [lat, lon, dlat, dlon]
+        })
+        .collect();
+    let mut t = 1_764_000_000_000i64;
+    let mut i = 0usize;
+    let mut group = c.benchmark_group("rules_dense");
+    group.bench_function("v_frame_5000_vehicles_100k_sites", |b| {
+        b.iter(|| {
+            i += 1;
+            if i == n {
+                i = 0;
+                t += 1000;
+            }
+            let car = &mut cars[i];
+            if !(south..north).contains(&(car[0] + car[2])) {
+                car[2] = -car[2];
+            }
+            if !(west..east).contains(&(car[1] + car[3])) {
+                car[3] = -car[3];
+            }
+            car[0] += car[2];
+            car[1] += car[3];
+            let u = VehicleUpdate {
+                at_ms: t,
+                location: Some((car[0], car[1])),
+                soc: Some(60.0),
+                speed: Some(40.0),
+                charge_state: Some(ChargeState::Idle),
+                ..Default::default()
+            };
+            engine.apply(&vehicles[i], &u)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, bench_dense);
 criterion_main!(benches);

@@ -378,27 +378,35 @@ impl FleetData {
         let mut i = 0;
         while i < tracking.inside.len() {
             let found = if current {
-                index.at(slots[i]).map(|site| (slots[i], site))
+                Some(slots[i])
             } else {
-                index.locate(&tracking.inside[i].0, slots[i])
+                index
+                    .locate(&tracking.inside[i].0, slots[i])
+                    .map(|(slot, _)| slot)
             };
-            match found {
+            // the distance from the compact footprints: the site itself is not read
+            let distance =
+                found.and_then(|slot| Some((slot, index.edge_distance_m(slot, lat, lon)?)));
+            match distance {
                 None => {
                     tracking.inside.swap_remove(i);
                     slots.swap_remove(i);
                 }
-                Some((_, site)) if site.edge_distance_m(lat, lon) > margin => {
+                Some((slot, d)) if d > margin => {
                     let entered = tracking.inside[i].1;
                     tracking.inside.swap_remove(i);
                     slots.swap_remove(i);
-                    events.push(Event::new(
-                        EventType::SiteExited,
-                        vin,
-                        &site.id,
-                        at_ms,
-                        event_data!("site_id" => site.id.as_str(), "site_name" => site.name.as_str(), "site_kind" => site.kind.as_str(),
-                            "lat" => lat, "lon" => lon, "dwell_s" => (at_ms - entered) / 1000),
-                    ));
+                    // the site is read only now, for its event (a slot with a distance has one)
+                    if let Some(site) = index.at(slot) {
+                        events.push(Event::new(
+                            EventType::SiteExited,
+                            vin,
+                            &site.id,
+                            at_ms,
+                            event_data!("site_id" => site.id.as_str(), "site_name" => site.name.as_str(), "site_kind" => site.kind.as_str(),
+                                "lat" => lat, "lon" => lon, "dwell_s" => (at_ms - entered) / 1000),
+                        ));
+                    }
                 }
                 Some((slot, _)) => {
                     slots[i] = slot;
@@ -408,11 +416,14 @@ impl FleetData {
         }
         // entries: inside the radius / polygon (the slots of the sites inside are current now)
         let soc = state.soc;
-        index.candidates(lat, lon, |slot, site| {
+        index.candidates(lat, lon, |slot| {
             if slots.contains(&slot) {
                 return;
             }
-            if site.edge_distance_m(lat, lon) <= 0.0 {
+            if index.edge_distance_m(slot, lat, lon).is_some_and(|d| d <= 0.0) {
+                let Some(site) = index.at(slot) else {
+                    return;
+                };
                 tracking.inside.push((Arc::from(site.id.as_str()), at_ms));
                 slots.push(slot);
                 events.push(Event::new(
