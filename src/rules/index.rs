@@ -53,6 +53,9 @@ pub struct SiteIndex {
     by_id: HashMap<String, u32, foldhash::fast::RandomState>,
     tree: RTree<Entry>,
     margin_m: f64,
+    /// True when every site's boxes hold every point within the margin of the site (see
+    /// [`SiteIndex::quiet_zones`]).
+    tight_boxes: bool,
     /// Unique per built index (0 for the empty default), so positions remembered against one
     /// index are never trusted in another.
     generation: u64,
@@ -79,6 +82,7 @@ impl SiteIndex {
         }
         SiteIndex {
             tree: RTree::bulk_load(entries),
+            tight_boxes: sites.iter().all(|s| has_tight_boxes(s, margin_m)),
             footprints: sites.iter().map(|s| Footprint::of(s)).collect(),
             sites,
             by_id,
@@ -166,6 +170,19 @@ impl SiteIndex {
         self.margin_m
     }
 
+    /// The radius of the quiet zone a full geofence check may leave behind, at most: a vehicle
+    /// outside a site's boxes is more than the margin from it, so it cannot enter that site
+    /// before moving about that far. `None` when this index cannot promise that: some site's
+    /// boxes are not tight (a circle of kilometres or a polygon far from the equator, whose
+    /// degree boxes can fall metres short of the margin at their widest) or the margin is too
+    /// small to be worth a zone.
+    pub fn quiet_zones(&self) -> Option<f64> {
+        // a fifth of the margin and 1 m for the boxes' degree approximations, which are
+        // centimetres for the tight sites
+        let cap = self.margin_m * 0.8 - 1.0;
+        (self.tight_boxes && cap >= 5.0).then_some(cap)
+    }
+
     /// The nearest site of `kind` within `max_m` of a point.
     pub fn nearest_of_kind(
         &self,
@@ -189,6 +206,28 @@ impl SiteIndex {
             std::ops::ControlFlow::<()>::Continue(())
         });
         best
+    }
+}
+
+/// True when `site`'s boxes grown by `margin_m` hold every point within `margin_m` of it up
+/// to centimetres: the boxes are made in degrees with one longitude scale per site, exact
+/// only for small sites away from the poles.
+fn has_tight_boxes(site: &Site, margin_m: f64) -> bool {
+    const MAX_REACH_M: f64 = 5_000.0;
+    const MAX_ABS_LAT: f64 = 75.0;
+    const MAX_SPAN_DEG: f64 = 0.05;
+    match &site.shape {
+        Shape::Circle { lat, radius_m, .. } => {
+            radius_m + margin_m <= MAX_REACH_M && lat.abs() <= MAX_ABS_LAT
+        }
+        Shape::Polygons(mp) => {
+            use geo::BoundingRect;
+            mp.bounding_rect().is_some_and(|r| {
+                r.width() <= MAX_SPAN_DEG
+                    && r.height() <= MAX_SPAN_DEG
+                    && r.min().y.abs().max(r.max().y.abs()) <= MAX_ABS_LAT
+            })
+        }
     }
 }
 

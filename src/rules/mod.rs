@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventType};
 use crate::event_data;
-use crate::geometry::haversine_m;
+use crate::geometry::{haversine_m, M_PER_DEG};
 use crate::state::{
-    Applied, ChargeState, ChargingSession, VehicleState, VehicleTable, VehicleUpdate,
+    Applied, ChargeState, ChargingSession, QuietZone, VehicleState, VehicleTable, VehicleUpdate,
 };
 use crate::wire::proto::vehicle_data::Payload;
 use arrival::{Watch, WatchSet};
@@ -173,6 +173,9 @@ pub struct FleetData {
     pub watches: WatchSet,
     /// Thresholds.
     pub config: RulesConfig,
+    /// Whether the geofence skips checks inside a quiet zone (off only to test that skipping
+    /// changes nothing).
+    quiet_zones: bool,
 }
 
 impl FleetData {
@@ -182,6 +185,7 @@ impl FleetData {
             sites: SiteRegistry::new(sites, config.exit_margin_m),
             watches: WatchSet::default(),
             config,
+            quiet_zones: true,
         }
     }
 
@@ -374,6 +378,21 @@ impl FleetData {
             cache.slots.resize(tracking.inside.len(), u32::MAX);
         }
         cache.generation = index.generation();
+        // Inside the last check's quiet zone nothing can enter or leave: the check would find
+        // nothing (see `quiet_zone_radius`), so it is not made.
+        let quiet_cap = index.quiet_zones().filter(|_| self.quiet_zones);
+        if let (true, Some(_), Some(zone)) = (current, quiet_cap, cache.quiet) {
+            // |Δlat| + |Δlon| in degrees of M_PER_DEG (≥ the haversine's metres per degree)
+            // bounds the great-circle distance from above: a path along a meridian and a
+            // parallel is at least as long. Ten instructions instead of a haversine.
+            let moved_at_most_m = ((zone.lat - lat).abs() + (zone.lon - lon).abs()) * M_PER_DEG;
+            if moved_at_most_m < zone.radius_m {
+                return;
+            }
+        }
+        cache.quiet = None;
+        // the nearest possible change, from the distances the check computes anyway
+        let mut nearest_change_m = f64::INFINITY;
         let slots = &mut cache.slots;
         let mut i = 0;
         while i < tracking.inside.len() {
@@ -408,7 +427,9 @@ impl FleetData {
                         ));
                     }
                 }
-                Some((slot, _)) => {
+                Some((slot, d)) => {
+                    // an exit needs the distance to grow past the margin
+                    nearest_change_m = nearest_change_m.min(margin - d);
                     slots[i] = slot;
                     i += 1;
                 }
@@ -420,7 +441,13 @@ impl FleetData {
             if slots.contains(&slot) {
                 return;
             }
-            if index.edge_distance_m(slot, lat, lon).is_some_and(|d| d <= 0.0) {
+            let Some(d) = index.edge_distance_m(slot, lat, lon) else {
+                return;
+            };
+            if d > 0.0 {
+                // an entry needs the distance to fall to 0
+                nearest_change_m = nearest_change_m.min(d);
+            } else {
                 let Some(site) = index.at(slot) else {
                     return;
                 };
@@ -436,6 +463,13 @@ impl FleetData {
                 ));
             }
         });
+        if let Some(cap) = quiet_cap {
+            cache.quiet = quiet_zone_radius(nearest_change_m, cap).map(|radius_m| QuietZone {
+                lat,
+                lon,
+                radius_m,
+            });
+        }
     }
 
     fn charging(
@@ -791,6 +825,17 @@ pub fn record_seen(vehicle: &VehicleState) -> bool {
     vehicle.last_seen_ms != 0 || vehicle.position.is_some()
 }
 
+/// The quiet zone a full geofence check leaves: no membership can change before the vehicle
+/// has moved `nearest_change_m` (the triangle inequality on each distance the check computed:
+/// a site it is outside nears by at most the distance moved, one it is inside recedes by at
+/// most that) nor `cap` (sites whose boxes it is outside are more than the margin away, see
+/// [`index::SiteIndex::quiet_zones`]). Half a metre is kept back for the distances' rounding.
+/// `None` when the zone would be too small to save a check.
+fn quiet_zone_radius(nearest_change_m: f64, cap: f64) -> Option<f64> {
+    let radius = nearest_change_m.min(cap) - 0.5;
+    (radius >= 1.0).then_some(radius)
+}
+
 /// Smooths the ground speed between the last accepted fix and this one into
 /// `tracking.avg_speed_mps` (fixes minutes apart are a gap, not a speed).
 fn track_speed(
@@ -839,4 +884,140 @@ fn expired_event(vin: &str, w: &Watch) -> Event {
         event_data!("watch_id" => w.spec.watch_id.as_str(), "site_id" => w.spec.site_id.as_str(), "expires_at" => w.spec.expires_at.as_str(),
             "arrived" => Some(w.progress.arrived_at_ms.is_some())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::sites::Shape;
+
+    /// xorshift: the same tracks every run.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// Dense circles and small polygons (squares with a hole-free outline) over a 4 × 4 km area.
+    fn dense_sites(rng: &mut Rng) -> Vec<Site> {
+        let mut sites = Vec::new();
+        for i in 0..400 {
+            let lat = 48.0 + rng.next() * 0.036;
+            let lon = 11.0 + rng.next() * 0.054;
+            let shape = if i % 4 == 0 {
+                let d = 0.0005 + rng.next() * 0.002;
+                let ring = vec![
+                    (lon, lat),
+                    (lon + d, lat),
+                    (lon + d, lat + d),
+                    (lon, lat + d),
+                    (lon, lat),
+                ];
+                Shape::Polygons(geo::MultiPolygon(vec![geo::Polygon::new(
+                    geo::LineString::from(ring),
+                    vec![],
+                )]))
+            } else {
+                Shape::Circle {
+                    lat,
+                    lon,
+                    radius_m: 20.0 + rng.next() * 300.0,
+                }
+            };
+            sites.push(Site {
+                id: format!("s{i}"),
+                name: format!("site {i}"),
+                kind: "merchant".into(),
+                tags: Default::default(),
+                shape,
+            });
+        }
+        sites
+    }
+
+    /// Every vehicle drives the same random track through both fleets (steps of 0–60 m, some
+    /// back and forth across an edge, some standing still); the events must be identical.
+    fn drive(with_zones: &FleetData, without: &FleetData, seed: u64) -> (usize, usize) {
+        let mut rng = Rng(seed);
+        let (mut events, mut skipped) = (0, 0);
+        for v in 0..40 {
+            let vin = format!("5YJ3E1EA7KF{v:06}");
+            let (mut lat, mut lon) = (48.0 + rng.next() * 0.036, 11.0 + rng.next() * 0.054);
+            let mut heading: f64 = rng.next() * std::f64::consts::TAU;
+            for t in 0..600i64 {
+                let step = match rng.next() {
+                    x if x < 0.1 => 0.0,
+                    x if x < 0.3 => rng.next() * 3.0,
+                    _ => rng.next() * 60.0,
+                };
+                if rng.next() < 0.1 {
+                    heading += std::f64::consts::PI; // back across what it just crossed
+                } else {
+                    heading += (rng.next() - 0.5) * 0.6;
+                }
+                lat += step * heading.cos() / 111_195.0;
+                lon += step * heading.sin() / (111_195.0 * lat.to_radians().cos());
+                let u = VehicleUpdate {
+                    at_ms: 1_764_000_000_000 + t * 1000,
+                    location: Some((lat, lon)),
+                    ..Default::default()
+                };
+                let a = with_zones.apply(&vin, &u);
+                let b = without.apply(&vin, &u);
+                let key = |e: &Event| (e.id.clone(), e.time_ms, format!("{:?}", e.data));
+                assert_eq!(
+                    a.iter().map(key).collect::<Vec<_>>(),
+                    b.iter().map(key).collect::<Vec<_>>(),
+                    "{vin} at step {t}: the quiet zone changed the events"
+                );
+                events += a.len();
+                // a zone centred on an earlier fix: this one's check was skipped
+                let skip = with_zones.vehicles.with(&vin, |s| {
+                    s.tracking
+                        .inside_slots
+                        .quiet
+                        .is_some_and(|z| z.lat != lat || z.lon != lon)
+                });
+                skipped += usize::from(skip);
+            }
+        }
+        (events, skipped)
+    }
+
+    #[test]
+    fn quiet_zones_change_no_event() {
+        let mut rng = Rng(0x5eed_1234_abcd_ef01);
+        let sites = dense_sites(&mut rng);
+        let with_zones = FleetData::new(RulesConfig::default(), sites.clone());
+        let mut without = FleetData::new(RulesConfig::default(), sites);
+        without.quiet_zones = false;
+        assert!(with_zones.sites.load().quiet_zones().is_some());
+        let (events, skipped) = drive(&with_zones, &without, 99);
+        assert!(events > 500, "the tracks cross many edges: {events} events");
+        assert!(skipped > 1000, "checks were skipped: {skipped} of 24,000");
+        eprintln!("{events} events, {skipped} of 24,000 checks skipped");
+    }
+
+    #[test]
+    fn no_quiet_zones_where_boxes_are_loose() {
+        let big = Site {
+            id: "big".into(),
+            name: "big".into(),
+            kind: "merchant".into(),
+            tags: Default::default(),
+            shape: Shape::Circle {
+                lat: 70.0,
+                lon: 20.0,
+                radius_m: 50_000.0,
+            },
+        };
+        let fleet = FleetData::new(RulesConfig::default(), vec![big]);
+        assert_eq!(fleet.sites.load().quiet_zones(), None);
+        let small = FleetData::new(RulesConfig::default(), vec![]);
+        assert_eq!(small.sites.load().quiet_zones(), Some(39.0));
+    }
 }

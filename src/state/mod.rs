@@ -251,6 +251,20 @@ pub struct SiteSlots {
     pub generation: u64,
     /// One position per `inside` entry.
     pub slots: Vec<u32>,
+    /// Where the geofence last looked, and how far from there no entry or exit is possible.
+    pub quiet: Option<QuietZone>,
+}
+
+/// A disc around the position of the geofence's last full check inside which the vehicle's
+/// site memberships cannot change: while a fix stays in it, the check would find nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct QuietZone {
+    /// Latitude of the check.
+    pub lat: f64,
+    /// Longitude of the check.
+    pub lon: f64,
+    /// Radius (m).
+    pub radius_m: f64,
 }
 
 impl PartialEq for SiteSlots {
