@@ -55,6 +55,18 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// One `V` frame's signals of a car driving, not charging, at `location`.
+fn driving_frame(at_ms: i64, location: (f64, f64)) -> VehicleUpdate {
+    VehicleUpdate {
+        at_ms,
+        location: Some(location),
+        soc: Some(60.0),
+        speed: Some(40.0),
+        charge_state: Some(ChargeState::Idle),
+        ..Default::default()
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("rules");
     for n in [10_000usize, 100_000, 1_000_000] {
@@ -83,15 +95,7 @@ fn bench(c: &mut Criterion) {
                 let p = &mut pos[i];
                 p.0 += (rng.next() - 0.5) * 0.0003;
                 p.1 += (rng.next() - 0.5) * 0.0003;
-                let u = VehicleUpdate {
-                    at_ms: t,
-                    location: Some(*p),
-                    soc: Some(60.0),
-                    speed: Some(40.0),
-                    charge_state: Some(ChargeState::Idle),
-                    ..Default::default()
-                };
-                engine.apply(&vehicles[i], &u)
+                engine.apply(&vehicles[i], &driving_frame(t, *p))
             })
         });
     }
@@ -141,15 +145,7 @@ fn bench_dense(c: &mut Criterion) {
             }
             car[0] += car[2];
             car[1] += car[3];
-            let u = VehicleUpdate {
-                at_ms: t,
-                location: Some((car[0], car[1])),
-                soc: Some(60.0),
-                speed: Some(40.0),
-                charge_state: Some(ChargeState::Idle),
-                ..Default::default()
-            };
-            engine.apply(&vehicles[i], &u)
+            engine.apply(&vehicles[i], &driving_frame(t, (car[0], car[1])))
         })
     });
     group.finish();

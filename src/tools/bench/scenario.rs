@@ -268,26 +268,18 @@ fn fleetgate_config(opts: &ScenarioOptions, pki: &Path, sites: &Path) -> serde_j
             "events": {"sinks": ["logger"]},
         },
     });
-    // the pipeline's rules run on 100,000 sites where frames are measured
-    if matches!(
-        opts.scenario,
-        Scenario::Steady | Scenario::Saturate | Scenario::KafkaReliable
-    ) {
+    // the pipeline's rules run on 100,000 sites where frames are measured, unless a stage
+    // without them is asked for
+    if opts.pipeline == PipelineWork::Full
+        && matches!(
+            opts.scenario,
+            Scenario::Steady | Scenario::Saturate | Scenario::KafkaReliable
+        )
+    {
         config["fleetgate"]["sites_file"] = sites.display().to_string().into();
     }
-    match opts.pipeline {
-        PipelineWork::Full => {}
-        PipelineWork::NoSites => {
-            if let Some(fleetgate) = config["fleetgate"].as_object_mut() {
-                fleetgate.remove("sites_file");
-            }
-        }
-        PipelineWork::Unrouted => {
-            if let Some(fleetgate) = config["fleetgate"].as_object_mut() {
-                fleetgate.remove("sites_file");
-            }
-            config["records"] = serde_json::json!({});
-        }
+    if opts.pipeline == PipelineWork::Unrouted {
+        config["records"] = serde_json::json!({});
     }
     if opts.scenario == Scenario::KafkaReliable {
         config["records"] = serde_json::json!({"V": ["kafka"]});
